@@ -134,7 +134,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Turn YAML/CLI values into the field's type, so `--set epochs=3` and `epochs: 3` mean the same."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = typing.get_args(hint) if is_union else (hint,)
     if value is None and type(None) in options:
         return None
     for option in options:

@@ -164,9 +164,11 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
     names = list(cfg.label_columns) if fmt == "wide" else sorted(train_labels)
     task = task_for_format(fmt) if cfg.task == "auto" else cfg.task
     if task == "multi_class" and fmt != "single":
-        raise DataError(f"task multi_class needs a single string label column; {label_column or cfg.label_columns} is {fmt}")
+        raise DataError(f"task multi_class needs a single string label column; "
+                        f"{label_column or cfg.label_columns} is {fmt}")
     if task == "multi_label" and fmt == "single":
-        raise DataError(f"task multi_label needs a list-of-labels column or label_columns; {label_column!r} holds one label per row")
+        raise DataError(f"task multi_label needs a list-of-labels column or label_columns; "
+                        f"{label_column!r} holds one label per row")
     if len(names) < 2:
         raise DataError(f"training data has {len(names)} distinct label(s) {names}: a classifier needs at least 2")
 
@@ -249,7 +251,8 @@ def validation_rows(data: TrainingData, rank: int, world: int) -> tuple[list[str
     for uri in files:
         table = read_table(uri, data.read_columns)
         if data.validation_files is None:
-            table = table.filter(pa.array(in_validation_split(table[data.text_column].to_pylist(), data.validation_fraction)))
+            mask = in_validation_split(table[data.text_column].to_pylist(), data.validation_fraction)
+            table = table.filter(pa.array(mask))
         batch = encode_batch(table, data)
         texts.extend(batch["text"].tolist())
         targets.append(batch["target"])

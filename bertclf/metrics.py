@@ -56,7 +56,8 @@ def classification_metrics(space: LabelSpace, targets: np.ndarray, probs: np.nda
     else:
         y_true = (targets > 0.5).astype(np.int64)
         y_ind = y_true
-        out = {"subset_accuracy": float(accuracy_score(y_true, pred)), "hamming_loss": float(hamming_loss(y_true, pred))}
+        out = {"subset_accuracy": float(accuracy_score(y_true, pred)),
+               "hamming_loss": float(hamming_loss(y_true, pred))}
         f1_args = {"y_true": y_true, "y_pred": pred}
     for avg in ("micro", "macro", "weighted"):
         out[f"f1_{avg}"] = float(f1_score(average=avg, zero_division=0, **f1_args))

@@ -77,3 +77,14 @@ def build_classifier(model_dir: str, space: LabelSpace):
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def load_for_inference(model_dir: str | Path, device=None):
+    """(model, tokenizer) from a checkpoint directory, in eval mode on `device` (default CPU)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="sdpa")
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, load_tokenizer(str(model_dir))

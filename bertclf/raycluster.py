@@ -10,7 +10,7 @@ from bertclf import storage
 log = logging.getLogger("bertclf")
 
 WORKER_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "BERTCLF_S3_RETRIES",
-                   "BERTCLF_TEST_KILL_WORKER_AT_EPOCH", "BERTCLF_TEST_FAIL_UNIT")
+                   "BERTCLF_TEST_KILL_WORKER", "BERTCLF_TEST_FAIL_UNIT")
 
 
 def connect(address: str | None = None) -> dict[str, float]:

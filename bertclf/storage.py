@@ -327,3 +327,28 @@ def local_copy(uri: str, key_file: str) -> Path:
         except OSError:  # another process on this node finished the same download first
             shutil.rmtree(staging, ignore_errors=True)
     return cache
+
+
+def upload_file(local_path: str | Path, uri: str, chunk: int = 8 << 20) -> None:
+    """Put a local file at `uri` whole: renamed into place locally, one (multipart) upload on S3."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+        return
+
+    def _upload() -> None:
+        with open(local_path, "rb") as src, fs.open_output_stream(path) as dst:
+            for block in iter(lambda: src.read(chunk), b""):
+                dst.write(block)
+
+    with_retries(_upload, f"writing {uri}")
+
+
+def list_names(uri: str) -> set[str]:
+    """Names of the files directly under a URI (empty when it doesn't exist yet)."""
+    fs, path = resolve(uri)
+    infos = with_retries(lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)), f"listing {uri}")
+    return {posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File}

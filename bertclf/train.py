@@ -31,7 +31,9 @@ from bertclf.resources import TrainPlan, plan_training, use_bf16
 log = logging.getLogger("bertclf")
 
 RAY_RUN_NAME = "ray_train"
-KILL_WORKER_ENV = "BERTCLF_TEST_KILL_WORKER_AT_EPOCH"  # "EPOCH:MARKER_PATH", fault-injection for tests
+# Fault injection for tests: a path; when a file exists there holding an epoch number, the last worker
+# deletes it and dies at the start of that epoch (once per arming).
+KILL_WORKER_ENV = "BERTCLF_TEST_KILL_WORKER"
 
 
 @dataclass
@@ -64,7 +66,8 @@ def _check_best_metric(cfg: TrainConfig, data: TrainingData) -> None:
     allowed = {"val_loss", "f1_micro", "f1_macro", "f1_weighted", "roc_auc_macro"}
     allowed |= {"accuracy"} if data.space.task == "multi_class" else {"subset_accuracy", "hamming_loss"}
     if cfg.best_metric not in allowed:
-        raise ValueError(f"best_metric {cfg.best_metric!r} is not a {data.space.task} metric; choose from {sorted(allowed)}")
+        raise ValueError(f"best_metric {cfg.best_metric!r} is not a {data.space.task} metric; "
+                         f"choose from {sorted(allowed)}")
 
 
 def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan):
@@ -273,7 +276,7 @@ def _epoch_record(epoch: int, data: TrainingData, logits: np.ndarray, targets: n
     if at_half is not None:
         record["f1_macro_at_0.5"] = at_half["f1_macro"]
         record["f1_micro_at_0.5"] = at_half["f1_micro"]
-        record["thresholds"] = dict(zip(space.names, thresholds))
+        record["thresholds"] = dict(zip(space.names, thresholds, strict=True))
     record["per_label"] = metrics["per_label"]
     return record
 
@@ -313,12 +316,11 @@ def _checkpoint_meta(cfg: TrainConfig, data: TrainingData, record: dict, history
 
 
 def _maybe_kill_for_test(epoch: int, rank: int, world: int) -> None:
-    """Fault injection for the resume test: the last worker dies once, hard, at the start of an epoch."""
-    spec = os.environ.get(KILL_WORKER_ENV)
-    if not spec or rank != world - 1:
+    """Fault injection for the resume test: the last worker dies, hard, at the start of the armed epoch."""
+    arm = os.environ.get(KILL_WORKER_ENV)
+    if not arm or rank != world - 1 or not os.path.exists(arm):
         return
-    at, marker = spec.split(":", 1)
-    if epoch == int(at) and not os.path.exists(marker):
-        Path(marker).write_text(f"killed at epoch {epoch}\n")
+    if epoch == int(Path(arm).read_text().strip()):
+        os.unlink(arm)
         print(f"[bertclf] test fault injection: worker {rank} exits at epoch {epoch}", flush=True)
         os._exit(1)

@@ -1,0 +1,225 @@
+"""Bulk scoring with Ray Data: plan units from the input footers, score the missing ones, commit last.
+
+`run(ScoreConfig)` is what `bertclf score` and `jobs/score.py` call. The output holds one Parquet part per
+unit (deterministic names), then `manifest.json`, then `_SUCCESS`. A re-run scores only the units whose
+part is missing, so a crash anywhere costs at most the units in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from bertclf import checkpoint, storage
+from bertclf.checkpoint import versions
+from bertclf.config import ScoreConfig
+from bertclf.partitions import fill_date, has_date, resolve_date
+from bertclf.raycluster import connect
+from bertclf.resources import plan_scoring
+from bertclf.scorer import ScoringSettings, UnitScorer, unit_stats
+from bertclf.units import WorkUnit, plan_units
+
+log = logging.getLogger("bertclf")
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+
+
+class ScoreError(RuntimeError):
+    """Scoring that could not finish; the message names the files that failed. No _SUCCESS is written."""
+
+
+@dataclass
+class ScoreSummary:
+    output: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_per_s: float = 0.0
+    seconds: float = 0.0
+    units_scored: int = 0
+    units_skipped: int = 0
+    already_complete: bool = False
+    label_distribution: dict[str, float] = field(default_factory=dict)
+    distribution_change: dict[str, float] | None = None
+
+    def one_line(self) -> str:
+        if self.already_complete:
+            return f"[bertclf] {self.output} is already complete (_SUCCESS present; --overwrite to redo): nothing to do"
+        top = sorted(self.label_distribution.items(), key=lambda kv: -kv[1])[:5]
+        dist = ", ".join(f"{k} {v:.1%}" for k, v in top)
+        change = ""
+        if self.distribution_change:
+            moved = sorted(self.distribution_change.items(), key=lambda kv: -abs(kv[1]))[:3]
+            change = "; vs previous partition: " + ", ".join(f"{k} {v * 100:+.1f}pp" for k, v in moved)
+        return (f"[bertclf] scored {self.rows_out}/{self.rows_in} rows into {self.output} in {self.seconds:.1f}s "
+                f"({self.rows_per_s:.1f} rows/s; {self.units_scored} unit(s) scored, "
+                f"{self.units_skipped} already done); "
+                f"labels: {dist}{change}")
+
+
+def run(cfg: ScoreConfig) -> ScoreSummary:
+    """Validate inputs and checkpoint, score what is missing, then write manifest.json and _SUCCESS."""
+    t_start = time.perf_counter()
+    cfg.validate()
+    date = resolve_date(cfg.date)
+    inputs = [fill_date(u, date) for u in ([cfg.input] if isinstance(cfg.input, str) else cfg.input)]
+    output = fill_date(cfg.output, date)
+    _check_output_outside_inputs(output, inputs)
+
+    if storage.exists(storage.join(output, SUCCESS)):
+        if not cfg.overwrite:
+            log.info("%s already has %s: nothing to do", output, SUCCESS)
+            return ScoreSummary(output=output, already_complete=True)
+        log.info("--overwrite: removing the complete output %s", output)
+        storage.delete(output)
+
+    try:
+        files = storage.list_parquet_files(inputs)
+    except storage.StorageError as exc:
+        raise ValueError(str(exc)) from None
+    ckpt = checkpoint.load(cfg.checkpoint)
+    units, unreadable, schemas = plan_units(files, cfg.rows_per_unit)
+    passthrough = _check_columns(cfg, schemas)
+    storage.check_writable(output)
+
+    done = storage.list_names(output)
+    todo = [u for u in units if u.name not in done]
+    rows_total = sum(u.num_rows for u in units)
+    log.info("scoring %s: %d file(s), %d row(s) in %d unit(s); %d unit(s) already done; checkpoint %s",
+             output, len(files), rows_total, len(units), len(units) - len(todo), cfg.checkpoint)
+
+    t_score = time.perf_counter()
+    failures = dict(unreadable)
+    if todo:
+        failures.update(_score_units(cfg, ckpt.uri, output, passthrough, todo, rows_total))
+    score_seconds = time.perf_counter() - t_score
+    if failures:
+        listing = "\n".join(f"  {uri}: {err}" for uri, err in sorted(failures.items()))
+        raise ScoreError(f"{len(failures)} input file(s) failed; other outputs are kept and {SUCCESS} is not "
+                         f"written. Fix or remove these and re-run to finish:\n{listing}")
+
+    stats = [unit_stats(storage.join(output, u.name)) for u in units]
+    return _commit(cfg, ckpt, output, date, files, units, stats, todo, score_seconds, time.perf_counter() - t_start)
+
+
+def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
+    def norm(uri: str) -> str:
+        return (uri if storage.is_s3(uri) else storage.resolve(uri)[1]).rstrip("/") + "/"
+
+    out = norm(output)
+    for src in inputs:
+        base = norm(src.split("*", 1)[0])
+        if out.startswith(base) or base.startswith(out):
+            raise ValueError(f"output {output} is inside the input {src} (or contains it): a re-run would read "
+                             "its own scores; choose an output outside the input prefix")
+
+
+def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
+    """The text, id and pass-through columns must be in every input file; errors name the file."""
+    wanted = [c for c in [cfg.id_column, *cfg.passthrough_columns] if c]
+    for uri, schema in schemas.items():
+        for col in [cfg.text_column, *wanted]:
+            if col not in schema.names:
+                role = "text" if col == cfg.text_column else "id" if col == cfg.id_column else "pass-through"
+                raise ValueError(f"{uri}: {role} column {col!r} not found; columns are {schema.names}")
+    return tuple(dict.fromkeys(wanted))
+
+
+def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tuple[str, ...],
+                 todo: list[WorkUnit], rows_total: int) -> dict[str, str]:
+    """Run the units through a Ray Data actor pool; print progress as units land; return failures."""
+    import ray.data
+
+    cluster = connect(cfg.ray_address)
+    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor)
+    size = min(plan.num_actors, len(todo))
+    log.info("resources: cluster has CPU=%s GPU=%s; plan: %s (using %d for %d unit(s))",
+             cluster.get("CPU", 0), cluster.get("GPU", 0), plan.describe(), size, len(todo))
+    settings = ScoringSettings(
+        checkpoint_uri=ckpt_uri, output_uri=output, text_column=cfg.text_column, passthrough=passthrough,
+        empty_text=cfg.empty_text, precision=cfg.precision, max_tokens_per_batch=cfg.max_tokens_per_batch,
+        max_batch_rows=cfg.max_batch_rows, read_batch_rows=cfg.read_batch_rows, torch_threads=plan.torch_threads)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own progress lines read better in `ray job submit` logs
+    ds = ray.data.from_items([{"unit": u.to_dict()} for u in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        UnitScorer, fn_constructor_args=(settings,), batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=size),
+        num_cpus=plan.cpus_per_actor, num_gpus=1 if plan.use_gpu else 0,
+    )
+    failures: dict[str, str] = {}
+    rows_done = 0
+    rows_todo = sum(u.num_rows for u in todo)
+    t0 = time.perf_counter()
+    for row in ds.iter_rows():
+        result = json.loads(row["result"])
+        if not result["ok"]:
+            failures[result["uri"]] = result["error"]
+            log.error("unit %s failed: %s", result["name"], result["error"])
+            continue
+        rows_done += result["rows_in"]
+        elapsed = time.perf_counter() - t0
+        log.info("progress: %d/%d rows (%.0f%%), %.1f rows/s", rows_done, rows_todo,
+                 100 * rows_done / max(1, rows_todo), rows_done / elapsed if elapsed else 0.0)
+    return failures
+
+
+def _commit(cfg: ScoreConfig, ckpt, output: str, date: dt.date, files: list[str], units: list[WorkUnit],
+            stats: list[dict], todo: list[WorkUnit], score_seconds: float, total_seconds: float) -> ScoreSummary:
+    """Check rows in == rows out (+ skipped empties), then write manifest.json and, last, _SUCCESS."""
+    rows_in = sum(s["rows_in"] for s in stats)
+    rows_out = sum(s["rows_out"] for s in stats)
+    empties = sum(s["empty_texts"] for s in stats)
+    expected_out = rows_in - (empties if cfg.empty_text == "skip" else 0)
+    planned = sum(u.num_rows for u in units)
+    if rows_in != planned or rows_out != expected_out:
+        raise ScoreError(f"row counts don't add up in {output}: planned {planned}, read {rows_in}, wrote {rows_out} "
+                         f"(expected {expected_out}); {SUCCESS} not written")
+    counts: Counter[str] = Counter()
+    for s in stats:
+        counts.update(s["label_counts"])
+    distribution = {k: v / max(1, rows_out) for k, v in sorted(counts.items())}
+    scored, scored_rows = len(todo), sum(u.num_rows for u in todo)
+    change = _distribution_change(cfg, date, distribution)
+    per_file = Counter()
+    for s in stats:
+        per_file[s["input"]] += s["rows_in"]
+    manifest = {
+        "output": output, "date": date.isoformat(), "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "inputs": [{"uri": f, "rows": per_file.get(f, 0)} for f in files],
+        "parts": [{"name": s["unit"], "input": s["input"], "row_groups": s["row_groups"], "rows": s["rows_out"]}
+                  for s in stats],
+        "rows_in": rows_in, "rows_out": rows_out,
+        "empty_texts": {"count": empties, "policy": cfg.empty_text},
+        "checkpoint": {"uri": ckpt.uri, "sha256": ckpt.fingerprint(), "epoch": ckpt.meta.get("epoch")},
+        "labels": ckpt.space.to_dict(),
+        "predicted_label_counts": dict(sorted(counts.items())), "predicted_label_distribution": distribution,
+        "distribution_change_vs_previous": change,
+        "rows_per_s": scored_rows / score_seconds if score_seconds else None,
+        "timings": {"scoring_seconds": score_seconds, "total_seconds": total_seconds},
+        "units": {"total": len(units), "scored_this_run": scored, "already_done": len(units) - scored},
+        "config": asdict(cfg), "versions": versions(),
+    }
+    storage.write_json(storage.join(output, MANIFEST), manifest)
+    storage.write_bytes(storage.join(output, SUCCESS), b"")
+    return ScoreSummary(output=output, rows_in=rows_in, rows_out=rows_out,
+                        rows_per_s=manifest["rows_per_s"] or 0.0, seconds=total_seconds, units_scored=scored,
+                        units_skipped=len(units) - scored, label_distribution=distribution,
+                        distribution_change=change)
+
+
+def _distribution_change(cfg: ScoreConfig, date: dt.date, distribution: dict[str, float]) -> dict[str, float] | None:
+    """Share of each predicted label minus the previous day's, when the output is a dated partition."""
+    if not has_date(cfg.output):
+        return None
+    previous = storage.join(fill_date(cfg.output, date - dt.timedelta(days=1)), MANIFEST)
+    try:
+        before = storage.read_json(previous)["predicted_label_distribution"]
+    except (FileNotFoundError, KeyError, storage.StorageError, OSError):
+        return None
+    labels = set(before) | set(distribution)
+    return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(labels)}

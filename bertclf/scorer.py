@@ -1,0 +1,156 @@
+"""The scoring actor: loads a checkpoint once, then turns whole work units into committed output files.
+
+Each unit streams in read batches (only the needed columns), is tokenized, sorted by length, run in
+token-budget micro-batches, and written to a local Parquet file that is committed to the output
+in one piece under a deterministic name. A unit either lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bertclf import checkpoint, storage
+from bertclf.metrics import probabilities
+from bertclf.units import WorkUnit, file_metadata, read_unit
+
+# Fault injection for tests: a path; while a file there holds a string, units whose input file name
+# contains it fail.
+FAIL_UNIT_ENV = "BERTCLF_TEST_FAIL_UNIT"
+UNIT_STATS_KEY = "bertclf.unit_stats"
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """What each actor needs to know, passed once at construction."""
+
+    checkpoint_uri: str
+    output_uri: str
+    text_column: str
+    passthrough: tuple[str, ...]
+    empty_text: str
+    precision: str
+    max_tokens_per_batch: int
+    max_batch_rows: int
+    read_batch_rows: int
+    torch_threads: int
+
+
+def unit_stats(uri: str) -> dict:
+    """The stats a committed output file carries in its footer (rows, label counts), read without its data."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        meta = pq.ParquetFile(f).metadata.metadata or {}
+    return json.loads(meta[UNIT_STATS_KEY.encode()])
+
+
+class UnitScorer:
+    """Ray Data actor (one per GPU, or per CPU slice): scores a batch of work units."""
+
+    def __init__(self, settings: ScoringSettings):
+        import torch
+
+        from bertclf.modeling import load_for_inference
+        from bertclf.resources import use_bf16
+
+        torch.set_num_threads(settings.torch_threads)
+        self.settings = settings
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        ckpt = checkpoint.load(settings.checkpoint_uri)
+        self.space = ckpt.space
+        self.max_length = ckpt.max_length
+        self.model, self.tokenizer = load_for_inference(ckpt.local_dir, self.device)
+        self.bf16 = use_bf16(settings.precision, self.device.type)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        results = []
+        for unit in batch["unit"]:
+            unit = WorkUnit.from_dict(unit)
+            try:
+                results.append(self.score_unit(unit))
+            except Exception as exc:  # noqa: BLE001 - reported per unit; the driver fails the job naming the file
+                results.append({"ok": False, "uri": unit.uri, "name": unit.name,
+                                "error": f"{type(exc).__name__}: {exc}"})
+        return {"result": [json.dumps(r) for r in results]}
+
+    def score_unit(self, unit: WorkUnit) -> dict:
+        s = self.settings
+        arm = os.environ.get(FAIL_UNIT_ENV)
+        if arm and os.path.exists(arm) and open(arm).read().strip() in os.path.basename(unit.uri):
+            raise RuntimeError(f"injected failure for {unit.uri} ({FAIL_UNIT_ENV})")
+        t0 = time.perf_counter()
+        counts: Counter[str] = Counter()
+        rows_in = rows_out = empty = tokens = 0
+        columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
+        with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
+            local = os.path.join(tmp, unit.name)
+            writer: pq.ParquetWriter | None = None
+            for record_batch in read_unit(unit, columns, s.read_batch_rows):
+                table = pa.Table.from_batches([record_batch])
+                rows_in += table.num_rows
+                table, n_empty = self._handle_empty(table, unit.uri)
+                empty += n_empty
+                out, n_tokens = self._score_table(table)
+                tokens += n_tokens
+                rows_out += out.num_rows
+                counts.update(pc.list_flatten(out["predicted"]).to_pylist())
+                if writer is None:
+                    writer = pq.ParquetWriter(local, out.schema, compression="zstd")
+                writer.write_table(out)
+            stats = {"unit": unit.name, "input": unit.uri, "row_groups": list(unit.row_groups), "rows_in": rows_in,
+                     "rows_out": rows_out, "empty_texts": empty, "label_counts": dict(counts), "tokens": tokens}
+            if writer is None:  # every row skipped as empty: still commit a valid, empty part
+                schema = file_metadata(unit.uri).schema.to_arrow_schema()
+                writer = pq.ParquetWriter(local, self._empty_output(schema), compression="zstd")
+            writer.add_key_value_metadata({UNIT_STATS_KEY: json.dumps(stats)})
+            writer.close()
+            storage.upload_file(local, storage.join(s.output_uri, unit.name))
+        return {"ok": True, **stats, "seconds": time.perf_counter() - t0}
+
+    def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
+        fields = [input_schema.field(c) for c in self.settings.passthrough]
+        fields += [pa.field(f"prob_{name}", pa.float32()) for name in self.space.names]
+        fields += [pa.field("predicted", pa.list_(pa.string())), pa.field("top_label", pa.string()),
+                   pa.field("top_score", pa.float32())]
+        return pa.schema(fields)
+
+    def _handle_empty(self, table: pa.Table, uri: str) -> tuple[pa.Table, int]:
+        text = table[self.settings.text_column]
+        is_empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), True)
+        n = int(pc.sum(is_empty).as_py() or 0)
+        if not n:
+            return table, 0
+        mode = self.settings.empty_text
+        if mode == "error":
+            raise ValueError(f"{uri}: {n} null or empty text(s) in column {self.settings.text_column!r} "
+                             "(empty_text=error; use score or skip)")
+        if mode == "skip":
+            return table.filter(pc.invert(is_empty)), n
+        idx = table.schema.get_field_index(self.settings.text_column)
+        return table.set_column(idx, self.settings.text_column, pc.fill_null(text, "")), n
+
+    def _score_table(self, table: pa.Table) -> tuple[pa.Table, int]:
+        from bertclf.inference import logits_for_token_ids, tokenize
+
+        s = self.settings
+        ids = tokenize(self.tokenizer, table[s.text_column].to_pylist(), self.max_length)
+        logits = logits_for_token_ids(self.model, ids, self.tokenizer.pad_token_id, max_tokens=s.max_tokens_per_batch,
+                                      max_rows=s.max_batch_rows, bf16=self.bf16, device=self.device)
+        probs = probabilities(self.space.task, logits)
+        top = probs.argmax(axis=1)
+        columns = {c: table[c] for c in s.passthrough}
+        for j, name in enumerate(self.space.names):
+            columns[f"prob_{name}"] = pa.array(probs[:, j], pa.float32())
+        columns["predicted"] = pa.array(self.space.predict(probs), pa.list_(pa.string()))
+        columns["top_label"] = pa.array(np.asarray(self.space.names, dtype=object)[top], pa.string())
+        columns["top_score"] = pa.array(probs[np.arange(len(top)), top], pa.float32())
+        return pa.table(columns), sum(len(i) for i in ids)
