@@ -154,7 +154,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         elif typing.get_origin(option) is list:
             if isinstance(value, list):
                 return [str(v) for v in value]
-            if isinstance(value, str) and "," in value:
+            if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
         elif option is str:
             if isinstance(value, str):

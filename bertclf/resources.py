@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger("bertclf")
 
+MIN_DATA_CPUS = 0.2
+
 
 @dataclass(frozen=True)
 class TrainPlan:
@@ -51,16 +53,15 @@ def plan_training(cluster: dict[str, float], num_workers: int, use_gpu: str = "a
     gpu = gpus >= 1 if use_gpu == "auto" else use_gpu == "true"
     if gpu and gpus < num_workers:
         raise ValueError(f"{num_workers} GPU workers requested but the cluster has {gpus:g} GPU(s)")
-    data_reserve = min(1.0, cpus * 0.25)
     if cpus_per_worker is None:
-        fair = (cpus - data_reserve) / num_workers
-        cpus_per_worker = min(fair, 8.0) if not gpu else max(1.0, min(fair, 4.0))
-        cpus_per_worker = math.floor(cpus_per_worker * 4) / 4  # quarter CPUs keep the arithmetic exact
-    if cpus_per_worker <= 0 or cpus_per_worker * num_workers > cpus:
-        raise ValueError(
-            f"{num_workers} worker(s) x {cpus_per_worker:g} CPU does not fit a cluster with {cpus:g} CPU(s); "
-            "lower num_workers or cpus_per_worker")
+        fair = (cpus - min(1.0, cpus * 0.25)) / num_workers  # a quarter of the CPUs, at most 1, for Ray Data
+        cpus_per_worker = math.floor(min(fair, 4.0 if gpu else 8.0) * 4) / 4  # quarters keep the sums exact
     leftover = cpus - cpus_per_worker * num_workers
+    if cpus_per_worker <= 0 or leftover < MIN_DATA_CPUS:
+        raise ValueError(
+            f"{num_workers} worker(s) x {cpus_per_worker:g} CPU does not fit a cluster with {cpus:g} CPU(s) while "
+            f"leaving {MIN_DATA_CPUS} CPU for reading data (Ray Data would starve and training hang); "
+            "lower num_workers or cpus_per_worker")
     data_cpus = max(0.1, min(1.0, leftover / 2))
     threads = max(1, int(round(cpus_per_worker)))
     return TrainPlan(num_workers, gpu, cpus_per_worker, threads, round(data_cpus, 2))
@@ -73,7 +74,10 @@ def plan_scoring(cluster: dict[str, float], num_actors: int | None = None,
     gpus = int(cluster.get("GPU", 0))
     if gpus >= 1:
         n = num_actors or gpus
-        per = cpus_per_actor or max(1.0, min(4.0, math.floor(cpus / n)))
+        per = cpus_per_actor or max(0.25, math.floor(min(4.0, cpus / n) * 4) / 4)
+        if n > gpus or n * per > cpus:
+            raise ValueError(f"{n} GPU scoring actor(s) x {per:g} CPU do not fit a cluster with {gpus} GPU(s) and "
+                             f"{cpus:g} CPU(s)")
         return ScorePlan(n, True, per, max(1, int(per)))
     per = cpus_per_actor or float(os.environ.get("BERTCLF_CPUS_PER_ACTOR", 1))
     n = num_actors or max(1, int(cpus // per))

@@ -1,0 +1,151 @@
+"""Shared fixtures: a tiny random BERT, a real S3 server (moto) and a real local Ray, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+LABEL_WORDS = {
+    "joy": ["happy", "glad", "smile", "great", "love"],
+    "anger": ["angry", "mad", "hate", "furious", "rage"],
+    "fear": ["scared", "afraid", "panic", "worry", "dread"],
+}
+FILLER = ["the", "a", "day", "was", "it", "and", "so", "very", "today", "my", "friend", "work", "home"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_rows(n: int, seed: int, multi_label: bool) -> list[dict]:
+    """Synthetic labelled texts whose words predict their labels, so a tiny model can learn something."""
+    rng = random.Random(seed)
+    names = list(LABEL_WORDS)
+    rows = []
+    for i in range(n):
+        labels = rng.sample(names, rng.choice([1, 1, 2])) if multi_label else [rng.choice(names)]
+        words = [rng.choice(LABEL_WORDS[lab]) for lab in labels for _ in range(2)] + rng.sample(FILLER, 4)
+        rng.shuffle(words)
+        rows.append({"id": f"r{seed}-{i}", "text": " ".join(words),
+                     **({"labels": sorted(labels)} if multi_label else {"label": labels[0]})})
+    return rows
+
+
+def write_rows(path: Path | str, rows: list[dict], row_group_size: int | None = None) -> None:
+    pq.write_table(pa.Table.from_pylist(rows), str(path), row_group_size=row_group_size)
+
+
+def build_tiny_bert(directory: Path) -> Path:
+    """A random 2-layer BERT (hidden 32) and a WordPiece vocab covering the synthetic words."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = sorted({w for ws in LABEL_WORDS.values() for w in ws} | set(FILLER))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + words + list("abcdefghijklmnopqrstuvwxyz"))}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)  # vocab=, not vocab_file= (transformers 5)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertForSequenceClassification(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server on 127.0.0.1, configured through the standard AWS variables."""
+    port = free_port()
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    """A fresh bucket for one test."""
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server, tmp_path_factory):
+    """A real local Ray (2 CPUs, like this machine) whose workers get the S3 settings and test hooks."""
+    import ray
+
+    control = tmp_path_factory.mktemp("faults")
+    os.environ["BERTCLF_TEST_KILL_WORKER"] = str(control / "kill_worker")
+    os.environ["BERTCLF_TEST_FAIL_UNIT"] = str(control / "fail_unit")
+    from bertclf.raycluster import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {k: os.environ[k] for k in (
+                 "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "HF_HUB_OFFLINE",
+                 "BERTCLF_TEST_KILL_WORKER", "BERTCLF_TEST_FAIL_UNIT")}})
+    connect()
+    yield control
+    ray.shutdown()
+
+
+def upload_dir(local: Path, uri: str) -> None:
+    from bertclf import storage
+
+    storage.upload_dir(local, uri)
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

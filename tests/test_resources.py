@@ -1,0 +1,108 @@
+"""Resource plans for training workers, data tasks and scoring actors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertclf.resources import plan_scoring, plan_training, use_bf16
+
+
+def _fits(plan, cpus):
+    return plan.cpus_per_worker * plan.num_workers + plan.data_cpus <= cpus + 1e-9
+
+
+def test_small_cpu_node_leaves_room_for_data():
+    plan = plan_training({"CPU": 2}, 2)
+    assert plan.num_workers == 2 and not plan.use_gpu
+    assert plan.data_cpus > 0
+    assert plan.cpus_per_worker > 0
+    assert _fits(plan, 2)
+    assert plan.torch_threads >= 1
+    assert "2 train worker(s)" in plan.describe()
+
+
+@pytest.mark.parametrize("cpus,workers", [(1, 1), (1, 2), (2, 1), (4, 2), (8, 3), (16, 2), (64, 4), (96, 2)])
+def test_cpu_plans_always_leave_data_cpus(cpus, workers):
+    plan = plan_training({"CPU": cpus}, workers)
+    assert not plan.use_gpu
+    assert plan.data_cpus > 0 and _fits(plan, cpus)
+    assert plan.cpus_per_worker <= 8
+    assert plan.cpus_per_worker * 4 == int(plan.cpus_per_worker * 4)  # quarter CPUs
+    assert plan.torch_threads >= 1
+
+
+def test_gpu_cluster_uses_gpus():
+    plan = plan_training({"CPU": 16, "GPU": 4}, 4)
+    assert plan.use_gpu and plan.num_workers == 4
+    assert 1 <= plan.cpus_per_worker <= 4
+    assert _fits(plan, 16)
+    assert "GPU" in plan.describe()
+
+
+def test_gpu_can_be_turned_off():
+    plan = plan_training({"CPU": 16, "GPU": 4}, 2, use_gpu="false")
+    assert not plan.use_gpu and _fits(plan, 16)
+
+
+def test_too_many_gpu_workers():
+    with pytest.raises(ValueError, match="4 GPU workers"):
+        plan_training({"CPU": 16, "GPU": 2}, 4)
+    with pytest.raises(ValueError, match="GPU"):
+        plan_training({"CPU": 16}, 1, use_gpu="true")
+
+
+def test_explicit_cpus_per_worker():
+    plan = plan_training({"CPU": 8}, 2, cpus_per_worker=2)
+    assert plan.cpus_per_worker == 2 and plan.torch_threads == 2 and _fits(plan, 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_training({"CPU": 2}, 2, cpus_per_worker=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_training({"CPU": 4}, 1, cpus_per_worker=0)
+
+
+def test_too_many_workers_for_cpus():
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_training({"CPU": 1}, 8)
+
+
+@pytest.mark.parametrize("cluster,workers,explicit", [
+    ({"CPU": 2}, 2, 1.0),           # the docstring's naive plan, asked for explicitly
+    ({"CPU": 4, "GPU": 4}, 4, None),  # auto GPU plan: max(1.0, 0.75) CPU each uses every CPU
+])
+def test_plan_never_starves_data_tasks(cluster, workers, explicit):
+    try:
+        plan = plan_training(cluster, workers, cpus_per_worker=explicit)
+    except ValueError:
+        return  # refusing is fine
+    assert _fits(plan, cluster["CPU"])
+
+
+def test_scoring_cpu_only_uses_all_cpus(monkeypatch):
+    monkeypatch.delenv("BERTCLF_CPUS_PER_ACTOR", raising=False)
+    for cpus in (2, 7, 16):
+        plan = plan_scoring({"CPU": cpus})
+        assert not plan.use_gpu
+        assert plan.num_actors * plan.cpus_per_actor == cpus
+        assert plan.torch_threads >= 1
+
+
+def test_scoring_cpu_per_actor_setting(monkeypatch):
+    monkeypatch.setenv("BERTCLF_CPUS_PER_ACTOR", "4")
+    plan = plan_scoring({"CPU": 16})
+    assert (plan.num_actors, plan.cpus_per_actor, plan.torch_threads) == (4, 4.0, 4)
+    plan = plan_scoring({"CPU": 16}, cpus_per_actor=2)
+    assert (plan.num_actors, plan.cpus_per_actor) == (8, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_scoring({"CPU": 4}, num_actors=3, cpus_per_actor=2)
+
+
+def test_scoring_gpu_one_actor_per_gpu():
+    plan = plan_scoring({"CPU": 16, "GPU": 4})
+    assert plan.use_gpu and plan.num_actors == 4
+    assert plan.num_actors * plan.cpus_per_actor <= 16 and plan.cpus_per_actor >= 1
+    assert "scoring actor" in plan.describe()
+
+
+def test_use_bf16_explicit_choices():
+    assert use_bf16("bf16", "cpu") is True
+    assert use_bf16("fp32", "cuda") is False

@@ -1,0 +1,191 @@
+"""Scoring through Ray Data on a real local Ray and a real S3 server: exactly once, resumable, checked inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_rows, write_rows
+
+from bertclf import checkpoint, storage
+from bertclf.checkpoint import CheckpointError
+from bertclf.config import ScoreConfig
+from bertclf.labels import LabelSpace
+from bertclf.score import ScoreError, run
+
+THRESHOLDS = [0.45, 0.5, 0.55]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    """A bertclf checkpoint of the tiny BERT with a 3-label multi-label head and per-label thresholds."""
+    from bertclf.modeling import build_classifier, load_tokenizer
+
+    space = LabelSpace("multi_label", ["anger", "fear", "joy"], THRESHOLDS)
+    directory = tmp_path_factory.mktemp("ckpt")
+    checkpoint.save_model_dir(directory, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
+                              {"labels": space.to_dict(), "max_length": 32, "epoch": 1})
+    return directory
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Three input files (200 rows each, row groups of 50) with an id and a pass-through column."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(3):
+        rows = [{"id": f"f{i}-{j}", "text": r["text"], "source": f"file{i}"}
+                for j, r in enumerate(make_rows(200, i, True))]
+        write_rows(root / f"part-{i}.parquet", rows, row_group_size=50)
+    return root
+
+
+def _read_scores(output: str) -> pa.Table:
+    fs, path = storage.resolve(output)
+    files = sorted(f for f in storage.list_names(output) if f.endswith(".parquet"))
+    return pads.dataset([f"{path}/{f}" for f in files], filesystem=fs, format="parquet").to_table().sort_by("id")
+
+
+def _direct_probs(ckpt_dir, texts: list[str]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt_dir).eval()
+    tok = AutoTokenizer.from_pretrained(ckpt_dir)
+    with torch.no_grad():
+        enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        return torch.sigmoid(model(**enc).logits).numpy()
+
+
+def _cfg(**kw) -> ScoreConfig:
+    base = dict(passthrough_columns=["source"], precision="fp32", rows_per_unit=100, read_batch_rows=64)
+    return ScoreConfig(**{**base, **kw})
+
+
+def test_three_files_on_s3_scored_exactly_once_and_match_a_direct_forward_pass(
+        ray_local, tiny_checkpoint, corpus, bucket):
+    for f in corpus.iterdir():
+        storage.write_bytes(f"s3://{bucket}/in/{f.name}", f.read_bytes())
+    storage.upload_dir(tiny_checkpoint, f"s3://{bucket}/models/tiny", last=["bertclf.json"])
+    output = f"s3://{bucket}/scores/date={{date}}"
+    summary = run(_cfg(checkpoint=f"s3://{bucket}/models/tiny", input=f"s3://{bucket}/in/", output=output,
+                       date="2026-11-22"))
+
+    out = "s3://" + f"{bucket}/scores/date=2026-11-22"
+    assert summary.rows_in == summary.rows_out == 600 and summary.output == out
+    assert storage.exists(f"{out}/_SUCCESS")
+    manifest = storage.read_json(f"{out}/manifest.json")
+    assert manifest["rows_in"] == manifest["rows_out"] == 600 and len(manifest["inputs"]) == 3
+    assert manifest["labels"]["thresholds"] == THRESHOLDS and len(manifest["checkpoint"]["sha256"]) == 64
+    assert len(manifest["parts"]) == 6  # 4 row groups of 50 per file, 100 rows per unit
+
+    scores = _read_scores(out)
+    ids = scores["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 600
+    assert scores.schema.field("prob_joy").type == pa.float32()
+    source = pa.concat_tables([pq.read_table(f) for f in sorted(corpus.iterdir())]).sort_by("id")
+    assert scores["source"].to_pylist() == source["source"].to_pylist()
+    probs = np.stack([scores[f"prob_{n}"].to_numpy() for n in ["anger", "fear", "joy"]], axis=1)
+    expected = _direct_probs(tiny_checkpoint, source["text"].to_pylist())
+    np.testing.assert_allclose(probs, expected, atol=1e-5)  # fp32 both ways; padding length is the only difference
+    names = np.array(["anger", "fear", "joy"])
+    for row, predicted in zip(probs, scores["predicted"].to_pylist(), strict=True):
+        assert predicted == list(names[row >= np.array(THRESHOLDS, dtype=np.float32)])
+    assert scores["top_label"].to_pylist() == list(names[probs.argmax(axis=1)])
+
+
+def test_crash_then_rerun_equals_a_clean_run_and_a_finished_output_is_left_alone(
+        ray_local, tiny_checkpoint, corpus, tmp_path):
+    clean = str(tmp_path / "clean")
+    run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=clean))
+
+    crashed = str(tmp_path / "crashed")
+    (ray_local / "fail_unit").write_text("part-1")
+    try:
+        with pytest.raises(ScoreError, match=r"part-1\.parquet: RuntimeError: injected failure"):
+            run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
+    finally:
+        (ray_local / "fail_unit").unlink()
+    assert not storage.exists(f"{crashed}/_SUCCESS") and not storage.exists(f"{crashed}/manifest.json")
+    left = storage.list_names(crashed)
+    assert sum(n.startswith("part-1") for n in left) == 0 and sum(n.startswith("part-") for n in left) == 4
+
+    resumed = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
+    assert resumed.units_scored == 2 and resumed.units_skipped == 4, "only the missing units are scored"
+    assert _read_scores(crashed).equals(_read_scores(clean))
+    assert storage.list_names(crashed) == storage.list_names(clean)
+
+    again = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
+    assert again.already_complete and again.rows_out == 0
+    redo = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed, overwrite=True))
+    assert redo.units_scored == 6 and redo.rows_out == 600
+
+
+def test_corrupted_input_file_fails_by_name_and_keeps_other_outputs(ray_local, tiny_checkpoint, corpus, tmp_path):
+    (corpus / "part-9.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 50 + b"PAR1")
+    output = str(tmp_path / "out")
+    with pytest.raises(ScoreError, match=r"part-9\.parquet"):
+        run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=output))
+    names = storage.list_names(output)
+    assert "_SUCCESS" not in names and sum(n.endswith(".parquet") for n in names) == 6
+
+
+@pytest.mark.parametrize("policy,rows_out", [("score", 200), ("skip", 197)])
+def test_null_and_empty_texts_follow_the_configured_policy(ray_local, tiny_checkpoint, tmp_path, policy, rows_out):
+    rows = [{"id": str(i), "text": r["text"]} for i, r in enumerate(make_rows(200, 7, True))]
+    rows[5]["text"], rows[50]["text"], rows[150]["text"] = None, "", "  "
+    write_rows(tmp_path / "in.parquet", rows)
+    summary = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(tmp_path / "in.parquet"),
+                       output=str(tmp_path / "out"), passthrough_columns=[], empty_text=policy))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["empty_texts"] == {"count": 3, "policy": policy}
+    assert summary.rows_in == 200 and summary.rows_out == rows_out
+
+
+def test_empty_text_error_policy_names_the_file(ray_local, tiny_checkpoint, tmp_path):
+    write_rows(tmp_path / "holes.parquet", [{"id": "1", "text": "happy day"}, {"id": "2", "text": None}])
+    with pytest.raises(ScoreError, match=r"holes\.parquet.*1 null or empty text"):
+        run(_cfg(checkpoint=str(tiny_checkpoint), input=str(tmp_path / "holes.parquet"), output=str(tmp_path / "o"),
+                 passthrough_columns=[], empty_text="error"))
+
+
+def test_missing_text_column_is_named_before_scoring(tiny_checkpoint, tmp_path):
+    write_rows(tmp_path / "a.parquet", [{"id": "1", "body": "x"}])
+    with pytest.raises(ValueError, match=r"a\.parquet: text column 'text' not found"):
+        run(_cfg(checkpoint=str(tiny_checkpoint), input=str(tmp_path / "a.parquet"), output=str(tmp_path / "o"),
+                 passthrough_columns=[]))
+
+
+def test_checkpoint_that_does_not_exist_or_is_not_a_checkpoint(tiny_model, corpus, tmp_path):
+    with pytest.raises(CheckpointError, match=r"checkpoint .*nope does not exist"):
+        run(_cfg(checkpoint=str(tmp_path / "nope"), input=str(corpus), output=str(tmp_path / "o")))
+    with pytest.raises(CheckpointError, match=r"is not a bertclf checkpoint: it has no bertclf\.json"):
+        run(_cfg(checkpoint=str(tiny_model), input=str(corpus), output=str(tmp_path / "o")))
+
+
+def test_output_inside_the_input_prefix_is_refused(tiny_checkpoint, corpus):
+    with pytest.raises(ValueError, match="is inside the input"):
+        run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=str(corpus / "scores")))
+
+
+def test_input_that_matches_no_files(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match=r"glob .*\*\.parquet matches no files"):
+        run(_cfg(checkpoint=str(tiny_checkpoint), input=str(tmp_path / "none" / "*.parquet"),
+                 output=str(tmp_path / "o")))
+
+
+def test_predict_prints_labels_from_the_checkpoint(tiny_checkpoint):
+    from bertclf.predict import predict_texts, render
+
+    rows = predict_texts(str(tiny_checkpoint), ["happy glad day", "scared panic"])
+    expected = _direct_probs(tiny_checkpoint, ["happy glad day", "scared panic"])
+    for row, probs in zip(rows, expected, strict=True):
+        assert set(row["probabilities"]) == {"anger", "fear", "joy"}
+        np.testing.assert_allclose([row["probabilities"][n] for n in ["anger", "fear", "joy"]], probs, atol=1e-5)
+        assert row["predicted"] == [n for n, p, t in zip(["anger", "fear", "joy"], probs, THRESHOLDS, strict=True)
+                                    if p >= t]
+    assert "predicted:" in render(rows)
