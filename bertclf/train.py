@@ -153,15 +153,15 @@ def train_loop_per_worker(config: dict) -> None:
         with resume.as_directory() as d:
             state = checkpoint.load_train_state(Path(d), optimizer, scheduler)
         if rank == 0:
-            print(f"[bertclf] resumed from checkpoint after epoch {state['epoch']}", flush=True)
+            log.info(f"resumed from checkpoint after epoch {state['epoch']}")
     history: list[dict] = state["history"]
 
     loss_fn = torch.nn.BCEWithLogitsLoss() if data.space.task == "multi_label" else torch.nn.CrossEntropyLoss()
     shard = ray.train.get_dataset_shard("train")
     val_texts, val_targets = validation_rows(data, rank, world)
     if rank == 0:
-        print(f"[bertclf] {world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
-              f"{cfg.epochs} epoch(s)", flush=True)
+        log.info(f"{world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
+              f"{cfg.epochs} epoch(s)")
 
     for epoch in range(state["epoch"], cfg.epochs):
         _maybe_kill_for_test(epoch, rank, world)
@@ -190,8 +190,8 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum += float(loss.detach())
             if rank == 0 and (steps % max(1, steps_per_epoch // 10) == 0):
                 rate = seen * world / (time.perf_counter() - t0)
-                print(f"[bertclf] epoch {epoch + 1}/{cfg.epochs} step {steps}/{steps_per_epoch} "
-                      f"loss {loss_sum / steps:.4f} {rate:.1f} samples/s", flush=True)
+                log.info(f"epoch {epoch + 1}/{cfg.epochs} step {steps}/{steps_per_epoch} "
+                      f"loss {loss_sum / steps:.4f} {rate:.1f} samples/s")
         train_seconds = time.perf_counter() - t0
 
         model.eval()
@@ -285,8 +285,8 @@ def _print_epoch(record: dict, cfg: TrainConfig) -> None:
     keys = ["train_loss", "val_loss", "f1_micro", "f1_macro", "f1_weighted", "roc_auc_macro", "accuracy",
             "subset_accuracy", "hamming_loss", "f1_macro_at_0.5"]
     parts = [f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float)]
-    print(f"[bertclf] epoch {record['epoch']}/{cfg.epochs} " + " ".join(parts)
-          + f" | {record['samples_per_s']:.1f} samples/s, {record['train_seconds']:.1f}s", flush=True)
+    log.info(f"epoch {record['epoch']}/{cfg.epochs} " + " ".join(parts)
+          + f" | {record['samples_per_s']:.1f} samples/s, {record['train_seconds']:.1f}s")
 
 
 def _should_checkpoint(epoch: int, cfg: TrainConfig, history: list[dict]) -> bool:
@@ -322,5 +322,5 @@ def _maybe_kill_for_test(epoch: int, rank: int, world: int) -> None:
         return
     if epoch == int(Path(arm).read_text().strip()):
         os.unlink(arm)
-        print(f"[bertclf] test fault injection: worker {rank} exits at epoch {epoch}", flush=True)
+        log.info(f"test fault injection: worker {rank} exits at epoch {epoch}")
         os._exit(1)

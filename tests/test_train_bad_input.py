@@ -9,7 +9,7 @@ from conftest import make_rows, write_rows
 
 from bertclf import train
 from bertclf.config import TrainConfig
-from bertclf.data import DataError, inspect_training_data
+from bertclf.data import DataError, in_validation_split, inspect_training_data
 from bertclf.modeling import ModelError
 from bertclf.storage import StorageError
 
@@ -100,3 +100,22 @@ def test_model_not_found_offline(good, monkeypatch):
 
 def test_task_that_contradicts_the_labels(good):
     _fails("multi_class needs a single string label column", **{**good, "task": "multi_class"})
+
+
+def test_wide_zero_one_columns_make_a_multi_label_space(good, tmp_path):
+    rows = [{"text": r["text"], "toxic": int("anger" in r["labels"]), "scared": int("fear" in r["labels"])}
+            for r in make_rows(40, 1, True)]
+    write_rows(tmp_path / "wide.parquet", rows)
+    cfg = TrainConfig(**{**good, "train": str(tmp_path / "wide.parquet"), "validation": None,
+                         "label_columns": ["toxic", "scared"]})
+    data = inspect_training_data(cfg)
+    assert data.space.task == "multi_label" and data.space.names == ["toxic", "scared"]
+    in_val = in_validation_split([r["text"] for r in rows], cfg.validation_fraction)
+    assert data.label_counts == {c: sum(r[c] for r, v in zip(rows, in_val, strict=True) if not v)
+                                 for c in ("toxic", "scared")}
+
+
+def test_wide_column_with_values_other_than_zero_one(good, tmp_path):
+    write_rows(tmp_path / "wide2.parquet", [{"text": "a b", "toxic": 2}, {"text": "c", "toxic": 0}])
+    _fails(r"wide2\.parquet: wide label column 'toxic' has 1 value\(s\) other than 0/1",
+           **{**good, "train": str(tmp_path / "wide2.parquet"), "label_columns": ["toxic"]})
