@@ -43,6 +43,8 @@ class TrainConfig:
     num_workers: int = 2
     batch_size: int = 32  # per worker
     learning_rate: float = 5e-5
+    head_learning_rate: float | None = None  # classifier + pooler; None: 20 x learning_rate
+    reinit_pooler: str = "auto"  # auto: re-initialize for sentence-transformers models, whose pooler is untrained
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -62,6 +64,7 @@ class TrainConfig:
         _choice("task", self.task, ("auto", "multi_label", "multi_class"))
         _choice("precision", self.precision, ("auto", "bf16", "fp32"))
         _choice("use_gpu", str(self.use_gpu).lower(), ("auto", "true", "false"))
+        _choice("reinit_pooler", str(self.reinit_pooler).lower(), ("auto", "true", "false"))
         _choice("best_mode", self.best_mode, ("max", "min"))
         for name in ("epochs", "num_workers", "batch_size", "max_length", "checkpoint_every"):
             if getattr(self, name) < 1:

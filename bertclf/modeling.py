@@ -58,15 +58,21 @@ def load_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def build_classifier(model_dir: str, space: LabelSpace):
-    """The encoder with a fresh (or matching) classification head for this label space, SDPA attention."""
+def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: str = "false"):
+    """The encoder with a fresh (or matching) classification head for this label space, SDPA attention.
+
+    Sentence-transformers checkpoints (like the packaged all-MiniLM-L6-v2) were trained with mean pooling:
+    their BERT pooler is untrained and squashes every text to nearly the same vector, so fine-tuning through
+    it barely moves. `reinit_pooler="auto"` re-initializes it for them (measured on GoEmotions: validation
+    ROC AUC after 90 steps 0.59 -> 0.69), keeping the checkpoint a plain BertForSequenceClassification.
+    """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected when fine-tuning
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             model_dir,
             num_labels=len(space.names),
             id2label=dict(enumerate(space.names)),
@@ -77,6 +83,27 @@ def build_classifier(model_dir: str, space: LabelSpace):
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+    if _should_reinit_pooler(model_dir, reinit_pooler):
+        import torch
+
+        pooler = getattr(model.base_model, "pooler", None)
+        if pooler is not None and hasattr(pooler, "dense"):
+            torch.nn.init.xavier_uniform_(pooler.dense.weight)
+            torch.nn.init.zeros_(pooler.dense.bias)
+    return model
+
+
+def _should_reinit_pooler(model_dir: str, setting: str) -> bool:
+    if str(setting).lower() == "auto":
+        return (Path(model_dir) / "config_sentence_transformers.json").exists()
+    return str(setting).lower() == "true"
+
+
+def head_parameter_names(model) -> set[str]:
+    """Parameters of the classification head and pooler: new (or re-initialized) weights that need a larger
+    learning rate than the pretrained encoder."""
+    prefix = model.base_model_prefix + "."
+    return {n for n, _ in model.named_parameters() if not n.startswith(prefix) or ".pooler." in n}
 
 
 def load_for_inference(model_dir: str | Path, device=None):

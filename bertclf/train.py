@@ -133,7 +133,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
-    model = build_classifier(model_dir, data.space)
+    model = build_classifier(model_dir, data.space, cfg.reinit_pooler)
     resume = ray.train.get_checkpoint()
     if resume:
         from safetensors.torch import load_file
@@ -143,7 +143,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = prepare_model(model)
     raw_model = model.module if hasattr(model, "module") else model
 
-    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay), lr=cfg.learning_rate)
+    head_lr = cfg.head_learning_rate or 20 * cfg.learning_rate
+    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, cfg.learning_rate, head_lr))
     rows_per_worker = data.n_train // world
     steps_per_epoch = max(1, math.ceil(rows_per_worker / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
@@ -235,14 +236,18 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _param_groups(model, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights, as in BERT's original recipe."""
-    decay, no_decay = [], []
+def _param_groups(model, weight_decay: float, lr: float, head_lr: float) -> list[dict]:
+    """Encoder at `lr`, new head + pooler at `head_lr`; no weight decay on biases and LayerNorm weights."""
+    from bertclf.modeling import head_parameter_names
+
+    head = head_parameter_names(model)
+    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if param.requires_grad:
+            decays = not (param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias"))
+            groups[(name in head, decays)].append(param)
+    return [{"params": params, "lr": head_lr if is_head else lr, "weight_decay": weight_decay if decays else 0.0}
+            for (is_head, decays), params in groups.items() if params]
 
 
 def _validation_logits(model, tokenizer, texts: list[str], cfg: TrainConfig, bf16: bool, device) -> np.ndarray:

@@ -1,0 +1,278 @@
+"""Shared helpers for the benchmark jobs (jobs/bench_score.py, jobs/bench_train.py): benchmark-only code.
+
+Machine facts, matmul peak, a Ray cluster the job owns, a memory sampler over the job's processes,
+subprocess runs, a plain-text table and the JSON result. Nothing here is used by the bertclf package.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+DEFAULT_RUNS_DIR = REPO / "runs"  # git-ignored
+
+
+def setup_env() -> None:
+    """The environment every Ray benchmark needs; set before ray is imported (a no-op where already set)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def import_psutil():
+    """psutil from the environment, else the copy Ray vendors (importing ray puts it on sys.path)."""
+    import importlib
+
+    try:
+        return importlib.import_module("psutil")
+    except ImportError:
+        importlib.import_module("ray")  # adds ray/thirdparty_files to sys.path
+        return importlib.import_module("psutil")
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def machine_info() -> dict:
+    """CPU model, cores, bf16 flags and memory of the machine this runs on."""
+    model, flags = "unknown", ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1]
+    except OSError:
+        pass
+    psutil = import_psutil()
+    flag_set = set(flags.split())
+    return {
+        "cpu_model": model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_flags_bf16": sorted(flag_set & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"}),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    from bertclf.checkpoint import versions as lib_versions
+
+    out = lib_versions()
+    try:
+        import accelerate
+
+        out["accelerate"] = accelerate.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def matmul_peak_gflops(dtype_name: str, n: int = 2048, trials: int = 7, min_seconds: float = 0.25) -> float:
+    """Best-of-`trials` GFLOP/s of an n x n matmul with torch on all cores (2*n^3 FLOPs per matmul)."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    for _ in range(2):  # warm-up: thread pool, oneDNN kernels
+        torch.matmul(a, b, out=out)
+    t0 = time.perf_counter()
+    torch.matmul(a, b, out=out)
+    reps = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+    best = 0.0
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b, out=out)
+        seconds = time.perf_counter() - t0
+        best = max(best, 2 * n**3 * reps / seconds / 1e9)
+    return best
+
+
+def in_existing_cluster() -> bool:
+    """True under `ray job submit` or with RAY_ADDRESS set: use that cluster, don't start (or stop) one."""
+    return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID")
+                or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+
+
+def start_ray(include_dashboard: bool = False) -> tuple[str, float]:
+    """A local Ray the job owns (all cores, no dashboard), or the job's cluster; returns (session dir, seconds).
+
+    address="local" so a cluster someone else started on this machine is never joined by accident. Without
+    the dashboard there is no state API: fine for Ray Data, but Ray Train's placement-group cleaner then
+    logs a warning every second, so the training steps ask for it.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        if in_existing_cluster():
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True)
+        else:
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=include_dashboard,
+                     log_to_driver=True)
+    seconds = time.perf_counter() - t0
+    node = ray._private.worker._global_node
+    session = node.get_session_dir_path() if node is not None else ""
+    return session, seconds
+
+
+def stop_ray() -> None:
+    """Disconnect; a local cluster started by start_ray() goes down with it (never `ray stop`)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class MemorySampler:
+    """Peak memory of this job: this process, its descendants, and the Ray processes of its session.
+
+    Every `interval` s the RSS of the tracked processes is summed (the peak of that sum is reported); every
+    `pss_every`-th sample also PSS, which counts shared pages (torch libraries, the object store) once
+    instead of once per process, so it is the closer figure for "memory this job needs".
+    Tracked: this process + all descendants (a local Ray's gcs/raylet/workers are), plus processes whose
+    command line names the Ray session directory and their descendants (a `ray start` cluster's raylet
+    and workers: on a shared cluster that includes other jobs' idle workers).
+    """
+
+    def __init__(self, session_dir: str = "", interval: float = 0.2, pss_every: int = 5):
+        self.psutil = import_psutil()
+        self.session_dir = session_dir
+        self.interval = interval
+        self.pss_every = pss_every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.peak_rss = 0
+        self.peak_pss = 0
+        self.peak_procs = 0
+        self.samples = 0
+        self.top_at_peak: list[tuple[str, float]] = []
+
+    def _pids(self) -> set[int]:
+        ps = self.psutil
+        children: dict[int, list[int]] = {}
+        roots = {os.getpid()}
+        for p in ps.process_iter(["pid", "ppid", "cmdline"]):
+            children.setdefault(p.info["ppid"], []).append(p.info["pid"])
+            if self.session_dir and self.session_dir in " ".join(p.info["cmdline"] or ()):
+                roots.add(p.info["pid"])
+        out: set[int] = set()
+        stack = list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid in out:
+                continue
+            out.add(pid)
+            stack.extend(children.get(pid, ()))
+        return out
+
+    def sample(self) -> None:
+        ps = self.psutil
+        with_pss = self.samples % self.pss_every == 0
+        rss = pss = 0
+        per: list[tuple[str, float]] = []
+        for pid in self._pids():
+            try:
+                p = ps.Process(pid)
+                if with_pss:
+                    info = p.memory_full_info()
+                    pss += info.pss
+                else:
+                    info = p.memory_info()
+                rss += info.rss
+                per.append((f"{pid}:{(p.cmdline() or [p.name()])[0][:40]}", info.rss / 2**20))
+            except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess):
+                continue
+        self.samples += 1
+        if rss > self.peak_rss:
+            self.peak_rss, self.peak_procs = rss, len(per)
+            self.top_at_peak = sorted(per, key=lambda kv: -kv[1])[:8]
+        self.peak_pss = max(self.peak_pss, pss)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def start(self) -> MemorySampler:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+        return {"peak_rss_mb": round(self.peak_rss / 2**20, 1), "peak_pss_mb": round(self.peak_pss / 2**20, 1),
+                "processes_at_peak": self.peak_procs, "samples": self.samples,
+                "largest_at_peak_mb": [[name, round(mb, 1)] for name, mb in self.top_at_peak]}
+
+
+def run_python(args: list[str], env: dict | None = None) -> None:
+    """Run `python <args>` with this interpreter, output passed through; raise when it fails."""
+    cmd = [sys.executable, *args]
+    print(f"[bench] $ {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"subprocess failed with exit code {proc.returncode}: {' '.join(cmd)}")
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2e}" if 0 < abs(value) < 0.01 else f"{value:,.{digits}f}"
+    return str(value)
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[str(h) for h in header]] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for k, row in enumerate(cells):
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  " + "  ".join(padded))
+        if k == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    print(flush=True)
+
+
+def write_json(path: str | Path, result: dict) -> None:
+    path = Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"[bench] wrote {path}", flush=True)
+
+
+def read_goemotions(data_dir: str | Path, split: str, columns: list[str]):
+    import pyarrow.parquet as pq
+
+    path = Path(data_dir) / "goemotions" / f"{split}.parquet"
+    if not path.exists():
+        raise SystemExit(f"GoEmotions {split} split not found at {path}; pass --data-dir <dir holding goemotions/>")
+    return pq.read_table(path, columns=columns)

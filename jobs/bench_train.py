@@ -1,0 +1,302 @@
+"""Benchmark: training samples/s of bertclf's Ray Train loop against Hugging Face `Trainer` on the same cores.
+
+    python jobs/bench_train.py --json runs/bench_train.json [--steps 100] [--batch-size 32] [--time-to-f1]
+
+bertclf: `bertclf.train.run` with --workers DDP workers on a GoEmotions slice of steps x batch x workers rows
+(so each worker runs --steps optimizer steps); samples/s is read from the returned history (the train loop
+measures it: all workers' samples over rank 0's loop time, validation excluded).
+Baselines: `transformers.Trainer` in one process with every core (a subprocess, run before Ray starts), the same
+packaged all-MiniLM-L6-v2 with the same classification head, the same rows, global batch (bertclf's per-worker
+batch x workers), optimizer steps, learning rate, weight decay, warmup and clipping, multi-label BCE. Four
+runs: dynamic padding (DataCollatorWithPadding) and fixed padding (padding="max_length", 128), each in fp32
+and bf16; each speedup is against the faster precision of that padding (said in the JSON). The Trainer's
+time is its train() call; its tokenization happens before (as in the usual `dataset.map`), while bertclf
+tokenizes inside its loop.
+--time-to-f1: wall time for bertclf (jobs/configs/goemotions.yaml: full train split, up to 3 epochs) to reach
+validation macro-F1 >= 0.35, from the start of train.run to the epoch's line in metrics.jsonl (long: ~1 h+
+on 2 cores); null otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common as bc  # noqa: E402
+
+bc.setup_env()
+
+F1_TARGET = 0.35
+HF_RUNS = [("dynamic", "fp32"), ("dynamic", "bf16"), ("max_length", "fp32"), ("max_length", "bf16")]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="where to write the results (JSON)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per worker (and for the Trainer)")
+    p.add_argument("--batch-size", type=int, default=32, help="bertclf's per-worker batch; Trainer's = this x workers")
+    p.add_argument("--workers", type=int, default=2, help="bertclf train workers")
+    p.add_argument("--max-length", type=int, default=128, help="truncation length (and the fixed padding length)")
+    p.add_argument("--epochs", type=int, default=1, help="bertclf epochs over the slice (samples/s: the last epoch)")
+    p.add_argument("--validation-rows", type=int, default=200)
+    p.add_argument("--workdir", default=str(bc.DEFAULT_RUNS_DIR / "bench_train"))
+    p.add_argument("--data-dir", default=str(bc.DEFAULT_DATA_DIR), help="directory holding goemotions/*.parquet")
+    p.add_argument("--skip-hf-bf16", action="store_true", help="skip the two bf16 Trainer runs")
+    p.add_argument("--time-to-f1", action="store_true",
+                   help=f"also time bertclf to validation macro-F1 >= {F1_TARGET} on full GoEmotions (long)")
+    p.add_argument("--f1-config", default=str(bc.REPO / "jobs" / "configs" / "goemotions.yaml"))
+    p.add_argument("--internal-hf", help=argparse.SUPPRESS)  # subprocess mode: path of a spec JSON
+    args = p.parse_args(argv)
+    if not args.internal_hf and not args.json:
+        p.error("--json is required")
+    for name in ("steps", "batch_size", "workers", "max_length", "epochs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def training_config(train: str, validation: str, output: str, args: argparse.Namespace):
+    from bertclf.config import TrainConfig
+
+    return TrainConfig(train=train, validation=validation, output=output, task="multi_label", label_column="labels",
+                       epochs=args.epochs, num_workers=args.workers, batch_size=args.batch_size,
+                       max_length=args.max_length)
+
+
+# ------------------------------------------------------------------------------------------------ HF Trainer
+
+
+def hf_worker(spec_path: str) -> None:
+    """Subprocess: one `transformers.Trainer` run, one process, every core; writes result.json."""
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
+
+    from bertclf.data import encode_batch, inspect_training_data, read_table
+    from bertclf.modeling import build_classifier, load_tokenizer, packaged_model_dir
+
+    spec = json.loads(Path(spec_path).read_text())
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(spec["seed"])
+    cfg_args = argparse.Namespace(**spec["args"])
+    cfg = training_config(spec["train"], spec["validation"], spec["out"], cfg_args)
+    data = inspect_training_data(cfg)  # the same label space (order included) bertclf builds
+    batch = encode_batch(read_table(spec["train"], data.read_columns), data)
+
+    model_dir = str(packaged_model_dir())
+    tokenizer = load_tokenizer(model_dir)
+    model = build_classifier(model_dir, data.space)
+    padding = spec["padding"]
+    enc = tokenizer(list(batch["text"]), truncation=True, max_length=cfg.max_length,
+                    padding="max_length" if padding == "max_length" else False, return_token_type_ids=False)
+    rows = [{"input_ids": ids, "attention_mask": mask, "labels": target.tolist()}
+            for ids, mask, target in zip(enc["input_ids"], enc["attention_mask"], batch["target"], strict=True)]
+    collator = default_data_collator if padding == "max_length" else DataCollatorWithPadding(tokenizer)
+    batch_size = cfg.batch_size * cfg.num_workers
+    result: dict = {"padding": padding, "precision": spec["precision"], "threads": threads, "batch_size": batch_size,
+                    "steps": spec["steps"], "rows": len(rows)}
+    with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
+        try:
+            targs = TrainingArguments(
+                output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=spec["steps"], report_to=[],
+                save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
+                bf16=spec["precision"] == "bf16", learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm, lr_scheduler_type="linear",
+                seed=cfg.seed, disable_tqdm=True)
+            trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator)
+            t0 = time.perf_counter()
+            out = trainer.train()
+            seconds = time.perf_counter() - t0
+            result.update(ok=True, seconds=seconds, samples_per_s=spec["steps"] * batch_size / seconds,
+                          train_loss=out.training_loss, optim=str(targs.optim),
+                          trainer_metrics={k: v for k, v in out.metrics.items() if isinstance(v, int | float)})
+        except Exception as exc:  # noqa: BLE001 - e.g. bf16 unsupported here: reported, not fatal
+            result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    Path(spec["result"]).write_text(json.dumps(result))
+    status = f"{result['samples_per_s']:.1f} samples/s in {result['seconds']:.1f}s" if result["ok"] else result["error"]
+    print(f"[bench] HF Trainer {padding}/{spec['precision']}: {status}", flush=True)
+
+
+def run_hf(args: argparse.Namespace, workdir: Path, train: str, validation: str) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    for padding, precision in HF_RUNS:
+        if precision == "bf16" and args.skip_hf_bf16:
+            continue
+        out = workdir / f"hf_{padding}_{precision}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        spec = {"train": train, "validation": validation, "out": str(out), "padding": padding, "precision": precision,
+                "steps": args.steps, "seed": 42, "result": str(out / "result.json"),
+                "args": {k: getattr(args, k) for k in ("epochs", "workers", "batch_size", "max_length")}}
+        (out / "spec.json").write_text(json.dumps(spec))
+        bc.run_python([str(Path(__file__).resolve()), "--internal-hf", str(out / "spec.json")])
+        results[f"{padding}_{precision}"] = json.loads((out / "result.json").read_text())
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ bertclf
+
+
+def run_bertclf(cfg) -> dict:
+    from bertclf import train
+
+    shutil.rmtree(cfg.output, ignore_errors=True)  # an old ray_train/ there would be resumed
+    bc.start_ray(include_dashboard=True)
+    try:
+        t0 = time.perf_counter()
+        result = train.run(cfg)
+        wall = time.perf_counter() - t0
+    finally:
+        bc.stop_ray()
+    history = [{k: v for k, v in h.items() if k not in ("per_label", "thresholds")} for h in result.history]
+    return {"wall_seconds": wall, "history": history, "samples_per_s_by_epoch": [h["samples_per_s"] for h in history],
+            "tokens_per_s_by_epoch": [h["tokens_per_s"] for h in history], "best_uri": result.best_uri}
+
+
+def time_to_f1(args: argparse.Namespace, workdir: Path) -> dict:
+    """bertclf on full GoEmotions with the goemotions.yaml recipe; wall time until macro-F1 >= target."""
+    from bertclf.config import TrainConfig, load_config
+
+    data = Path(args.data_dir) / "goemotions"
+    output = workdir / "time_to_f1"
+    cfg = load_config(TrainConfig, args.f1_config, {"train": str(data / "train.parquet"),
+                                                    "validation": str(data / "validation.parquet"),
+                                                    "output": str(output), "epochs": 3})
+    metrics = output / "metrics.jsonl"
+    reached: dict = {}
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def watch() -> None:
+        while not stop.is_set() and not reached:
+            try:
+                for line in metrics.read_text().splitlines():
+                    rec = json.loads(line)
+                    if rec.get("f1_macro", 0) >= F1_TARGET:
+                        reached.update(seconds=time.perf_counter() - t0, epoch=rec["epoch"], f1_macro=rec["f1_macro"])
+                        break
+            except (OSError, ValueError):
+                pass
+            stop.wait(1.0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    print(f"[bench] time to macro-F1 >= {F1_TARGET}: {cfg.train}, up to {cfg.epochs} epochs -> {output}", flush=True)
+    watcher.start()
+    try:
+        run = run_bertclf(cfg)
+    finally:
+        stop.set()
+        watcher.join()
+    return {"seconds": reached.get("seconds"), "epoch": reached.get("epoch"), "f1_macro": reached.get("f1_macro"),
+            "config": str(args.f1_config), "history": run["history"], "wall_seconds_total": run["wall_seconds"],
+            "note": "from the start of bertclf.train.run (Ray already up) to metrics.jsonl showing the epoch; "
+                    "macro-F1 with per-label thresholds tuned on the validation split (as bertclf reports it)"}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.internal_hf:
+        hf_worker(args.internal_hf)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import importlib.util
+
+    import pyarrow.parquet as pq
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise SystemExit("transformers.Trainer needs accelerate, which is not installed: pip install 'accelerate>=1.1'")
+
+    from bertclf.resources import use_bf16
+
+    started = bc.now_utc()
+    workdir = Path(args.workdir).expanduser().resolve()
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    machine = bc.machine_info()
+    rows = args.steps * args.batch_size * args.workers
+    source = bc.read_goemotions(args.data_dir, "train", ["text", "labels"])
+    if rows > source.num_rows:
+        raise SystemExit(f"--steps x --batch-size x --workers = {rows} rows > the {source.num_rows} GoEmotions train "
+                         "rows; lower --steps")
+    train = str(workdir / "data" / f"train_{rows}.parquet")
+    validation = str(workdir / "data" / f"validation_{args.validation_rows}.parquet")
+    pq.write_table(source.slice(0, rows), train)
+    pq.write_table(bc.read_goemotions(args.data_dir, "validation", ["text", "labels"]).slice(0, args.validation_rows),
+                   validation)
+
+    hf = run_hf(args, workdir, train, validation)  # before Ray: the cores are the Trainer's alone
+    ours = run_bertclf(training_config(train, validation, str(workdir / "bertclf_run"), args))
+    f1 = time_to_f1(args, workdir) if args.time_to_f1 else None
+
+    bertclf_sps = ours["samples_per_s_by_epoch"][-1]
+
+    def faster(padding: str) -> tuple[str | None, float | None]:
+        done = {k: v["samples_per_s"] for k, v in hf.items() if k.startswith(padding + "_") and v.get("ok")}
+        if not done:
+            return None, None
+        key = max(done, key=done.get)
+        return key, done[key]
+
+    dyn_key, dyn_sps = faster("dynamic")
+    fix_key, fix_sps = faster("max_length")
+    bf16 = use_bf16("auto", "cpu")
+    sps = {k: (v["samples_per_s"] if v.get("ok") else None) for k, v in hf.items()}
+    result = {
+        "date": started, "finished": bc.now_utc(), "machine": machine, "versions": bc.versions(),
+        "steps": args.steps, "per_worker_batch_size": args.batch_size, "workers": args.workers,
+        "global_batch_size": args.batch_size * args.workers, "rows": rows, "max_length": args.max_length,
+        "bertclf_precision": "bf16 autocast" if bf16 else "fp32",
+        "bertclf_samples_per_s": bertclf_sps,
+        "bertclf_samples_per_s_by_epoch": ours["samples_per_s_by_epoch"],
+        "bertclf_tokens_per_s_by_epoch": ours["tokens_per_s_by_epoch"],
+        "bertclf_wall_seconds": ours["wall_seconds"],
+        "bertclf_note": "samples/s from the train loop's history (last epoch): both workers' samples over rank 0's "
+                        "loop time, tokenization and Ray Data reading included, validation and startup excluded",
+        "hf_trainer_samples_per_s": {k: v for k, v in sps.items()},
+        "hf_trainer_fp32_samples_per_s": sps.get("dynamic_fp32"),
+        "hf_trainer_bf16_samples_per_s": sps.get("dynamic_bf16"),
+        "hf_trainer_fixed_padding_fp32_samples_per_s": sps.get("max_length_fp32"),
+        "hf_trainer_fixed_padding_bf16_samples_per_s": sps.get("max_length_bf16"),
+        "hf_trainer_runs": hf,
+        "hf_note": "transformers.Trainer in one process, torch threads = all cores; samples/s = max_steps x batch / "
+                   "wall time of train(); tokenization done before train() (not timed)",
+        "speedup_vs_hf_trainer": (bertclf_sps / dyn_sps) if dyn_sps else None,
+        "speedup_vs_hf_trainer_against": dyn_key,
+        "speedup_vs_fixed_padding": (bertclf_sps / fix_sps) if fix_sps else None,
+        "speedup_vs_fixed_padding_against": fix_key,
+        "speedup_note": "each speedup is against the faster precision (fp32 or bf16) of that padding's Trainer runs",
+        "bertclf_history": ours["history"],
+        "time_to_macro_f1_0_35": f1["seconds"] if f1 else None,
+        "time_to_macro_f1_0_35_detail": f1,
+    }
+    rows_table = [["bertclf Ray Train", f"{args.workers} workers", result["bertclf_precision"], bertclf_sps, 1.0]]
+    for key, run in hf.items():
+        padding, precision = key.rsplit("_", 1)
+        value = run["samples_per_s"] if run.get("ok") else None
+        rows_table.append([f"HF Trainer {padding}", "1 process", precision, value,
+                           (bertclf_sps / value) if value else None])
+    bc.print_table(f"bench_train: {args.steps} steps x global batch {args.batch_size * args.workers}, "
+                   f"{machine['cpu_model']}, {machine['logical_cores']} cores",
+                   ["", "layout", "precision", "samples/s", "bertclf speedup"], rows_table)
+    bc.print_table("summary", ["metric", "value"],
+                   [["speedup_vs_hf_trainer", result["speedup_vs_hf_trainer"]], ["  against", dyn_key],
+                    ["speedup_vs_fixed_padding", result["speedup_vs_fixed_padding"]], ["  against", fix_key],
+                    ["time_to_macro_f1_0_35 (s)", result["time_to_macro_f1_0_35"]]])
+    bc.write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
