@@ -70,6 +70,21 @@ def machine_info() -> dict:
     }
 
 
+def contention_warning(machine: dict) -> str | None:
+    """A warning when the machine was already busy when the benchmark started (numbers not representative).
+
+    With every core already taken, multi-threaded torch (the baselines: one process, all cores) loses far more
+    than single-threaded Ray workers do: OpenMP threads wait on each other at every op while descheduled.
+    """
+    load = machine["load_avg_at_start"][0]
+    if load < 0.5:
+        return None
+    msg = (f"the machine was busy when this benchmark started (1-min load average {load:.2f} on "
+           f"{machine['logical_cores']} cores): throughputs and speedups are not representative; re-run idle")
+    print(f"[bench] WARNING: {msg}", flush=True)
+    return msg
+
+
 def versions() -> dict:
     from bertclf.checkpoint import versions as lib_versions
 

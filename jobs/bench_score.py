@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--files", type=int, default=4, help="Parquet files the corpus is written in")
     p.add_argument("--row-group-rows", type=int, default=5000, help="rows per Parquet row group of the corpus")
     p.add_argument("--baseline-batch-size", type=int, default=64)
+    p.add_argument("--baseline-threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads of the one-process baseline (default: every core)")
+    p.add_argument("--max-tokens-per-batch", type=int, help="bertclf ScoreConfig.max_tokens_per_batch (default: its)")
+    p.add_argument("--max-batch-rows", type=int, help="bertclf ScoreConfig.max_batch_rows (default: its)")
     p.add_argument("--internal-baseline", help=argparse.SUPPRESS)  # subprocess mode: path of a spec JSON
     args = p.parse_args(argv)
     if not args.internal_baseline and (args.rows is None or args.json is None):
@@ -137,10 +141,10 @@ def baseline_worker(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
-    threads = os.cpu_count() or 1
+    peaks = {d: bc.matmul_peak_gflops(d) for d in ("fp32", "bf16")}  # on every core
+    threads = spec["threads"]
     torch.set_num_threads(threads)
-    peaks = {d: bc.matmul_peak_gflops(d) for d in ("fp32", "bf16")}
-    print(f"[bench] matmul peak ({threads} threads, 2048x2048): fp32 {peaks['fp32']:.1f} GFLOP/s, "
+    print(f"[bench] matmul peak ({os.cpu_count()} threads, 2048x2048): fp32 {peaks['fp32']:.1f} GFLOP/s, "
           f"bf16 {peaks['bf16']:.1f} GFLOP/s", flush=True)
 
     files = sorted(Path(spec["corpus"]).glob("*.parquet"))
@@ -203,13 +207,12 @@ def baseline_worker(spec_path: str) -> None:
 
 
 def run_baseline(args: argparse.Namespace, workdir: Path, ckpt, corpus: Path, file_rows: list[int]) -> dict:
-    from bertclf.config import ScoreConfig
-
     out = workdir / f"baseline_{args.rows}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    defaults = ScoreConfig()
-    spec = {"corpus": str(corpus), "ckpt_dir": str(ckpt.local_dir), "max_length": ckpt.max_length,
+    defaults = score_config(args, "", "", "")
+    spec = {"threads": args.baseline_threads, "corpus": str(corpus), "ckpt_dir": str(ckpt.local_dir),
+            "max_length": ckpt.max_length,
             "task": ckpt.space.task, "names": ckpt.space.names, "batch_size": args.baseline_batch_size,
             "out": str(out), "file_rows": file_rows, "read_batch_rows": defaults.read_batch_rows,
             "max_tokens_per_batch": defaults.max_tokens_per_batch, "max_batch_rows": defaults.max_batch_rows}
@@ -226,10 +229,16 @@ def run_baseline(args: argparse.Namespace, workdir: Path, ckpt, corpus: Path, fi
 # ------------------------------------------------------------------------------------------------ bertclf
 
 
-def score_once(ckpt_uri: str, corpus: Path, output: Path, session_dir: str | None) -> dict:
+def score_config(args: argparse.Namespace, ckpt_uri: str, corpus: str, output: str):
+    from bertclf.config import ScoreConfig
+
+    knobs = {k: getattr(args, k) for k in ("max_tokens_per_batch", "max_batch_rows") if getattr(args, k)}
+    return ScoreConfig(checkpoint=ckpt_uri, input=corpus, output=output, overwrite=True, id_column="id", **knobs)
+
+
+def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Path, session_dir: str | None) -> dict:
     """One bertclf.score.run, timed around the call, with the job's memory sampled throughout."""
     from bertclf import score
-    from bertclf.config import ScoreConfig
     from bertclf.scorer import unit_stats
 
     sampler = bc.MemorySampler(session_dir or "").start()
@@ -237,7 +246,7 @@ def score_once(ckpt_uri: str, corpus: Path, output: Path, session_dir: str | Non
     if session_dir is None:  # a fresh local Ray for this run, inside the memory window
         session_dir, ray_start_s = bc.start_ray()
         sampler.session_dir = session_dir
-    cfg = ScoreConfig(checkpoint=ckpt_uri, input=str(corpus), output=str(output), overwrite=True, id_column="id")
+    cfg = score_config(args, ckpt_uri, str(corpus), str(output))
     t0 = time.perf_counter()
     summary = score.run(cfg)
     wall = time.perf_counter() - t0
@@ -251,7 +260,8 @@ def score_once(ckpt_uri: str, corpus: Path, output: Path, session_dir: str | Non
     print(f"[bench] bertclf: {summary.rows_out} rows in {wall:.2f}s around score.run ({summary.rows_out / wall:.1f} "
           f"rows/s; manifest {manifest['rows_per_s']:.1f} rows/s); peak RSS {memory['peak_rss_mb']:.0f} MB, "
           f"PSS {memory['peak_pss_mb']:.0f} MB", flush=True)
-    return {"rows": summary.rows_out, "wall_seconds": wall, "ray_start_seconds": ray_start_s,
+    return {"rows": summary.rows_out, "wall_seconds": wall, "max_tokens_per_batch": cfg.max_tokens_per_batch,
+            "max_batch_rows": cfg.max_batch_rows, "ray_start_seconds": ray_start_s,
             "manifest_rows_per_s": manifest["rows_per_s"], "timings": manifest["timings"],
             "units": manifest["units"], "tokens": tokens, "memory": memory, "session_dir": session_dir,
             "cluster": cluster, "parts": [str(p) for p in parts]}
@@ -298,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     machine = bc.machine_info()
+    warning = bc.contention_warning(machine)
     n = args.rows
     existing = bc.in_existing_cluster()
     try:
@@ -309,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = run_baseline(args, workdir, ckpt, corpus, file_rows)
 
         session = bc.start_ray()[0] if existing else None
-        run_n = score_once(ckpt_uri, corpus, workdir / f"scores_{n}", session)
+        run_n = score_once(args, ckpt_uri, corpus, workdir / f"scores_{n}", session)
         quality = compare(baseline, run_n["parts"], ckpt.space)
         run_10n = None
         if not args.skip_memory:
@@ -317,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 bc.stop_ray()
             corpus_10 = workdir / f"corpus_{10 * n}"
             write_corpus(args, corpus_10, 10 * n)
-            run_10n = score_once(ckpt_uri, corpus_10, workdir / f"scores_{10 * n}", session)
+            run_10n = score_once(args, ckpt_uri, corpus_10, workdir / f"scores_{10 * n}", session)
     finally:
         bc.stop_ray()
 
@@ -338,9 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     peak_fraction = bertclf_tps * flops_per_token / (peaks[dtype] * 1e9)
     mem_n = run_n["memory"]["peak_rss_mb"]
     mem_10n = run_10n["memory"]["peak_rss_mb"] if run_10n else None
+    extra = (run_10n["wall_seconds"] - run_n["wall_seconds"]) if run_10n else 0.0
+    marginal = 9 * n / extra if run_10n and extra > max(2.0, 0.2 * run_n["wall_seconds"]) else None
 
     result = {
-        "rows": n, "date": started, "finished": bc.now_utc(), "machine": machine, "versions": bc.versions(),
+        "rows": n, "warning": warning, "date": started, "finished": bc.now_utc(), "machine": machine,
+        "versions": bc.versions(),
         "checkpoint": {"uri": ckpt_uri, "source": ckpt_source, "training_seconds": ckpt_train_s,
                        "task": ckpt.space.task, "labels": len(ckpt.space.names), "max_length": ckpt.max_length},
         "dtype": dtype, "baseline_dtype": "fp32",
@@ -365,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         "bertclf_scoring_tokens_per_s": scoring_tps,
         "flops_per_token": flops_per_token, "flops_note": FLOPS_NOTE, "params": params,
         "peak_gflops_fp32": peaks["fp32"], "peak_gflops_bf16": peaks["bf16"],
-        "peak_note": f"best of 7 x (2048x2048 matmul) with torch, {baseline['threads']} threads, measured in this run",
+        "peak_note": f"best of 7 x (2048x2048 matmul) with torch, {machine['logical_cores']} threads, measured in "
+                     "this run",
         "peak_fraction": peak_fraction,
         "peak_fraction_scoring_only": (scoring_tps * flops_per_token / (peaks[dtype] * 1e9)) if scoring_tps else None,
         "baseline_peak_fraction": baseline_tps * flops_per_token / (peaks["fp32"] * 1e9),
@@ -380,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         "run_N": {k: v for k, v in run_n.items() if k != "parts"},
         "run_10N": {k: v for k, v in run_10n.items() if k != "parts"} if run_10n else None,
         "bertclf_rows_per_s_10N": (run_10n["rows"] / run_10n["wall_seconds"]) if run_10n else None,
+        "bertclf_marginal_rows_per_s": marginal,
+        "marginal_note": "9N / (wall_10N - wall_N): scoring rate with the fixed startup (actors, model load) "
+                         "cancelled out; null when the 10N run was not clearly longer (> 2 s and > 20%)",
     }
 
     bc.print_table(f"bench_score: {n} rows, {machine['cpu_model']}, {machine['logical_cores']} cores",

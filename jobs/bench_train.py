@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validation-rows", type=int, default=200)
     p.add_argument("--workdir", default=str(bc.DEFAULT_RUNS_DIR / "bench_train"))
     p.add_argument("--data-dir", default=str(bc.DEFAULT_DATA_DIR), help="directory holding goemotions/*.parquet")
+    p.add_argument("--hf-threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads of the one-process Trainer (default: every core)")
     p.add_argument("--skip-hf-bf16", action="store_true", help="skip the two bf16 Trainer runs")
     p.add_argument("--time-to-f1", action="store_true",
                    help=f"also time bertclf to validation macro-F1 >= {F1_TARGET} on full GoEmotions (long)")
@@ -85,7 +87,7 @@ def hf_worker(spec_path: str) -> None:
     from bertclf.modeling import build_classifier, load_tokenizer, packaged_model_dir
 
     spec = json.loads(Path(spec_path).read_text())
-    threads = os.cpu_count() or 1
+    threads = spec["threads"]
     torch.set_num_threads(threads)
     torch.manual_seed(spec["seed"])
     cfg_args = argparse.Namespace(**spec["args"])
@@ -136,7 +138,7 @@ def run_hf(args: argparse.Namespace, workdir: Path, train: str, validation: str)
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         spec = {"train": train, "validation": validation, "out": str(out), "padding": padding, "precision": precision,
-                "steps": args.steps, "seed": 42, "result": str(out / "result.json"),
+                "steps": args.steps, "seed": 42, "threads": args.hf_threads, "result": str(out / "result.json"),
                 "args": {k: getattr(args, k) for k in ("epochs", "workers", "batch_size", "max_length")}}
         (out / "spec.json").write_text(json.dumps(spec))
         bc.run_python([str(Path(__file__).resolve()), "--internal-hf", str(out / "spec.json")])
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).expanduser().resolve()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     machine = bc.machine_info()
+    warning = bc.contention_warning(machine)
     rows = args.steps * args.batch_size * args.workers
     source = bc.read_goemotions(args.data_dir, "train", ["text", "labels"])
     if rows > source.num_rows:
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = use_bf16("auto", "cpu")
     sps = {k: (v["samples_per_s"] if v.get("ok") else None) for k, v in hf.items()}
     result = {
-        "date": started, "finished": bc.now_utc(), "machine": machine, "versions": bc.versions(),
+        "warning": warning, "date": started, "finished": bc.now_utc(), "machine": machine, "versions": bc.versions(),
         "steps": args.steps, "per_worker_batch_size": args.batch_size, "workers": args.workers,
         "global_batch_size": args.batch_size * args.workers, "rows": rows, "max_length": args.max_length,
         "bertclf_precision": "bf16 autocast" if bf16 else "fp32",
