@@ -291,3 +291,18 @@ def read_goemotions(data_dir: str | Path, split: str, columns: list[str]):
     if not path.exists():
         raise SystemExit(f"GoEmotions {split} split not found at {path}; pass --data-dir <dir holding goemotions/>")
     return pq.read_table(path, columns=columns)
+
+
+def validation_slice(data_dir: str | Path, rows: int | None, train_table):
+    """The first `rows` validation rows (all when None) whose labels all occur in `train_table`.
+
+    bertclf rejects validation labels the training data never shows, which a small train slice can miss.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    known = set(pc.unique(pc.list_flatten(train_table["labels"])).to_pylist())
+    table = read_goemotions(data_dir, "validation", ["text", "labels"])
+    keep = pa.array([set(labels) <= known for labels in table["labels"].to_pylist()])
+    table = table.filter(keep)
+    return table if rows is None else table.slice(0, rows)

@@ -85,10 +85,9 @@ def ensure_checkpoint(args: argparse.Namespace, workdir: Path) -> tuple[str, str
 
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
-    pq.write_table(bc.read_goemotions(args.data_dir, "train", ["text", "labels"]).slice(0, args.train_rows),
-                   data / "train.parquet")
-    pq.write_table(bc.read_goemotions(args.data_dir, "validation", ["text", "labels"]).slice(0, args.validation_rows),
-                   data / "validation.parquet")
+    table = bc.read_goemotions(args.data_dir, "train", ["text", "labels"]).slice(0, args.train_rows)
+    pq.write_table(table, data / "train.parquet")
+    pq.write_table(bc.validation_slice(args.data_dir, args.validation_rows, table), data / "validation.parquet")
     shutil.rmtree(run_dir, ignore_errors=True)  # an old ray_train/ there would be resumed, not retrained
     cfg = TrainConfig(train=str(data / "train.parquet"), validation=str(data / "validation.parquet"),
                       output=str(run_dir), epochs=1, num_workers=2, max_length=64, learning_rate=1e-4)
@@ -287,7 +286,15 @@ def compare(baseline: dict, parts: list[str], space) -> dict:
     # disagreements come from probabilities within max|dprob| of a threshold: how many rows have one
     margin = np.abs(baseline["probs"] - np.asarray(space.thresholds, dtype=np.float32))
     near = (margin <= max(float(diff.max()), 1e-6)).any(axis=1) if space.task == "multi_label" else None
+    # a collapsed model (same probabilities for every text) has thresholds tuned onto those constants, so
+    # any numeric noise flips labels: agreement then says nothing about bertclf
+    spread = float(baseline["probs"].std(axis=0).max()) if len(order) > 1 else None
+    collapsed = spread is not None and spread < 0.01
+    if collapsed:
+        print(f"[bench] WARNING: the checkpoint gives nearly the same probabilities for every text (largest per-label "
+              f"std {spread:.4f}): agreement is not meaningful; pass --checkpoint with a trained model", flush=True)
     return {"agreement": same / len(order), "rows_compared": len(order), "rows_disagreeing": len(order) - same,
+            "baseline_prob_std_max": spread, "checkpoint_collapsed": collapsed,
             "max_abs_dprob": float(diff.max()), "mean_abs_dprob": float(diff.mean()),
             "rows_with_a_prob_within_max_dprob_of_threshold": int(near.sum()) if near is not None else None}
 
