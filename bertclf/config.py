@@ -90,7 +90,7 @@ class ScoreConfig:
     overwrite: bool = False
     num_actors: int | None = None  # None: planned from the cluster
     cpus_per_actor: float | None = None
-    precision: str = "auto"  # auto | bf16 | fp32 | int8 (dynamic quantization of Linear layers, CPU only)
+    precision: str = "auto"  # auto | bf16 | fp32
     max_tokens_per_batch: int = 2048  # measured fastest on CPU (cache-sized batches); raise it for GPUs
     max_batch_rows: int = 64
     rows_per_unit: int = 20_000  # rows per unit of work (and per output part)
@@ -99,7 +99,7 @@ class ScoreConfig:
 
     def validate(self) -> None:
         _choice("empty_text", self.empty_text, ("score", "skip", "error"))
-        _choice("precision", self.precision, ("auto", "bf16", "fp32", "int8"))
+        _choice("precision", self.precision, ("auto", "bf16", "fp32"))
         for name in ("max_tokens_per_batch", "max_batch_rows", "rows_per_unit", "read_batch_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

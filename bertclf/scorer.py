@@ -69,11 +69,7 @@ class UnitScorer:
         self.space = ckpt.space
         self.max_length = ckpt.max_length
         self.model, self.tokenizer = load_for_inference(ckpt.local_dir, self.device)
-        if settings.precision == "int8" and self.device.type == "cpu":
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
-            self.bf16 = False
-        else:
-            self.bf16 = use_bf16(settings.precision, self.device.type)
+        self.bf16 = use_bf16(settings.precision, self.device.type)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         results = []

@@ -37,11 +37,6 @@ FLOPS_NOTE = ("flops_per_token = 2*P_encoder + 4*n_layers*hidden*avg_tokens + 2*
               "P_head = pooler + classifier, run once per sequence. Useful FLOPs only: padding is not counted.")
 
 
-# int8 runs are held against the bf16 matmul peak: no int8 peak is measured, and on this CPU int8 (VNNI)
-# and bf16 (AVX512-BF16) dot products have the same width, so this is the nearest honest yardstick.
-PEAK_FOR = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, help="rows to score (N); the memory run also scores 10 x N")
@@ -61,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads of the one-process baseline (default: every core)")
     p.add_argument("--max-tokens-per-batch", type=int, help="bertclf ScoreConfig.max_tokens_per_batch (default: its)")
     p.add_argument("--max-batch-rows", type=int, help="bertclf ScoreConfig.max_batch_rows (default: its)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32", "int8"], help="bertclf ScoreConfig.precision")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="bertclf ScoreConfig.precision")
     p.add_argument("--internal-baseline", help=argparse.SUPPRESS)  # subprocess mode: path of a spec JSON
     args = p.parse_args(argv)
     if not args.internal_baseline and (args.rows is None or args.json is None):
@@ -346,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         bc.stop_ray()
 
     precision = args.precision or "auto"
-    dtype = "int8" if precision == "int8" else ("bf16" if use_bf16(precision, "cpu") else "fp32")
+    dtype = "bf16" if use_bf16(precision, "cpu") else "fp32"
     peaks = baseline["peaks"]
     tokens = baseline["tokens"]
     avg_tokens = tokens / n
@@ -359,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline_tps = tokens / baseline["seconds"]
     bertclf_tps = tokens / run_n["wall_seconds"]
     scoring_tps = run_n["manifest_rows_per_s"] * avg_tokens if run_n["manifest_rows_per_s"] else None
-    peak_fraction = bertclf_tps * flops_per_token / (peaks[PEAK_FOR[dtype]] * 1e9)
+    peak_fraction = bertclf_tps * flops_per_token / (peaks[dtype] * 1e9)
     mem_n = run_n["memory"]["peak_rss_mb"]
     mem_10n = run_10n["memory"]["peak_rss_mb"] if run_10n else None
     extra = (run_10n["wall_seconds"] - run_n["wall_seconds"]) if run_10n else 0.0
@@ -395,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_note": f"best of 7 x (2048x2048 matmul) with torch, {machine['logical_cores']} threads, measured in "
                      "this run",
         "peak_fraction": peak_fraction,
-        "peak_fraction_scoring_only": (scoring_tps * flops_per_token / (peaks[PEAK_FOR[dtype]] * 1e9)
+        "peak_fraction_scoring_only": (scoring_tps * flops_per_token / (peaks[dtype] * 1e9)
                                        if scoring_tps else None),
         "baseline_peak_fraction": baseline_tps * flops_per_token / (peaks["fp32"] * 1e9),
         **quality,
