@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import uuid
 
 import boto3
@@ -17,14 +18,21 @@ from bertclf import storage
 RUNTIME_EXCLUDES = [".venv", ".git", "runs", "tests", ".bertclf-local", "**/__pycache__"]
 
 
+def _tool_env(**extra: str) -> dict[str, str]:
+    """This environment with the test interpreter's bin dir first on PATH: `ray` and `moto_server` live there
+    even when the venv is not activated (`.venv/bin/python -m pytest`)."""
+    env = {**os.environ, **extra}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("local-cluster")
     ports = {"RAY_PORT": free_port(), "RAY_DASHBOARD_PORT": free_port(), "S3_PORT": free_port(),
              "RAY_DASHBOARD_AGENT_PORT": free_port(), "RAY_CLIENT_PORT": free_port()}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "RAY_NUM_CPUS": "2",
-           "BERTCLF_STATE_DIR": str(state), "BERTCLF_RAY_TMPDIR": f"/tmp/ray-e2e-{uuid.uuid4().hex[:6]}",
-           "RAY_AUTH_MODE": "disabled"}
+    env = _tool_env(**{k: str(v) for k, v in ports.items()}, RAY_NUM_CPUS="2", BERTCLF_STATE_DIR=str(state),
+                    BERTCLF_RAY_TMPDIR=f"/tmp/ray-e2e-{uuid.uuid4().hex[:6]}", RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     up = subprocess.run(["bash", "cluster/local.sh", "up"], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=180)
@@ -45,8 +53,8 @@ def _submit(client: dict, script: str, *args: str) -> subprocess.CompletedProces
                    "env_vars": {k: v for k, v in client.items() if k.startswith("AWS_")} | {"HF_HUB_OFFLINE": "1"}}
     cmd = ["ray", "job", "submit", "--address", client["RAY_ADDRESS"], "--runtime-env-json", json.dumps(runtime_env),
            "--", "python", script, *args]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=_tool_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True,
+                          timeout=600)
 
 
 def test_submit_train_then_score_on_the_local_cluster(local_cluster, tmp_path):
