@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -138,14 +137,3 @@ def ray_local(s3_server, tmp_path_factory):
     connect()
     yield control
     ray.shutdown()
-
-
-def upload_dir(local: Path, uri: str) -> None:
-    from bertclf import storage
-
-    storage.upload_dir(local, uri)
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
