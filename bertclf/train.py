@@ -104,7 +104,8 @@ def _publish_best(cfg: TrainConfig, result) -> TrainResult:
         for name in (checkpoint.TRAIN_STATE_TENSORS, checkpoint.TRAIN_STATE_JSON):
             (local / name).unlink(missing_ok=True)
         checkpoint.publish(local, best_uri)
-        history = json.loads((local / checkpoint.MARKER).read_text()).get("history", [])
+    metrics_jsonl = storage.read_bytes(storage.join(cfg.output, "metrics.jsonl")).decode()
+    history = [json.loads(line) for line in metrics_jsonl.splitlines() if line.strip()]
     log.info("best checkpoint (epoch %s, %s=%.4f) committed to %s", best_metrics.get("epoch"), cfg.best_metric,
              best_metrics[cfg.best_metric], best_uri)
     return TrainResult(best_uri=best_uri, best_metrics=best_metrics, epochs_run=len(history), history=history)
