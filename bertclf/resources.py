@@ -8,12 +8,9 @@ the data stages a share and says what it chose.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 from dataclasses import dataclass
-
-log = logging.getLogger("bertclf")
 
 MIN_DATA_CPUS = 0.2
 
