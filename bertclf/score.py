@@ -67,7 +67,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     cfg.validate()
     date = resolve_date(cfg.date)
     inputs = [fill_date(u, date) for u in ([cfg.input] if isinstance(cfg.input, str) else cfg.input)]
-    output = fill_date(cfg.output, date)
+    output = storage.absolute(fill_date(cfg.output, date))
     _check_output_outside_inputs(output, inputs)
 
     if storage.exists(storage.join(output, SUCCESS)):
@@ -81,7 +81,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
         files = storage.list_parquet_files(inputs)
     except storage.StorageError as exc:
         raise ValueError(str(exc)) from None
-    ckpt = checkpoint.load(cfg.checkpoint)
+    ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
     units, unreadable, schemas = plan_units(files, cfg.rows_per_unit)
     passthrough = _check_columns(cfg, schemas)
     storage.check_writable(output)

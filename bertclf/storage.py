@@ -76,6 +76,11 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute on the driver (Ray workers run in other directories); s3:// unchanged."""
+    return uri if is_s3(uri) else resolve(uri)[1]
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI without losing its scheme."""
     if is_s3(uri):

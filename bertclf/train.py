@@ -7,6 +7,7 @@ and the best checkpoint is committed to `<output>/best/` when training ends.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -47,6 +48,8 @@ class TrainResult:
 def run(cfg: TrainConfig) -> TrainResult:
     """Validate everything, train with Ray Train, and commit the best checkpoint to <output>/best/."""
     cfg.validate()
+    cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output),
+                              model=cfg.model if not os.path.isdir(cfg.model) else os.path.abspath(cfg.model))
     storage.check_writable(cfg.output)
     resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
     data = inspect_training_data(cfg)
