@@ -94,15 +94,18 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
 
     t_score = time.perf_counter()
     failures = dict(unreadable)
+    scored: dict[str, dict] = {}
     if todo:
-        failures.update(_score_units(cfg, ckpt.uri, output, passthrough, todo, rows_total))
+        scored, unit_failures = _score_units(cfg, ckpt.uri, output, passthrough, todo)
+        failures.update(unit_failures)
     score_seconds = time.perf_counter() - t_score
     if failures:
         listing = "\n".join(f"  {uri}: {err}" for uri, err in sorted(failures.items()))
         raise ScoreError(f"{len(failures)} input file(s) failed; other outputs are kept and {SUCCESS} is not "
                          f"written. Fix or remove these and re-run to finish:\n{listing}")
 
-    stats = [unit_stats(storage.join(output, u.name)) for u in units]
+    # units scored now report their stats; only parts from an earlier run are read back (footers only)
+    stats = [scored.get(u.name) or unit_stats(storage.join(output, u.name)) for u in units]
     return _commit(cfg, ckpt, output, date, files, units, stats, todo, score_seconds, time.perf_counter() - t_start)
 
 
@@ -130,8 +133,11 @@ def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
 
 
 def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tuple[str, ...],
-                 todo: list[WorkUnit], rows_total: int) -> dict[str, str]:
-    """Run the units through a Ray Data actor pool; print progress as units land; return failures."""
+                 todo: list[WorkUnit]) -> tuple[dict[str, dict], dict[str, str]]:
+    """Run the units through a Ray Data actor pool; print progress as units land.
+
+    Returns ({part name: its stats}, {input URI: error}).
+    """
     import ray.data
 
     cluster = connect(cfg.ray_address)
@@ -152,6 +158,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
         num_cpus=plan.cpus_per_actor, num_gpus=1 if plan.use_gpu else 0,
     )
     failures: dict[str, str] = {}
+    scored: dict[str, dict] = {}
     rows_done = 0
     rows_todo = sum(u.num_rows for u in todo)
     t0 = time.perf_counter()
@@ -161,11 +168,12 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
             failures[result["uri"]] = result["error"]
             log.error("unit %s failed: %s", result["name"], result["error"])
             continue
+        scored[result["unit"]] = result
         rows_done += result["rows_in"]
         elapsed = time.perf_counter() - t0
         log.info("progress: %d/%d rows (%.0f%%), %.1f rows/s", rows_done, rows_todo,
                  100 * rows_done / max(1, rows_todo), rows_done / elapsed if elapsed else 0.0)
-    return failures
+    return scored, failures
 
 
 def _commit(cfg: ScoreConfig, ckpt, output: str, date: dt.date, files: list[str], units: list[WorkUnit],

@@ -166,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
     val_texts, val_targets = validation_rows(data, rank, world)
     if rank == 0:
         log.info(f"{world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
-              f"{cfg.epochs} epoch(s)")
+                 f"{cfg.epochs} epoch(s)")
 
     for epoch in range(state["epoch"], cfg.epochs):
         _maybe_kill_for_test(epoch, rank, world)
@@ -196,7 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0 and (steps % max(1, steps_per_epoch // 10) == 0):
                 rate = seen * world / (time.perf_counter() - t0)
                 log.info(f"epoch {epoch + 1}/{cfg.epochs} step {steps}/{steps_per_epoch} "
-                      f"loss {loss_sum / steps:.4f} {rate:.1f} samples/s")
+                         f"loss {loss_sum / steps:.4f} {rate:.1f} samples/s")
         train_seconds = time.perf_counter() - t0
 
         model.eval()
@@ -295,7 +295,7 @@ def _print_epoch(record: dict, cfg: TrainConfig) -> None:
             "subset_accuracy", "hamming_loss", "f1_macro_at_0.5"]
     parts = [f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float)]
     log.info(f"epoch {record['epoch']}/{cfg.epochs} " + " ".join(parts)
-          + f" | {record['samples_per_s']:.1f} samples/s, {record['train_seconds']:.1f}s")
+             + f" | {record['samples_per_s']:.1f} samples/s, {record['train_seconds']:.1f}s")
 
 
 def _should_checkpoint(epoch: int, cfg: TrainConfig, history: list[dict]) -> bool:
