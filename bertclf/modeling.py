@@ -58,8 +58,18 @@ def load_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: str = "false"):
-    """The encoder with a fresh (or matching) classification head for this label space, SDPA attention.
+def attention_for(device_type: str) -> str:
+    """The attention kernel per device: SDPA's fused kernels on GPUs; plain (eager) attention on CPUs.
+
+    Measured here (torch 2.13, all-MiniLM-L6-v2, bf16 autocast, GoEmotions batches of 64): PyTorch's CPU
+    flash-attention backward took 38% of a training step, and eager attention made the step 1.34x faster
+    (920 -> 685 ms); forward-only scoring on one thread gains about 10%.
+    """
+    return "sdpa" if device_type == "cuda" else "eager"
+
+
+def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: str = "false", device_type: str = "cpu"):
+    """The encoder with a fresh (or matching) classification head for this label space, attention per device.
 
     Sentence-transformers checkpoints (like the packaged all-MiniLM-L6-v2) were trained with mean pooling:
     their BERT pooler is untrained and squashes every text to nearly the same vector, so fine-tuning through
@@ -78,7 +88,7 @@ def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: str = "fa
             id2label=dict(enumerate(space.names)),
             label2id={n: i for i, n in enumerate(space.names)},
             problem_type="multi_label_classification" if space.task == "multi_label" else "single_label_classification",
-            attn_implementation="sdpa",
+            attn_implementation=attention_for(device_type),
             ignore_mismatched_sizes=True,
         )
     finally:
@@ -108,10 +118,12 @@ def head_parameter_names(model) -> set[str]:
 
 def load_for_inference(model_dir: str | Path, device=None):
     """(model, tokenizer) from a checkpoint directory, in eval mode on `device` (default CPU)."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="sdpa")
+    device = torch.device(device or "cpu")
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir),
+                                                               attn_implementation=attention_for(device.type))
     model.eval()
-    if device is not None:
-        model.to(device)
+    model.to(device)
     return model, load_tokenizer(str(model_dir))

@@ -137,18 +137,21 @@ def train_loop_per_worker(config: dict) -> None:
 
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
-    model = build_classifier(model_dir, data.space, cfg.reinit_pooler)
+    model = build_classifier(model_dir, data.space, cfg.reinit_pooler, device.type)
     resume = ray.train.get_checkpoint()
     if resume:
         from safetensors.torch import load_file
 
         with resume.as_directory() as d:
             model.load_state_dict(load_file(str(Path(d) / "model.safetensors")), strict=False)
-    model = prepare_model(model)
+    # gradients live in DDP's all-reduce buckets: no extra copy per step (and less memory)
+    model = prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
     raw_model = model.module if hasattr(model, "module") else model
 
     head_lr = cfg.head_learning_rate or 20 * cfg.learning_rate
-    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, cfg.learning_rate, head_lr))
+    # fused: one kernel per step instead of a loop of element-wise ops; measured 163 -> 26 ms per CPU step
+    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, cfg.learning_rate, head_lr),
+                                  fused=device.type in ("cpu", "cuda"))
     rows_per_worker = data.n_train // world
     steps_per_epoch = max(1, math.ceil(rows_per_worker / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
@@ -174,11 +177,15 @@ def train_loop_per_worker(config: dict) -> None:
         t0 = time.perf_counter()
         seen = tokens = steps = 0
         loss_sum = 0.0
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
-                                        local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
-                                        local_shuffle_seed=cfg.seed + epoch):
+        batches = WaitClock(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
+                                               local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
+                                               local_shuffle_seed=cfg.seed + epoch))
+        for batch in batches:
+            # lengths padded to a multiple of 8: fewer distinct shapes for oneDNN to build kernels for, aligned
+            # bf16 GEMMs; measured with 2 DDP workers on GoEmotions: 100 -> 119 samples/s (scoring, whose
+            # batches are length-sorted, gets slower with it and pads exactly)
             enc = tokenizer(list(batch["text"]), truncation=True, max_length=cfg.max_length, padding=True,
-                            return_tensors="pt", return_token_type_ids=False)
+                            pad_to_multiple_of=8, return_tensors="pt", return_token_type_ids=False)
             enc = {k: v.to(device) for k, v in enc.items()}
             target = torch.as_tensor(batch["target"], device=device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -206,7 +213,8 @@ def train_loop_per_worker(config: dict) -> None:
             dist.all_gather_object(gathered, (local_logits, val_targets))
         else:
             gathered = [(local_logits, val_targets)]
-        totals = torch.tensor([seen, tokens, loss_sum, steps], dtype=torch.float64)
+        totals = torch.tensor([seen, tokens, loss_sum, steps, batches.first_seconds or 0.0, batches.wait_seconds],
+                              dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
 
@@ -230,6 +238,31 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class WaitClock:
+    """Iterates a batch iterator and times how long the loop waited for data: the first batch, and in all.
+
+    Why: a data pipeline that can't keep up looks like slow training; these two numbers tell them apart.
+    """
+
+    def __init__(self, batches):
+        self._it = iter(batches)
+        self.first_seconds: float | None = None
+        self.wait_seconds = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self._it)
+        finally:
+            waited = time.perf_counter() - t0
+            self.wait_seconds += waited
+            if self.first_seconds is None:
+                self.first_seconds = waited
 
 
 def _seed(seed: int) -> None:
@@ -265,7 +298,7 @@ def _epoch_record(epoch: int, data: TrainingData, logits: np.ndarray, targets: n
     """Everything known about one epoch: losses, metrics (tuned thresholds for multi-label), throughput."""
     import torch
 
-    seen, tokens, loss_sum, steps = totals
+    seen, tokens, loss_sum, steps, first_batch_sum, data_wait_sum = totals
     space = data.space
     probs = probabilities(space.task, logits)
     t_logits = torch.from_numpy(logits)
@@ -281,6 +314,8 @@ def _epoch_record(epoch: int, data: TrainingData, logits: np.ndarray, targets: n
               **{k: v for k, v in metrics.items() if k != "per_label"},
               "train_seconds": train_seconds, "samples_per_s": seen / train_seconds if train_seconds else 0.0,
               "tokens_per_s": tokens / train_seconds if train_seconds else 0.0, "workers": world,
+              # mean over workers: the wait for the first batch (pipeline start) and for all batches
+              "first_batch_seconds": first_batch_sum / world, "data_wait_seconds": data_wait_sum / world,
               "validation_rows": int(len(targets))}
     if at_half is not None:
         record["f1_macro_at_0.5"] = at_half["f1_macro"]
@@ -295,7 +330,9 @@ def _print_epoch(record: dict, cfg: TrainConfig) -> None:
             "subset_accuracy", "hamming_loss", "f1_macro_at_0.5"]
     parts = [f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float)]
     log.info(f"epoch {record['epoch']}/{cfg.epochs} " + " ".join(parts)
-             + f" | {record['samples_per_s']:.1f} samples/s, {record['train_seconds']:.1f}s")
+             + f" | {record['samples_per_s']:.1f} samples/s, {record['train_seconds']:.1f}s "
+             f"(waiting for data {record['data_wait_seconds']:.1f}s, of which first batch "
+             f"{record['first_batch_seconds']:.1f}s)")
 
 
 def _should_checkpoint(epoch: int, cfg: TrainConfig, history: list[dict]) -> bool:

@@ -53,7 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(bc.DEFAULT_DATA_DIR), help="directory holding goemotions/*.parquet")
     p.add_argument("--hf-threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of the one-process Trainer (default: every core)")
-    p.add_argument("--skip-hf-bf16", action="store_true", help="skip the two bf16 Trainer runs")
+    p.add_argument("--hf-attention", default="sdpa", choices=["sdpa", "eager"],
+                   help="the Trainer model's attention kernel (default sdpa: what from_pretrained gives BERT)")
+    p.add_argument("--hf-runs", default=",".join(f"{a}_{b}" for a, b in HF_RUNS),
+                   help="comma-separated Trainer runs to do, of " + ", ".join(f"{a}_{b}" for a, b in HF_RUNS)
+                   + " (default: all; fixed-padding fp32 is the slowest by far)")
     p.add_argument("--time-to-f1", action="store_true",
                    help=f"also time bertclf to validation macro-F1 >= {F1_TARGET} on full GoEmotions (long)")
     p.add_argument("--f1-config", default=str(bc.REPO / "jobs" / "configs" / "goemotions.yaml"))
@@ -64,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.internal_hf and not args.json:
         p.error("--json is required")
+    unknown = set(args.hf_runs.split(",")) - {f"{a}_{b}" for a, b in HF_RUNS}
+    if unknown:
+        p.error(f"--hf-runs: unknown run(s) {sorted(unknown)}")
     for name in ("steps", "batch_size", "workers", "max_length", "epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -101,6 +108,7 @@ def hf_worker(spec_path: str) -> None:
     model_dir = str(packaged_model_dir())
     tokenizer = load_tokenizer(model_dir)
     model = build_classifier(model_dir, data.space)
+    model.set_attn_implementation(spec["attention"])  # the Trainer as users run it: HF's default (sdpa)
     padding = spec["padding"]
     enc = tokenizer(list(batch["text"]), truncation=True, max_length=cfg.max_length,
                     padding="max_length" if padding == "max_length" else False, return_token_type_ids=False)
@@ -109,6 +117,7 @@ def hf_worker(spec_path: str) -> None:
     collator = default_data_collator if padding == "max_length" else DataCollatorWithPadding(tokenizer)
     batch_size = cfg.batch_size * cfg.num_workers
     result: dict = {"padding": padding, "precision": spec["precision"], "threads": threads, "batch_size": batch_size,
+                    "attn_implementation": model.config._attn_implementation,
                     "steps": spec["steps"], "rows": len(rows)}
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
         try:
@@ -135,13 +144,14 @@ def hf_worker(spec_path: str) -> None:
 def run_hf(args: argparse.Namespace, workdir: Path, train: str, validation: str) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for padding, precision in HF_RUNS:
-        if precision == "bf16" and args.skip_hf_bf16:
+        if f"{padding}_{precision}" not in args.hf_runs.split(","):
             continue
         out = workdir / f"hf_{padding}_{precision}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         spec = {"train": train, "validation": validation, "out": str(out), "padding": padding, "precision": precision,
                 "steps": args.steps, "seed": 42, "threads": args.hf_threads, "result": str(out / "result.json"),
+                "attention": args.hf_attention,
                 "args": {k: getattr(args, k) for k in ("epochs", "workers", "batch_size", "max_length")}}
         (out / "spec.json").write_text(json.dumps(spec))
         bc.run_python([str(Path(__file__).resolve()), "--internal-hf", str(out / "spec.json")])
@@ -295,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "hf_trainer_fixed_padding_bf16_samples_per_s": sps.get("max_length_bf16"),
         "hf_trainer_runs": hf,
         "hf_note": "transformers.Trainer in one process, torch threads = all cores; samples/s = max_steps x batch / "
-                   "wall time of train(); tokenization done before train() (not timed)",
+                   f"wall time of train(); tokenization done before train() (not timed); attention {args.hf_attention} "
+                   "(bertclf uses eager attention on CPU: see bertclf.modeling.attention_for)",
         "speedup_vs_hf_trainer": (bertclf_sps / dyn_sps) if dyn_sps else None,
         "speedup_vs_hf_trainer_against": dyn_key,
         "speedup_vs_fixed_padding": (bertclf_sps / fix_sps) if fix_sps else None,
