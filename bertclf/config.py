@@ -58,6 +58,7 @@ class TrainConfig:
     cpus_per_worker: float | None = None  # None: planned from the cluster
     use_gpu: str = "auto"  # auto | true | false
     shuffle_buffer_rows: int = 10_000
+    length_group_batches: int = 16  # batches per length-sorted pool (bertclf.batching); 1 = random batches
     ray_address: str | None = None
 
     def validate(self) -> None:
@@ -66,7 +67,7 @@ class TrainConfig:
         _choice("use_gpu", str(self.use_gpu).lower(), ("auto", "true", "false"))
         _choice("reinit_pooler", str(self.reinit_pooler).lower(), ("auto", "true", "false"))
         _choice("best_mode", self.best_mode, ("max", "min"))
-        for name in ("epochs", "num_workers", "batch_size", "max_length", "checkpoint_every"):
+        for name in ("epochs", "num_workers", "batch_size", "max_length", "checkpoint_every", "length_group_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.validation_fraction < 1:

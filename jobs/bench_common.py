@@ -170,13 +170,15 @@ class MemorySampler:
     and workers: on a shared cluster that includes other jobs' idle workers).
     """
 
-    def __init__(self, session_dir: str = "", interval: float = 0.2, pss_every: int = 5):
+    def __init__(self, session_dir: str = "", interval: float = 0.5, pss_every: int = 4):
         self.psutil = import_psutil()
         self.session_dir = session_dir
         self.interval = interval
         self.pss_every = pss_every
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._names: dict[int, str] = {}
+        self.cpu_seconds = 0.0  # the sampler's own CPU time: it runs on the cores it measures
         self.reset()
 
     def reset(self) -> None:
@@ -218,7 +220,9 @@ class MemorySampler:
                 else:
                     info = p.memory_info()
                 rss += info.rss
-                per.append((f"{pid}:{(p.cmdline() or [p.name()])[0][:40]}", info.rss / 2**20))
+                if pid not in self._names:
+                    self._names[pid] = f"{pid}:{(p.cmdline() or [p.name()])[0][:40]}"
+                per.append((self._names[pid], info.rss / 2**20))
             except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess):
                 continue
         self.samples += 1
@@ -229,7 +233,9 @@ class MemorySampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            t0 = time.thread_time()
             self.sample()
+            self.cpu_seconds += time.thread_time() - t0
             self._stop.wait(self.interval)
 
     def start(self) -> MemorySampler:
@@ -245,6 +251,7 @@ class MemorySampler:
         self.sample()
         return {"peak_rss_mb": round(self.peak_rss / 2**20, 1), "peak_pss_mb": round(self.peak_pss / 2**20, 1),
                 "processes_at_peak": self.peak_procs, "samples": self.samples,
+                "interval_s": self.interval, "sampler_cpu_seconds": round(self.cpu_seconds, 2),
                 "largest_at_peak_mb": [[name, round(mb, 1)] for name, mb in self.top_at_peak]}
 
 

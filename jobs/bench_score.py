@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory_ratio_10x": (mem_10n / mem_n) if mem_10n else None,
         "peak_pss_mb_N": run_n["memory"]["peak_pss_mb"],
         "peak_pss_mb_10N": run_10n["memory"]["peak_pss_mb"] if run_10n else None,
-        "memory_note": "sum of RSS (and, sampled 1 in 5, PSS) every 0.2 s over the driver, its descendants and "
+        "memory_note": "sum of RSS (and, sampled 1 in 4, PSS) every 0.5 s over the driver, its descendants and "
                        "the processes of the job's Ray session, from Ray start to the end of score.run; RSS counts "
                        "shared pages (torch libraries, object store) once per process, PSS once",
         "run_N": {k: v for k, v in run_n.items() if k != "parts"},

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the Trainer model's attention kernel (default sdpa: what from_pretrained gives BERT)")
     p.add_argument("--hf-runs", default=",".join(f"{a}_{b}" for a, b in HF_RUNS),
                    help="comma-separated Trainer runs to do, of " + ", ".join(f"{a}_{b}" for a, b in HF_RUNS)
-                   + " (default: all; fixed-padding fp32 is the slowest by far)")
+                   + " (default: all; fixed-padding fp32 is the slowest by far; '' for none)")
     p.add_argument("--time-to-f1", action="store_true",
                    help=f"also time bertclf to validation macro-F1 >= {F1_TARGET} on full GoEmotions (long)")
     p.add_argument("--f1-config", default=str(bc.REPO / "jobs" / "configs" / "goemotions.yaml"))
@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.internal_hf and not args.json:
         p.error("--json is required")
-    unknown = set(args.hf_runs.split(",")) - {f"{a}_{b}" for a, b in HF_RUNS}
+    args.hf_runs = [r for r in args.hf_runs.split(",") if r]  # "" = no Trainer runs (e.g. only --time-to-f1)
+    unknown = set(args.hf_runs) - {f"{a}_{b}" for a, b in HF_RUNS}
     if unknown:
         p.error(f"--hf-runs: unknown run(s) {sorted(unknown)}")
     for name in ("steps", "batch_size", "workers", "max_length", "epochs"):
@@ -144,7 +145,7 @@ def hf_worker(spec_path: str) -> None:
 def run_hf(args: argparse.Namespace, workdir: Path, train: str, validation: str) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for padding, precision in HF_RUNS:
-        if f"{padding}_{precision}" not in args.hf_runs.split(","):
+        if f"{padding}_{precision}" not in args.hf_runs:
             continue
         out = workdir / f"hf_{padding}_{precision}"
         shutil.rmtree(out, ignore_errors=True)
