@@ -50,16 +50,20 @@ class LoadedCheckpoint:
 
 
 def versions() -> dict[str, str]:
-    import pyarrow
-    import ray
-    import torch
-    import transformers
+    """Versions of the packages that shape the results, from their metadata: importing torch and transformers
+    just to read `__version__` cost the scoring driver about 2 s at commit time."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from bertclf import __version__
 
-    return {"bertclf": __version__, "ray": ray.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "pyarrow": pyarrow.__version__,
-            "python": platform.python_version()}
+    out = {"bertclf": __version__}
+    for package in ("ray", "torch", "transformers", "pyarrow"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    out["python"] = platform.python_version()
+    return out
 
 
 def save_model_dir(directory: Path, model, tokenizer, meta: dict) -> None:

@@ -7,8 +7,8 @@ import pyarrow as pa
 from bertclf import checkpoint, storage
 from bertclf.data import read_table
 from bertclf.inference import logits_for_texts
-from bertclf.labels import encode_targets, label_format
-from bertclf.metrics import classification_metrics, probabilities
+from bertclf.labels import encode_targets, label_format, probabilities
+from bertclf.metrics import classification_metrics
 from bertclf.modeling import load_for_inference
 
 

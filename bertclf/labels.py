@@ -112,3 +112,13 @@ def encode_targets(table: pa.Table, space: LabelSpace, fmt: LabelFormat, label_c
             except KeyError:
                 raise LabelError(f"label {label!r} in column {label_column!r} is not in the label space") from None
     return out
+
+
+def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
+    """Sigmoid (multi-label) or softmax (multi-class) of logits, float32 (here, not in metrics: scoring actors
+    need it without importing scikit-learn, about 1 s of start-up each)."""
+    logits = logits.astype(np.float32)
+    if task == "multi_label":
+        return 1.0 / (1.0 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

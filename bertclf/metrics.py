@@ -76,12 +76,3 @@ def _roc_auc(y_ind: np.ndarray, probs: np.ndarray) -> float | None:
     if not cols:
         return None
     return float(np.mean([roc_auc_score(y_ind[:, j], probs[:, j]) for j in cols]))
-
-
-def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
-    """Sigmoid (multi-label) or softmax (multi-class) of logits, float32."""
-    logits = logits.astype(np.float32)
-    if task == "multi_label":
-        return 1.0 / (1.0 + np.exp(-logits))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -6,7 +6,7 @@ import json
 
 from bertclf import checkpoint
 from bertclf.inference import logits_for_texts
-from bertclf.metrics import probabilities
+from bertclf.labels import probabilities
 from bertclf.modeling import load_for_inference
 
 

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bertclf import checkpoint, storage
-from bertclf.metrics import probabilities
+from bertclf.labels import probabilities
 from bertclf.units import WorkUnit, file_metadata, read_unit
 
 # Fault injection for tests: a path; while a file there holds a string, units whose input file name
@@ -57,6 +57,7 @@ class UnitScorer:
     """Ray Data actor (one per GPU, or per CPU slice): scores a batch of work units."""
 
     def __init__(self, settings: ScoringSettings):
+        t0 = time.perf_counter()
         import torch
 
         from bertclf.modeling import load_for_inference
@@ -70,6 +71,7 @@ class UnitScorer:
         self.max_length = ckpt.max_length
         self.model, self.tokenizer = load_for_inference(ckpt.local_dir, self.device)
         self.bf16 = use_bf16(settings.precision, self.device.type)
+        self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         results = []
@@ -114,7 +116,8 @@ class UnitScorer:
             writer.add_key_value_metadata({UNIT_STATS_KEY: json.dumps(stats)})
             writer.close()
             storage.upload_file(local, storage.join(s.output_uri, unit.name))
-        return {"ok": True, **stats, "seconds": time.perf_counter() - t0}
+        return {"ok": True, **stats, "seconds": time.perf_counter() - t0, "actor_ready_seconds": self.ready_seconds,
+                "actor_pid": os.getpid()}
 
     def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [input_schema.field(c) for c in self.settings.passthrough]

@@ -25,7 +25,8 @@ from bertclf import checkpoint, storage
 from bertclf.batching import length_grouped_batches
 from bertclf.config import TrainConfig, as_dict
 from bertclf.data import TrainingData, inspect_training_data, train_dataset, validation_rows
-from bertclf.metrics import classification_metrics, probabilities, tune_thresholds
+from bertclf.labels import probabilities
+from bertclf.metrics import classification_metrics, tune_thresholds
 from bertclf.modeling import build_classifier, load_tokenizer, resolve_model_dir
 from bertclf.raycluster import connect
 from bertclf.resources import TrainPlan, plan_training, use_bf16

@@ -13,8 +13,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from bertclf.labels import LabelSpace
-from bertclf.metrics import THRESHOLD_GRID, classification_metrics, probabilities, tune_thresholds
+from bertclf.labels import LabelSpace, probabilities
+from bertclf.metrics import THRESHOLD_GRID, classification_metrics, tune_thresholds
 
 # ---------------------------------------------------------------- fixed data
 
