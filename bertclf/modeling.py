@@ -100,7 +100,6 @@ def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: str = "fa
         if pooler is not None and hasattr(pooler, "dense"):
             torch.nn.init.xavier_uniform_(pooler.dense.weight)
             torch.nn.init.zeros_(pooler.dense.bias)
-    keep_head_in_fp32(model)  # validation computes probabilities as scoring does
     return model
 
 
@@ -124,7 +123,7 @@ def keep_head_in_fp32(model) -> None:
     import torch
 
     base = model.base_model
-    modules = [m for m in model.children() if m is not base and any(True for _ in m.parameters())]
+    modules = [m for m in model.children() if m is not base and next(m.parameters(), None) is not None]
     pooler = getattr(base, "pooler", None)
     if pooler is not None:
         modules.append(pooler)

@@ -27,7 +27,7 @@ from bertclf.config import TrainConfig, as_dict
 from bertclf.data import TrainingData, inspect_training_data, train_dataset, validation_rows
 from bertclf.labels import probabilities
 from bertclf.metrics import classification_metrics, tune_thresholds
-from bertclf.modeling import build_classifier, load_tokenizer, resolve_model_dir
+from bertclf.modeling import build_classifier, keep_head_in_fp32, load_tokenizer, resolve_model_dir
 from bertclf.raycluster import connect
 from bertclf.resources import TrainPlan, plan_training, use_bf16
 
@@ -140,6 +140,7 @@ def train_loop_per_worker(config: dict) -> None:
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
     model = build_classifier(model_dir, data.space, cfg.reinit_pooler, device.type)
+    keep_head_in_fp32(model)  # as load_for_inference does: validation computes probabilities as scoring does
     resume = ray.train.get_checkpoint()
     if resume:
         from safetensors.torch import load_file
@@ -197,7 +198,7 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             seen += len(target)
-            tokens += int(enc["attention_mask"].sum())
+            tokens += int(batch.attention_mask.sum())  # the CPU copy: no device sync per step
             loss_sum += float(loss.detach())
             if rank == 0 and (steps % max(1, steps_per_epoch // 10) == 0):
                 rate = seen * world / (time.perf_counter() - t0)

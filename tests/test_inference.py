@@ -114,3 +114,27 @@ def test_logits_for_token_ids_runs_without_grad():
     got = logits_for_token_ids(GradCheck(), token_ids, pad_id=0, max_tokens=10, max_rows=10, bf16=False,
                                device=torch.device("cpu"))
     np.testing.assert_array_equal(got, _expected(token_ids))
+
+
+def test_keep_head_in_fp32_under_bf16_autocast(tiny_model):
+    """Pooler and classifier compute in fp32 inside a bf16 autocast region; the encoder stays bf16; keys unchanged."""
+    from bertclf.labels import LabelSpace
+    from bertclf.modeling import build_classifier, keep_head_in_fp32
+
+    model = build_classifier(str(tiny_model), LabelSpace("multi_label", ["a", "b"], [0.5, 0.5])).eval()
+    keys = set(model.state_dict())
+    ids = torch.tensor([[2, 5, 6, 3]])
+
+    def logits_dtype():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(input_ids=ids).logits.dtype
+
+    assert logits_dtype() == torch.bfloat16
+    keep_head_in_fp32(model)
+    assert logits_dtype() == torch.float32
+    assert set(model.state_dict()) == keys
+    linear = next(m for m in model.base_model.encoder.modules() if isinstance(m, torch.nn.Linear))
+    seen = []
+    linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    logits_dtype()
+    assert seen == [torch.bfloat16]  # the per-token work keeps its bf16 speed
