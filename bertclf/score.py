@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from bertclf import checkpoint, storage
@@ -164,8 +165,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     rows_done = 0
     rows_todo = sum(u.num_rows for u in todo)
     t0 = time.perf_counter()
-    for row in ds.iter_rows():
-        result = json.loads(row["result"])
+    for result in _results_as_they_land(ds):
         if not result["ok"]:
             failures[result["uri"]] = result["error"]
             log.error("unit %s failed: %s", result["name"], result["error"])
@@ -178,6 +178,17 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
                  result["unit"], result["rows_in"], result["seconds"], result["actor_pid"],
                  result["actor_ready_seconds"])
     return scored, failures
+
+
+def _results_as_they_land(ds) -> Iterator[dict]:
+    """Each unit's result as soon as its actor returns it.
+
+    `iter_rows()` prefetches one block, so it hands a result over only once the next one exists: progress
+    lines and failures showed up one unit late (measured: a unit that finished at 35 s was logged at 57 s).
+    """
+    for batch in ds.iter_batches(batch_size=None, prefetch_batches=0):
+        for result in batch["result"]:
+            yield json.loads(result)
 
 
 def _commit(cfg: ScoreConfig, ckpt, output: str, date: dt.date, files: list[str], units: list[WorkUnit],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -189,3 +190,43 @@ def test_predict_prints_labels_from_the_checkpoint(tiny_checkpoint):
         assert row["predicted"] == [n for n, p, t in zip(["anger", "fear", "joy"], probs, THRESHOLDS, strict=True)
                                     if p >= t]
     assert "predicted:" in render(rows)
+
+
+def test_each_unit_result_reaches_the_driver_before_the_next_unit_finishes(ray_local):
+    """Progress and failures are reported as units land: the second unit here can only finish once the
+    driver has seen the first (an iterator that waits for a block ahead would time it out)."""
+    import ray
+    import ray.data
+
+    from bertclf.score import _results_as_they_land
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        def __init__(self):
+            self.opened = False
+
+        def open(self):
+            self.opened = True
+
+        def is_open(self):
+            return self.opened
+
+    gate = Gate.remote()
+
+    def unit(batch):
+        waited_for_gate = False
+        if batch["i"][0] == 1:
+            deadline = time.time() + 20
+            while not ray.get(gate.is_open.remote()) and time.time() < deadline:
+                time.sleep(0.05)
+            waited_for_gate = ray.get(gate.is_open.remote())
+        return {"result": [json.dumps({"i": int(batch["i"][0]), "saw_open_gate": waited_for_gate})]}
+
+    ds = ray.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2).map_batches(unit, batch_size=1,
+                                                                                      num_cpus=0.5)
+    seen = []
+    for result in _results_as_they_land(ds):
+        seen.append(result)
+        ray.get(gate.open.remote())
+    assert sorted(r["i"] for r in seen) == [0, 1]
+    assert seen[0]["i"] == 0 and seen[1]["saw_open_gate"] is True
