@@ -65,6 +65,7 @@ def machine_info() -> dict:
         "cpu_flags_bf16": sorted(flag_set & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"}),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu_busy_at_start": round(psutil.cpu_percent(interval=2.0) / 100, 3),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -75,12 +76,14 @@ def contention_warning(machine: dict) -> str | None:
 
     With every core already taken, multi-threaded torch (the baselines: one process, all cores) loses far more
     than single-threaded Ray workers do: OpenMP threads wait on each other at every op while descheduled.
+    Judged by the CPU use measured over 2 s at start: the load average lags by minutes, so it flagged idle
+    machines for a minute after any earlier job.
     """
-    load = machine["load_avg_at_start"][0]
-    if load < 0.5:
+    busy = machine["cpu_busy_at_start"]
+    if busy < 0.2:
         return None
-    msg = (f"the machine was busy when this benchmark started (1-min load average {load:.2f} on "
-           f"{machine['logical_cores']} cores): throughputs and speedups are not representative; re-run idle")
+    msg = (f"the machine was busy when this benchmark started ({busy:.0%} of {machine['logical_cores']} cores in "
+           f"use over 2 s): throughputs and speedups are not representative; re-run idle")
     print(f"[bench] WARNING: {msg}", flush=True)
     return msg
 
