@@ -155,8 +155,8 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     ds = ray.data.from_items([{"unit": u.to_dict()} for u in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         UnitScorer, fn_constructor_args=(settings,), batch_size=1,
-        # one unit at a time per actor: a unit is seconds of work, and queueing several on the first actor
-        # to start left the other idle (measured: 4 units on 2 actors finished at 19 s, 28 s, 29 s, 29 s)
+        # one unit at a time per actor: a unit is seconds of work, and units queued on the first actor to
+        # start can leave the others idle at the end of the run
         compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
         num_cpus=plan.cpus_per_actor, num_gpus=1 if plan.use_gpu else 0,
     )

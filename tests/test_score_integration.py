@@ -214,13 +214,13 @@ def test_each_unit_result_reaches_the_driver_before_the_next_unit_finishes(ray_l
     gate = Gate.remote()
 
     def unit(batch):
-        waited_for_gate = False
+        gate_open = False
         if batch["i"][0] == 1:
             deadline = time.time() + 20
             while not ray.get(gate.is_open.remote()) and time.time() < deadline:
                 time.sleep(0.05)
-            waited_for_gate = ray.get(gate.is_open.remote())
-        return {"result": [json.dumps({"i": int(batch["i"][0]), "saw_open_gate": waited_for_gate})]}
+            gate_open = ray.get(gate.is_open.remote())
+        return {"result": [json.dumps({"i": int(batch["i"][0]), "saw_open_gate": gate_open})]}
 
     ds = ray.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2).map_batches(unit, batch_size=1,
                                                                                       num_cpus=0.5)
