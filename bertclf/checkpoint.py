@@ -6,6 +6,7 @@ Optimizer state for resuming lives beside it in safetensors + JSON, so nothing i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -13,15 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertclf import storage
+from bertclf.errors import CheckpointError, RecordError
 from bertclf.labels import LabelSpace
+from bertclf.records import CheckpointMeta
 
 MARKER = "bertclf.json"
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint URI that doesn't exist or isn't a bertclf checkpoint."""
 
 
 @dataclass
@@ -30,15 +29,15 @@ class LoadedCheckpoint:
 
     uri: str
     local_dir: Path
-    meta: dict
+    meta: CheckpointMeta
 
     @property
     def space(self) -> LabelSpace:
-        return LabelSpace.from_dict(self.meta["labels"])
+        return self.meta.labels
 
     @property
     def max_length(self) -> int:
-        return int(self.meta["max_length"])
+        return self.meta.max_length
 
     def fingerprint(self) -> str:
         """sha256 of the weights, so scores can be traced to the exact model that made them."""
@@ -50,8 +49,8 @@ class LoadedCheckpoint:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the packages that shape the results, from their metadata: importing torch and transformers
-    just to read `__version__` cost the scoring driver about 2 s at commit time."""
+    """Versions of the packages that shape the results, read from package metadata: importing torch and
+    transformers just for `__version__` would slow the scoring driver's commit."""
     from importlib.metadata import PackageNotFoundError, version
 
     from bertclf import __version__
@@ -66,12 +65,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save_model_dir(directory: Path, model, tokenizer, meta: dict) -> None:
+def save_model_dir(directory: Path, model, tokenizer, meta: CheckpointMeta) -> None:
     """Write model (safetensors), tokenizer and, last, bertclf.json into a local directory."""
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    (directory / MARKER).write_text(json.dumps({**meta, "versions": versions()}, indent=2, default=str))
+    (directory / MARKER).write_text(dataclasses.replace(meta, versions=versions()).to_json(indent=2))
 
 
 def save_train_state(directory: Path, optimizer, scheduler, state: dict) -> None:
@@ -115,10 +114,13 @@ def load(uri: str) -> LoadedCheckpoint:
             "did not finish)") from None
     except storage.StorageError as exc:
         raise CheckpointError(f"checkpoint {uri} can't be read: {exc}") from None
-    meta = json.loads((local / MARKER).read_text())
     missing = [n for n in ("config.json", "model.safetensors") if not (local / n).exists()]
-    if missing or "labels" not in meta:
-        raise CheckpointError(f"checkpoint {uri} is incomplete: missing {missing or ['labels in ' + MARKER]}")
+    if missing:
+        raise CheckpointError(f"checkpoint {uri} is incomplete: missing {missing}")
+    try:
+        meta = CheckpointMeta.from_json((local / MARKER).read_text())
+    except RecordError as exc:
+        raise CheckpointError(f"checkpoint {uri}: {MARKER} can't be read: {exc}") from None
     return LoadedCheckpoint(uri=uri, local_dir=local, meta=meta)
 
 

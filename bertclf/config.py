@@ -1,4 +1,8 @@
-"""Typed job configs: defaults that run offline, a YAML file, then command-line overrides, validated once."""
+"""Typed job configs: defaults that run offline, a YAML file, then command-line overrides, validated once.
+
+Each key is declared once, as a dataclass field whose metadata holds its help text; the CLI builds its flags
+from these fields (bertclf.cli), YAML files and `--set key=value` reach the same fields.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,21 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
+
+from bertclf.errors import ConfigError
 
 C = TypeVar("C")
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 
+Task = Literal["auto", "multi_label", "multi_class"]
+Precision = Literal["auto", "bf16", "fp32"]
+EmptyTextPolicy = Literal["score", "skip", "error"]
 
-class ConfigError(ValueError):
-    """A config key or value that can't be used; the message names it."""
+__all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ScoreConfig", "TrainConfig", "load_config"]
 
 
 def sample_data(name: str) -> str:
@@ -26,50 +34,58 @@ def sample_data(name: str) -> str:
     return str(resources.files("bertclf") / "sample_data" / name)
 
 
+def key(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING,
+        flag: bool = True) -> Any:
+    """A config field with its help text; flag=False keeps it off the command line (YAML and --set only)."""
+    metadata = {"help": help, "flag": flag}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; the defaults train the packaged model on the shipped sample."""
 
-    train: str | list[str] = field(default_factory=lambda: sample_data("goemotions_train.parquet"))
-    validation: str | list[str] | None = field(default_factory=lambda: sample_data("goemotions_validation.parquet"))
-    output: str = "runs/demo"
-    model: str = PACKAGED_MODEL
-    task: str = "auto"  # auto | multi_label | multi_class
-    text_column: str = "text"
-    label_column: str | None = None  # None: "labels" (list) if present, else "label"
-    label_columns: list[str] = field(default_factory=list)  # wide 0/1 columns (multi-label)
-    validation_fraction: float = 0.1  # used only without a validation path
-    epochs: int = 3
-    num_workers: int = 2
-    batch_size: int = 32  # per worker
-    learning_rate: float = 5e-5
-    head_learning_rate: float | None = None  # classifier + pooler; None: 20 x learning_rate
-    reinit_pooler: str = "auto"  # auto: re-initialize for sentence-transformers models, whose pooler is untrained
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    seed: int = 42
-    precision: str = "auto"  # auto | bf16 | fp32
-    checkpoint_every: int = 1  # epochs between periodic checkpoints
-    best_metric: str = "f1_macro"
-    best_mode: str = "max"
-    max_failures: int = 1
-    cpus_per_worker: float | None = None  # None: planned from the cluster
-    use_gpu: str = "auto"  # auto | true | false
-    shuffle_buffer_rows: int = 10_000
-    length_group_batches: int = 16  # batches per length-sorted pool (bertclf.batching); 1 = random batches
-    ray_address: str | None = None
+    train: str | list[str] = key(factory=lambda: sample_data("goemotions_train.parquet"),
+                                 help="training Parquet: file(s), directory or glob; local or s3://")
+    validation: str | list[str] | None = key(factory=lambda: sample_data("goemotions_validation.parquet"),
+                                             help="validation Parquet; none: a hash split of --train")
+    output: str = key("runs/demo", help="run directory (local or s3://); the best checkpoint lands in <output>/best/")
+    model: str = key(PACKAGED_MODEL, help="model directory, s3:// directory or hub id")
+    task: Task = key("auto", help="task type; auto: from the label column")
+    text_column: str = key("text", help="column holding the text")
+    label_column: str | None = key(None, help='label column; default: "labels" (list) if present, else "label"')
+    label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
+    validation_fraction: float = key(0.1, help="share of rows held out when no validation data is given",
+                                     flag=False)
+    epochs: int = key(3, help="training epochs")
+    num_workers: int = key(2, help="Ray Train workers (GPUs on GPU clusters)")
+    batch_size: int = key(32, help="rows per batch, per worker")
+    learning_rate: float = key(5e-5, help="encoder learning rate")
+    head_learning_rate: float | None = key(None, help="classifier + pooler learning rate; none: 20 x learning_rate")
+    reinit_pooler: bool | None = key(None, help="re-initialize the pooler; auto: for sentence-transformers models, "
+                                                "whose pooler was never trained")
+    weight_decay: float = key(0.01, help="AdamW weight decay (not on biases and LayerNorm)", flag=False)
+    warmup_ratio: float = key(0.1, help="share of steps with linear warmup")
+    max_grad_norm: float = key(1.0, help="gradient clipping norm", flag=False)
+    max_length: int = key(128, help="tokens per text, longer texts are truncated")
+    seed: int = key(42, help="random seed")
+    precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")
+    checkpoint_every: int = key(1, help="epochs between periodic checkpoints")
+    best_metric: str = key("f1_macro", help="validation metric that picks the best checkpoint")
+    best_mode: Literal["max", "min"] = key("max", help="whether best_metric is better high or low")
+    max_failures: int = key(1, help="worker failures to recover from (resume from the latest checkpoint)")
+    cpus_per_worker: float | None = key(None, help="CPUs per train worker; none: planned from the cluster")
+    use_gpu: bool | None = key(None, help="train on GPUs; auto: when the cluster has them")
+    shuffle_buffer_rows: int = key(10_000, help="rows in each worker's local shuffle buffer", flag=False)
+    length_group_batches: int = key(16, help="batches per length-sorted pool (1: random batches)", flag=False)
+    ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:
-        _choice("task", self.task, ("auto", "multi_label", "multi_class"))
-        _choice("precision", self.precision, ("auto", "bf16", "fp32"))
-        _choice("use_gpu", str(self.use_gpu).lower(), ("auto", "true", "false"))
-        _choice("reinit_pooler", str(self.reinit_pooler).lower(), ("auto", "true", "false"))
-        _choice("best_mode", self.best_mode, ("max", "min"))
-        for name in ("epochs", "num_workers", "batch_size", "max_length", "checkpoint_every", "length_group_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _check_choices(self)
+        _at_least_one(self, "epochs", "num_workers", "batch_size", "max_length", "checkpoint_every",
+                      "length_group_batches")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
         if self.max_failures < 0:
@@ -80,35 +96,74 @@ class TrainConfig:
 class ScoreConfig:
     """Everything a scoring run needs: checkpoint, corpus, output and how to treat empty texts."""
 
-    checkpoint: str = "runs/demo/best"
-    input: str | list[str] = field(default_factory=lambda: sample_data("goemotions_validation.parquet"))
-    output: str = "runs/demo/scores"
-    date: str | None = None  # fills {date} in URIs; default yesterday (UTC)
-    text_column: str = "text"
-    id_column: str | None = "id"
-    passthrough_columns: list[str] = field(default_factory=list)
-    empty_text: str = "score"  # score | skip | error: what to do with null or empty texts
-    overwrite: bool = False
-    num_actors: int | None = None  # None: planned from the cluster
-    cpus_per_actor: float | None = None
-    precision: str = "auto"  # auto | bf16 | fp32
-    max_tokens_per_batch: int = 2048  # measured fastest on CPU (cache-sized batches); raise it for GPUs
-    max_batch_rows: int = 64
-    rows_per_unit: int = 20_000  # rows per unit of work (and per output part)
-    read_batch_rows: int = 2048
-    ray_address: str | None = None
+    checkpoint: str = key("runs/demo/best", help="checkpoint URI (e.g. <train output>/best)")
+    input: str | list[str] = key(factory=lambda: sample_data("goemotions_validation.parquet"),
+                                 help="Parquet file(s), directory or glob; {date} is filled in")
+    output: str = key("runs/demo/scores", help="output URI for scores; {date} is filled in")
+    date: str | None = key(None, help="date for {date} placeholders, YYYY-MM-DD (default: yesterday, UTC)")
+    text_column: str = key("text", help="column holding the text")
+    id_column: str | None = key("id", help="id column copied to the output")
+    passthrough_columns: list[str] = key(factory=list, help="comma-separated extra columns copied to the output")
+    empty_text: EmptyTextPolicy = key("score", help="null or empty texts: score (as ''), skip, or error")
+    overwrite: bool = key(False, help="re-score an output that is complete")
+    num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
+    cpus_per_actor: float | None = key(None, help="CPUs per scoring actor; none: 1 on CPU clusters")
+    precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")
+    max_tokens_per_batch: int = key(2048, help="token budget of one micro-batch (raise it for GPUs)", flag=False)
+    max_batch_rows: int = key(64, help="rows in one micro-batch at most", flag=False)
+    rows_per_unit: int = key(20_000, help="rows per unit of work (and per output part)", flag=False)
+    read_batch_rows: int = key(2048, help="rows read from Parquet at a time", flag=False)
+    ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:
-        _choice("empty_text", self.empty_text, ("score", "skip", "error"))
-        _choice("precision", self.precision, ("auto", "bf16", "fp32"))
-        for name in ("max_tokens_per_batch", "max_batch_rows", "rows_per_unit", "read_batch_rows"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _check_choices(self)
+        _at_least_one(self, "max_tokens_per_batch", "max_batch_rows", "rows_per_unit", "read_batch_rows")
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+@dataclass
+class EvaluateConfig:
+    """A checkpoint and labelled Parquet to measure it on (e.g. a test split)."""
+
+    checkpoint: str = key("runs/demo/best", help="checkpoint URI")
+    data: str | list[str] = key(factory=lambda: sample_data("goemotions_validation.parquet"),
+                                help="labelled Parquet file(s), directory or glob")
+    text_column: str = key("text", help="column holding the text")
+    label_column: str | None = key(None, help='label column; default: "labels" (multi-label) or "label"')
+    label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
+
+    def validate(self) -> None:
+        _check_choices(self)
+
+
+def _check_choices(config: Any) -> None:
+    """Literal-typed keys hold one of their choices; booleans are booleans (or None where None means auto)."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        choices = literal_choices(hint)
+        if choices and value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if bool in _options(hint) and not (isinstance(value, bool) or (value is None and allows_none(hint))):
+            raise ConfigError(f"{name} must be true or false{' or auto' if allows_none(hint) else ''}; got {value!r}")
+
+
+def _at_least_one(config: Any, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return typing.get_args(hint) if is_union else (hint,)
+
+
+def literal_choices(hint: Any) -> tuple[str, ...]:
+    """The allowed values of a Literal[...] hint, () for any other type."""
+    return tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else ()
+
+
+def allows_none(hint: Any) -> bool:
+    return type(None) in _options(hint)
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
@@ -131,18 +186,25 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         where = f" in {path}" if path else ""
         raise ConfigError(f"unknown config key(s){where}: {', '.join(unknown)}; known keys: {', '.join(known)}")
     hints = typing.get_type_hints(cls)
-    config = cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    config = cls(**{k: coerce(k, v, hints[k]) for k, v in values.items()})
     config.validate()
     return config
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Turn YAML/CLI values into the field's type, so `--set epochs=3` and `epochs: 3` mean the same."""
-    is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    options = typing.get_args(hint) if is_union else (hint,)
-    if value is None and type(None) in options:
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn YAML/CLI values into the field's type, so `--set epochs=3` and `epochs: 3` mean the same.
+
+    For `bool | None` keys, "auto" (or null) is None: the library decides.
+    """
+    options = _options(hint)
+    if type(None) in options and (value is None or (bool in options and str(value).lower() == "auto")):
         return None
     for option in options:
+        choices = literal_choices(option)
+        if choices:
+            if value in choices:
+                return value
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
         if option is bool:
             if isinstance(value, bool):
                 return value
@@ -158,14 +220,18 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         elif typing.get_origin(option) is list:
             if isinstance(value, list):
                 return [str(v) for v in value]
-            if isinstance(value, str):
+            if isinstance(value, str) and str not in options:
                 return [v.strip() for v in value.split(",") if v.strip()]
         elif option is str:
             if isinstance(value, str):
                 return value
             if not isinstance(value, list | dict):
                 return str(value)
-    raise ConfigError(f"config key {name!r}: {value!r} is not a valid {hint}")
+    raise ConfigError(f"config key {name!r}: {value!r} is not a valid {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    return " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in _options(hint))
 
 
 def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -174,8 +240,8 @@ def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        name, raw = pair.split("=", 1)
+        out[name.strip()] = yaml.safe_load(raw)
     return out
 
 

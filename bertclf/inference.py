@@ -1,16 +1,20 @@
 """Fast forward passes over many texts: tokenize once, sort by length, micro-batch by token budget.
 
-Shared by validation during training, evaluation and the scoring actors, so all three compute the
-same probabilities the same way.
+Shared by validation during training, `predict`, `evaluate` and the scoring actors (through `Predictor`), so
+all of them compute the same probabilities the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+from bertclf.labels import LabelSpace, probabilities
 
 
 def plan_microbatches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[np.ndarray]:
@@ -73,3 +77,53 @@ def logits_for_texts(model, tokenizer, texts: list[str], *, max_length: int, max
     device = device or torch.device("cpu")
     return logits_for_token_ids(model, tokenize(tokenizer, texts, max_length), tokenizer.pad_token_id,
                                 max_tokens=max_tokens, max_rows=max_rows, bf16=bf16, device=device)
+
+
+@dataclass
+class Predictor:
+    """A checkpoint loaded for inference, with its label space, max length, device and precision."""
+
+    model: Any
+    tokenizer: Any
+    space: LabelSpace
+    max_length: int
+    device: torch.device
+    bf16: bool = False
+    max_tokens: int = 8192
+    max_rows: int = 256
+
+    @classmethod
+    def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
+             max_rows: int = 256) -> Predictor:
+        from bertclf import checkpoint
+        from bertclf.modeling import load_for_inference
+        from bertclf.resources import use_bf16
+
+        ckpt = checkpoint.load(checkpoint_uri)
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, tokenizer = load_for_inference(ckpt.local_dir, target)
+        return cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
+                   max_tokens, max_rows)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        return tokenize(self.tokenizer, texts, self.max_length)
+
+    def probabilities_for_ids(self, token_ids: list[list[int]]) -> np.ndarray:
+        logits = logits_for_token_ids(self.model, token_ids, self.tokenizer.pad_token_id, max_tokens=self.max_tokens,
+                                      max_rows=self.max_rows, bf16=self.bf16, device=self.device)
+        return probabilities(self.space.task, logits)
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """(rows, labels) float32: sigmoid (multi-label) or softmax (multi-class) per text."""
+        return self.probabilities_for_ids(self.token_ids(texts))
+
+
+def predict_texts(checkpoint_uri: str, texts: list[str]) -> list[dict]:
+    """One dict per text: its predicted labels and every label's probability (highest first)."""
+    predictor = Predictor.load(checkpoint_uri, device="cpu")
+    probs = predictor.probabilities(texts)
+    names = predictor.space.names
+    predicted = predictor.space.predict(probs)
+    return [{"text": t, "predicted": predicted[i],
+             "probabilities": dict(sorted(zip(names, map(float, probs[i]), strict=True), key=lambda kv: -kv[1]))}
+            for i, t in enumerate(texts)]

@@ -9,12 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bertclf.errors import LabelError
+
 TaskType = Literal["multi_label", "multi_class"]
 LabelFormat = Literal["list", "single", "wide"]
-
-
-class LabelError(ValueError):
-    """A label column or value that doesn't fit the label space; the message names it."""
 
 
 @dataclass
@@ -115,8 +113,9 @@ def encode_targets(table: pa.Table, space: LabelSpace, fmt: LabelFormat, label_c
 
 
 def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
-    """Sigmoid (multi-label) or softmax (multi-class) of logits, float32 (here, not in metrics: scoring actors
-    need it without importing scikit-learn, about 1 s of start-up each)."""
+    """Sigmoid (multi-label) or softmax (multi-class) of logits, float32.
+
+    Here rather than in metrics: scoring actors need it without paying scikit-learn's import at start-up."""
     logits = logits.astype(np.float32)
     if task == "multi_label":
         return 1.0 / (1.0 + np.exp(-logits))

@@ -8,11 +8,8 @@ from pathlib import Path
 
 from bertclf import storage
 from bertclf.config import PACKAGED_MODEL
+from bertclf.errors import ModelError
 from bertclf.labels import LabelSpace
-
-
-class ModelError(ValueError):
-    """A model that can't be found or loaded; the message names it."""
 
 
 def packaged_model_dir() -> Path:
@@ -59,22 +56,19 @@ def load_tokenizer(model_dir: str):
 
 
 def attention_for(device_type: str) -> str:
-    """The attention kernel per device: SDPA's fused kernels on GPUs; plain (eager) attention on CPUs.
-
-    Measured here (torch 2.13, all-MiniLM-L6-v2, bf16 autocast, GoEmotions batches of 64): PyTorch's CPU
-    flash-attention backward took 38% of a training step, and eager attention made the step 1.34x faster
-    (920 -> 685 ms); forward-only scoring on one thread gains about 10%.
-    """
+    """The attention kernel per device: SDPA's fused kernels on GPUs; plain (eager) attention on CPUs, where
+    PyTorch's CPU flash-attention backward is slower than eager for short texts (benchmarks/results/NOTES.md)."""
     return "sdpa" if device_type == "cuda" else "eager"
 
 
-def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: str = "false", device_type: str = "cpu"):
+def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: bool | None = False,
+                     device_type: str = "cpu"):
     """The encoder with a fresh (or matching) classification head for this label space, attention per device.
 
     Sentence-transformers checkpoints (like the packaged all-MiniLM-L6-v2) were trained with mean pooling:
     their BERT pooler is untrained and squashes every text to nearly the same vector, so fine-tuning through
-    it barely moves. `reinit_pooler="auto"` re-initializes it for them (measured on GoEmotions: validation
-    ROC AUC after 90 steps 0.59 -> 0.69), keeping the checkpoint a plain BertForSequenceClassification.
+    it barely moves. `reinit_pooler=None` (auto) re-initializes it for them, keeping the checkpoint a plain
+    BertForSequenceClassification.
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -103,10 +97,10 @@ def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: str = "fa
     return model
 
 
-def _should_reinit_pooler(model_dir: str, setting: str) -> bool:
-    if str(setting).lower() == "auto":
+def _should_reinit_pooler(model_dir: str, setting: bool | None) -> bool:
+    if setting is None:
         return (Path(model_dir) / "config_sentence_transformers.json").exists()
-    return str(setting).lower() == "true"
+    return setting
 
 
 def head_parameter_names(model) -> set[str]:
@@ -118,8 +112,8 @@ def head_parameter_names(model) -> set[str]:
 
 def keep_head_in_fp32(model) -> None:
     """Run the pooler and classifier in fp32 even under bf16 autocast: they run once per text, not per token,
-    so it costs nothing, and logits rounded to bf16 flipped labels near the thresholds (measured on 8,000
-    GoEmotions rows: label-set agreement with fp32 0.9938 -> 0.9946). State-dict keys are unchanged."""
+    so it costs next to nothing, and logits rounded to bf16 flip labels near the thresholds. State-dict keys
+    are unchanged."""
     import torch
 
     base = model.base_model

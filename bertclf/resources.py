@@ -1,4 +1,5 @@
-"""Resource planning: how many CPUs/GPUs each train worker, data stage and scoring actor gets.
+"""The cluster and how to use it: connect to Ray, plan CPUs/GPUs for train workers, data stages and scoring
+actors, and choose the precision the hardware runs natively.
 
 A train worker holds its CPUs while Ray Data still needs CPU to read and encode; on a small node a naive
 plan (2 workers x 1 CPU on 2 cores) starves the data pipeline and hangs with no error. The plan leaves
@@ -8,9 +9,18 @@ the data stages a share and says what it chose.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from dataclasses import dataclass
+
+from bertclf import storage
+from bertclf.errors import ConfigError
+
+log = logging.getLogger("bertclf")
+
+# Settings of this process that Ray workers need too (driver-only variables don't reach them).
+WORKER_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "BERTCLF_S3_RETRIES")
 
 MIN_DATA_CPUS = 0.2
 
@@ -42,20 +52,40 @@ class ScorePlan:
                 f"{self.torch_threads} torch thread(s))")
 
 
-def plan_training(cluster: dict[str, float], num_workers: int, use_gpu: str = "auto",
+def connect(address: str | None = None) -> dict[str, float]:
+    """Join the cluster this process belongs to, or start a local one; returns its total resources.
+
+    Driver-only environment variables don't reach workers of a `ray start` cluster, so the AWS and HF
+    settings of this process go to the workers through runtime_env (unless a job already set one).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+        env = {**storage.aws_env(), **{k: os.environ[k] for k in WORKER_ENV_VARS if k in os.environ}}
+        kwargs: dict = {"address": address or os.environ.get("RAY_ADDRESS"), "log_to_driver": True}
+        if not in_job and env:
+            kwargs["runtime_env"] = {"env_vars": env}
+        ray.init(**kwargs)
+    resources = ray.cluster_resources()
+    log.info("ray: connected, cluster resources CPU=%s GPU=%s", resources.get("CPU", 0), resources.get("GPU", 0))
+    return resources
+
+
+def plan_training(cluster: dict[str, float], num_workers: int, use_gpu: bool | None = None,
                   cpus_per_worker: float | None = None) -> TrainPlan:
-    """Workers and their CPUs/GPUs from what the cluster has; GPU workers whenever GPUs are there (auto)."""
+    """Workers and their CPUs/GPUs from what the cluster has; GPU workers whenever GPUs are there (None)."""
     cpus = float(cluster.get("CPU", 0))
     gpus = float(cluster.get("GPU", 0))
-    gpu = gpus >= 1 if use_gpu == "auto" else use_gpu == "true"
+    gpu = gpus >= 1 if use_gpu is None else use_gpu
     if gpu and gpus < num_workers:
-        raise ValueError(f"{num_workers} GPU workers requested but the cluster has {gpus:g} GPU(s)")
+        raise ConfigError(f"{num_workers} GPU workers requested but the cluster has {gpus:g} GPU(s)")
     if cpus_per_worker is None:
         fair = (cpus - min(1.0, cpus * 0.25)) / num_workers  # a quarter of the CPUs, at most 1, for Ray Data
         cpus_per_worker = math.floor(min(fair, 4.0 if gpu else 8.0) * 4) / 4  # quarters keep the sums exact
     leftover = cpus - cpus_per_worker * num_workers
     if cpus_per_worker <= 0 or leftover < MIN_DATA_CPUS:
-        raise ValueError(
+        raise ConfigError(
             f"{num_workers} worker(s) x {cpus_per_worker:g} CPU does not fit a cluster with {cpus:g} CPU(s) while "
             f"leaving {MIN_DATA_CPUS} CPU for reading data (Ray Data would starve and training hang); "
             "lower num_workers or cpus_per_worker")
@@ -73,13 +103,13 @@ def plan_scoring(cluster: dict[str, float], num_actors: int | None = None,
         n = num_actors or gpus
         per = cpus_per_actor or max(0.25, math.floor(min(4.0, cpus / n) * 4) / 4)
         if n > gpus or n * per > cpus:
-            raise ValueError(f"{n} GPU scoring actor(s) x {per:g} CPU do not fit a cluster with {gpus} GPU(s) and "
+            raise ConfigError(f"{n} GPU scoring actor(s) x {per:g} CPU do not fit a cluster with {gpus} GPU(s) and "
                              f"{cpus:g} CPU(s)")
         return ScorePlan(n, True, per, max(1, int(per)))
-    per = cpus_per_actor or float(os.environ.get("BERTCLF_CPUS_PER_ACTOR", 1))
+    per = cpus_per_actor or 1.0
     n = num_actors or max(1, int(cpus // per))
     if n * per > cpus:
-        raise ValueError(f"{n} scoring actor(s) x {per:g} CPU does not fit a cluster with {cpus:g} CPU(s)")
+        raise ConfigError(f"{n} scoring actor(s) x {per:g} CPU does not fit a cluster with {cpus:g} CPU(s)")
     return ScorePlan(n, False, per, max(1, int(per)))
 
 

@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from bertclf.errors import InputError
+
 T = TypeVar("T")
 
 AWS_ENV_VARS = (
@@ -39,6 +41,10 @@ AWS_ENV_VARS = (
 
 class StorageError(RuntimeError):
     """A URI that can't be read or written; the message names the URI."""
+
+
+class StorageInputError(StorageError, InputError):
+    """A URI that is wrong rather than unreachable: it doesn't exist, matches nothing, or can't be written."""
 
 
 def is_s3(uri: str) -> bool:
@@ -71,7 +77,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if is_s3(uri):
         return s3_filesystem(), uri[len("s3://") :].rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
-        raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
+        raise StorageInputError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
@@ -183,14 +189,14 @@ def check_writable(uri: str) -> None:
     except StorageError:
         raise
     except OSError as exc:
-        raise StorageError(f"output {uri} is not writable: {exc}") from exc
+        raise StorageInputError(f"output {uri} is not writable: {exc}") from exc
 
 
 def _check_bucket(fs: pafs.FileSystem, path: str, uri: str) -> None:
     bucket = path.split("/", 1)[0]
     info = with_retries(lambda: fs.get_file_info(bucket), f"checking bucket of {uri}")
     if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"bucket s3://{bucket} (from {uri}) does not exist or is not reachable")
+        raise StorageInputError(f"bucket s3://{bucket} (from {uri}) does not exist or is not reachable")
 
 
 def list_parquet_files(source: str | Sequence[str]) -> list[str]:
@@ -200,7 +206,7 @@ def list_parquet_files(source: str | Sequence[str]) -> list[str]:
     """
     sources = [source] if isinstance(source, str) else list(source)
     if not sources:
-        raise StorageError("no input given: pass a Parquet file, directory, glob or list")
+        raise StorageInputError("no input given: pass a Parquet file, directory, glob or list")
     files: list[str] = []
     for src in sources:
         files.extend(_expand_one(src))
@@ -215,7 +221,7 @@ def _expand_one(src: str) -> list[str]:
         return _expand_glob(fs, path, src)
     info = with_retries(lambda: fs.get_file_info(path), f"listing {src}")
     if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"input {src} does not exist")
+        raise StorageInputError(f"input {src} does not exist")
     if info.type == pafs.FileType.File:
         return [to_uri(fs, path)]
     selector = pafs.FileSelector(path, recursive=True)
@@ -226,7 +232,7 @@ def _expand_one(src: str) -> list[str]:
         if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path, path)
     ]
     if not found:
-        raise StorageError(f"input directory {src} contains no .parquet files")
+        raise StorageInputError(f"input directory {src} contains no .parquet files")
     return found
 
 
@@ -244,7 +250,7 @@ def _expand_glob(fs: pafs.FileSystem, pattern: str, src: str) -> list[str]:
         infos = with_retries(lambda: fs.get_file_info(pafs.FileSelector(base, recursive=True)), f"listing {src}")
         found = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
     if not found:
-        raise StorageError(f"input glob {src} matches no files")
+        raise StorageInputError(f"input glob {src} matches no files")
     return [to_uri(fs, p) for p in found]
 
 

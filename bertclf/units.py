@@ -1,4 +1,5 @@
-"""Units of work over Parquet files: runs of whole row groups of one file, planned from the footers.
+"""Reading Parquet: whole files with their columns checked, and units of work (runs of whole row groups of
+one file, planned from the footers).
 
 A unit is the grain of reading for training and of exactly-once output for scoring: its rows are fixed
 by the input file's layout, so a re-run maps every row to the same unit and the same output name.
@@ -8,44 +9,15 @@ listing task wants a whole CPU and starves next to train workers on small nodes.
 
 from __future__ import annotations
 
-import hashlib
-import posixpath
-import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertclf import storage
-
-
-class UnreadableFileError(ValueError):
-    """A Parquet file whose footer or pages can't be read; names the file."""
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    uri: str
-    row_groups: tuple[int, ...]
-    num_rows: int
-    file_index: int
-
-    @property
-    def name(self) -> str:
-        """Deterministic output name: input file stem + a hash of its URI + the row-group range."""
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", posixpath.basename(self.uri).removesuffix(".parquet"))[:80]
-        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:10]
-        return f"{stem}-{digest}-rg{self.row_groups[0]:05d}-{self.row_groups[-1]:05d}.parquet"
-
-    def to_dict(self) -> dict:
-        return {"uri": self.uri, "row_groups": list(self.row_groups), "num_rows": self.num_rows,
-                "file_index": self.file_index}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorkUnit:
-        return cls(d["uri"], tuple(int(g) for g in d["row_groups"]), int(d["num_rows"]), int(d["file_index"]))
+from bertclf.errors import DataError, UnreadableFileError
+from bertclf.records import WorkUnit
 
 
 def file_metadata(uri: str) -> pq.FileMetaData:
@@ -115,3 +87,21 @@ def read_unit_table(unit: WorkUnit, columns: list[str]) -> pa.Table:
             return pq.ParquetFile(f).read_row_groups(list(unit.row_groups), columns=columns)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise UnreadableFileError(f"{unit.uri}: can't read row groups {unit.row_groups}: {exc}") from None
+
+
+def read_table(uri: str, columns: list[str]) -> pa.Table:
+    """Read some columns of one Parquet file; errors name the file and the missing column."""
+    fs, path = storage.resolve(uri)
+    try:
+        schema = storage.with_retries(lambda: pq.read_schema(path, filesystem=fs), f"reading {uri}")
+    except storage.StorageError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UnreadableFileError(f"{uri} is not a readable Parquet file: {exc}") from None
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise DataError(f"{uri}: column(s) {', '.join(map(repr, missing))} not found; columns are {schema.names}")
+    try:
+        return storage.with_retries(lambda: pq.read_table(path, columns=columns, filesystem=fs), f"reading {uri}")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UnreadableFileError(f"{uri} is not a readable Parquet file: {exc}") from None

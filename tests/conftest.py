@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -29,10 +26,8 @@ LABEL_WORDS = {
 FILLER = ["the", "a", "day", "was", "it", "and", "so", "very", "today", "my", "friend", "work", "home"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(REPO / "cluster"))  # cluster/local.py picks ports and starts moto for `local.py up` and us
+from local import free_port, start_moto, wait_for_port  # noqa: E402
 
 
 def make_rows(n: int, seed: int, multi_label: bool) -> list[dict]:
@@ -79,28 +74,18 @@ def tiny_model(tmp_path_factory) -> Path:
 def s3_server():
     """moto's standalone S3 server on 127.0.0.1, configured through the standard AWS variables."""
     port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = start_moto(port, Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log")
+    if not wait_for_port(port, 30, proc):
+        proc.kill()
+        raise RuntimeError("moto server did not start")
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_REGION": "us-east-1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
-    log.close()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -120,20 +105,25 @@ def bucket(s3_server) -> str:
 
 @pytest.fixture(scope="module")
 def ray_local(s3_server, tmp_path_factory):
-    """A real local Ray (2 CPUs, like this machine) whose workers get the S3 settings and test hooks."""
+    """A real local Ray (2 CPUs, like this machine) whose workers get the S3 settings and the fault hooks.
+
+    Faults are injected from the test side (tests/faults.py, installed in every worker process by
+    runtime_env's worker_process_setup_hook); the yielded directory holds their control files.
+    """
+    import faults
     import ray
 
-    control = tmp_path_factory.mktemp("faults")
-    os.environ["BERTCLF_TEST_KILL_WORKER"] = str(control / "kill_worker")
-    os.environ["BERTCLF_TEST_FAIL_UNIT"] = str(control / "fail_unit")
-    from bertclf.raycluster import connect
+    from bertclf.resources import connect
 
+    control = tmp_path_factory.mktemp("faults")
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                                      "HF_HUB_OFFLINE")}
+    env |= {faults.KILL_WORKER: str(control / "kill_worker"), faults.FAIL_UNIT: str(control / "fail_unit"),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {k: os.environ[k] for k in (
-                 "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "HF_HUB_OFFLINE",
-                 "BERTCLF_TEST_KILL_WORKER", "BERTCLF_TEST_FAIL_UNIT")}})
+             runtime_env={"env_vars": env, "worker_process_setup_hook": "faults.install"})
     connect()
     yield control
     ray.shutdown()

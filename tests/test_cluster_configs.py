@@ -1,12 +1,19 @@
 """Static checks of the cluster configs under cluster/: they parse, point at scripts that exist, ask for
-GPUs where they should, carry no AWS keys; and cluster/local.sh is valid bash with a usage message.
-Fast, starts nothing (no Ray, no moto, no cloud calls)."""
+GPUs where they should, carry no AWS keys; and cluster/local.py has a usage message, never runs a bare `ray stop`
+and stops only the processes it is given. Fast, starts no Ray, no moto, no cloud calls (only a few `sleep`s)."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +22,7 @@ import yaml
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
-LOCAL_SH = CLUSTER / "local.sh"
+LOCAL_PY = CLUSTER / "local.py"
 YAML_FILES = sorted(CLUSTER.rglob("*.yaml"))
 JOB_SCRIPT = re.compile(r"(?:^|/)(jobs/[\w-]+\.py)$")
 CRON_FIELD = r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*"
@@ -259,25 +266,88 @@ def test_jobs_config_referenced_by_train_job_exists():
     assert (ROOT / config).is_file(), f"rayjob-train.yaml uses {config}, which is not in the repo"
 
 
-# ------------------------------------------------------------------------------------------ local.sh ----
+# ------------------------------------------------------------------------------------------ local.py ----
 
-def test_local_sh_is_executable_bash():
-    assert LOCAL_SH.read_text().startswith("#!/usr/bin/env bash")
-    assert LOCAL_SH.stat().st_mode & 0o111, "cluster/local.sh should be executable"
-    assert "set -euo pipefail" in LOCAL_SH.read_text()
-    subprocess.run(["bash", "-n", str(LOCAL_SH)], check=True)
+def _local_py():
+    spec = importlib.util.spec_from_file_location("cluster_local", LOCAL_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("args", [[], ["bogus"], ["up", "extra"]], ids=["none", "unknown", "too-many"])
-def test_local_sh_usage(args):
-    r = subprocess.run(["bash", str(LOCAL_SH), *args], capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0
-    assert "usage" in (r.stdout + r.stderr).lower()
-    assert "up|down|status" in r.stderr
+def test_local_py_usage(args):
+    r = subprocess.run([sys.executable, str(LOCAL_PY), *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "usage" in r.stderr.lower() and "up|down|status" in r.stderr
+    assert r.stdout == ""
 
 
-def test_local_sh_never_runs_a_bare_ray_stop():
-    """`ray stop` kills every Ray on the machine; down must only stop the cluster that up started."""
-    code = [line.split("#", 1)[0] for line in LOCAL_SH.read_text().splitlines()]
-    assert not any(re.search(r"\bray\s+stop\b", line) for line in code)
-    assert not any(re.search(r"\b(pkill|killall)\b", line) for line in code)
+def test_local_py_never_runs_a_bare_ray_stop():
+    """`ray stop` kills every Ray on the machine; down must only stop the processes that up started: no "stop"
+    word in any command, no pkill/killall, and signals sent from stop_pids only."""
+    tree = ast.parse(LOCAL_PY.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef))
+                  and ast.get_docstring(n) is not None}
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+               and id(n) not in docstrings]
+    assert not any(s.strip() == "stop" or re.search(r"\bray\s+stop\b|\b(pkill|killall)\b", s) for s in strings)
+    killers = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+               if isinstance(n, ast.Attribute) and n.attr in ("kill", "killpg", "terminate", "send_signal")}
+    assert killers == {"stop_pids"}
+
+
+def test_stop_pids_stops_the_given_tree_and_nothing_else():
+    """A parent whose child ignores SIGTERM (so SIGKILL after the grace period), next to a sibling that must live."""
+    local = _local_py()
+    child_code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"
+    parent_code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+                   "stdout=subprocess.PIPE); c.stdout.readline(); print(c.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, child_code], stdout=subprocess.PIPE, text=True)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        local.stop_pids([parent.pid], grace_s=1)
+        assert parent.wait(timeout=5) != 0
+        assert not local.pid_alive(child)
+        assert sibling.poll() is None and local.pid_alive(sibling.pid)
+    finally:
+        for proc in (parent, sibling):
+            proc.kill()
+            proc.wait()
+        if child and local.pid_alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_ray_pids_match_the_temp_dir_exactly(tmp_path):
+    local = _local_py()
+    d = tmp_path / "ray-x"
+    argvs = {"ours": [f"--temp-dir={d}"], "session": [f"--logs-dir={d}/session_1/logs"],
+             "prefix": [f"--temp-dir={d}2"], "inside": [f"--temp-dir={d}/ray"], "parent": [f"--temp-dir={tmp_path}"]}
+    procs = {k: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *a]) for k, a in argvs.items()}
+    try:
+        for _ in range(100):  # until every child has exec'd python with its argv
+            table = local._procs()
+            if all(argvs[k][0] in table.get(p.pid, (0, []))[1] for k, p in procs.items()):
+                break
+            time.sleep(0.1)
+        assert local.ray_pids(d) == {procs["ours"].pid, procs["session"].pid}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+def test_pick_ports_fails_on_a_taken_port_and_moves_a_taken_default(monkeypatch):
+    local = _local_py()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        monkeypatch.setitem(local.PORTS, "S3_PORT", taken)
+        monkeypatch.delenv("S3_PORT", raising=False)
+        assert local.pick_ports(["S3_PORT"])["S3_PORT"] != taken
+        monkeypatch.setenv("S3_PORT", str(taken))
+        with pytest.raises(SystemExit, match=f"port {taken} \\(S3_PORT\\) is already in use"):
+            local.pick_ports(["S3_PORT"])

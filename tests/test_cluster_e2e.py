@@ -1,5 +1,5 @@
-"""End to end as users run it: cluster/local.sh up, `ray job submit` of train then score against the local
-S3 server, outputs and job status checked, then cluster/local.sh down."""
+"""End to end as users run it: cluster/local.py up, `ray job submit` of train then score against the local
+S3 server, outputs and job status checked, then cluster/local.py down."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def local_cluster(tmp_path_factory):
     env = _tool_env(**{k: str(v) for k, v in ports.items()}, RAY_NUM_CPUS="2", BERTCLF_STATE_DIR=str(state),
                     BERTCLF_RAY_TMPDIR=f"/tmp/ray-e2e-{uuid.uuid4().hex[:6]}", RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
-    up = subprocess.run(["bash", "cluster/local.sh", "up"], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=180)
+    up = subprocess.run([sys.executable, "cluster/local.py", "up"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=180)
     assert up.returncode == 0, up.stderr
     client = {"RAY_ADDRESS": f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}",
               "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['S3_PORT']}", "AWS_ACCESS_KEY_ID": "testing",
@@ -43,8 +43,8 @@ def local_cluster(tmp_path_factory):
     try:
         yield env, client
     finally:
-        down = subprocess.run(["bash", "cluster/local.sh", "down"], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=120)
+        down = subprocess.run([sys.executable, "cluster/local.py", "down"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr
 
 

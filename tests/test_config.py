@@ -145,7 +145,7 @@ def test_yaml_typed_values(yaml_file):
     cfg = load_config(TrainConfig, path)
     assert cfg.train == ["a.parquet", "b.parquet"]
     assert cfg.validation is None
-    assert str(cfg.use_gpu).lower() == "false"
+    assert cfg.use_gpu is False
     assert cfg.label_columns == ["x", "y"]
     assert cfg.cpus_per_worker == 2.0
 

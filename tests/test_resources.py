@@ -40,7 +40,7 @@ def test_gpu_cluster_uses_gpus():
 
 
 def test_gpu_can_be_turned_off():
-    plan = plan_training({"CPU": 16, "GPU": 4}, 2, use_gpu="false")
+    plan = plan_training({"CPU": 16, "GPU": 4}, 2, use_gpu=False)
     assert not plan.use_gpu and _fits(plan, 16)
 
 
@@ -48,7 +48,7 @@ def test_too_many_gpu_workers():
     with pytest.raises(ValueError, match="4 GPU workers"):
         plan_training({"CPU": 16, "GPU": 2}, 4)
     with pytest.raises(ValueError, match="GPU"):
-        plan_training({"CPU": 16}, 1, use_gpu="true")
+        plan_training({"CPU": 16}, 1, use_gpu=True)
 
 
 def test_explicit_cpus_per_worker():
@@ -77,8 +77,7 @@ def test_plan_never_starves_data_tasks(cluster, workers, explicit):
     assert _fits(plan, cluster["CPU"])
 
 
-def test_scoring_cpu_only_uses_all_cpus(monkeypatch):
-    monkeypatch.delenv("BERTCLF_CPUS_PER_ACTOR", raising=False)
+def test_scoring_cpu_only_uses_all_cpus():
     for cpus in (2, 7, 16):
         plan = plan_scoring({"CPU": cpus})
         assert not plan.use_gpu
@@ -86,9 +85,8 @@ def test_scoring_cpu_only_uses_all_cpus(monkeypatch):
         assert plan.torch_threads >= 1
 
 
-def test_scoring_cpu_per_actor_setting(monkeypatch):
-    monkeypatch.setenv("BERTCLF_CPUS_PER_ACTOR", "4")
-    plan = plan_scoring({"CPU": 16})
+def test_scoring_cpu_per_actor_setting():
+    plan = plan_scoring({"CPU": 16}, cpus_per_actor=4)
     assert (plan.num_actors, plan.cpus_per_actor, plan.torch_threads) == (4, 4.0, 4)
     plan = plan_scoring({"CPU": 16}, cpus_per_actor=2)
     assert (plan.num_actors, plan.cpus_per_actor) == (8, 2)

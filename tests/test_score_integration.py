@@ -16,7 +16,8 @@ from bertclf import checkpoint, storage
 from bertclf.checkpoint import CheckpointError
 from bertclf.config import ScoreConfig
 from bertclf.labels import LabelSpace
-from bertclf.score import ScoreError, run
+from bertclf.records import CheckpointMeta
+from bertclf.scoring import ScoreError, run
 
 THRESHOLDS = [0.45, 0.5, 0.55]
 
@@ -29,7 +30,7 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
     space = LabelSpace("multi_label", ["anger", "fear", "joy"], THRESHOLDS)
     directory = tmp_path_factory.mktemp("ckpt")
     checkpoint.save_model_dir(directory, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
-                              {"labels": space.to_dict(), "max_length": 32, "epoch": 1})
+                              CheckpointMeta(labels=space, max_length=32, epoch=1))
     return directory
 
 
@@ -180,7 +181,8 @@ def test_input_that_matches_no_files(tiny_checkpoint, tmp_path):
 
 
 def test_predict_prints_labels_from_the_checkpoint(tiny_checkpoint):
-    from bertclf.predict import predict_texts, render
+    from bertclf.cli import render_predictions
+    from bertclf.inference import predict_texts
 
     rows = predict_texts(str(tiny_checkpoint), ["happy glad day", "scared panic"])
     expected = _direct_probs(tiny_checkpoint, ["happy glad day", "scared panic"])
@@ -189,7 +191,7 @@ def test_predict_prints_labels_from_the_checkpoint(tiny_checkpoint):
         np.testing.assert_allclose([row["probabilities"][n] for n in ["anger", "fear", "joy"]], probs, atol=1e-5)
         assert row["predicted"] == [n for n, p, t in zip(["anger", "fear", "joy"], probs, THRESHOLDS, strict=True)
                                     if p >= t]
-    assert "predicted:" in render(rows)
+    assert "predicted:" in render_predictions(rows)
 
 
 def test_each_unit_result_reaches_the_driver_before_the_next_unit_finishes(ray_local):
@@ -198,7 +200,8 @@ def test_each_unit_result_reaches_the_driver_before_the_next_unit_finishes(ray_l
     import ray
     import ray.data
 
-    from bertclf.score import _results_as_they_land
+    from bertclf.records import UnitResult
+    from bertclf.scoring.driver import _results_as_they_land
 
     @ray.remote(num_cpus=0)
     class Gate:
@@ -220,7 +223,8 @@ def test_each_unit_result_reaches_the_driver_before_the_next_unit_finishes(ray_l
             while not ray.get(gate.is_open.remote()) and time.time() < deadline:
                 time.sleep(0.05)
             gate_open = ray.get(gate.is_open.remote())
-        return {"result": [json.dumps({"i": int(batch["i"][0]), "saw_open_gate": gate_open})]}
+        result = UnitResult(unit=str(batch["i"][0]), input="gate open" if gate_open else "gate closed")
+        return {"result": [result.to_json()]}
 
     ds = ray.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2).map_batches(unit, batch_size=1,
                                                                                       num_cpus=0.5)
@@ -228,5 +232,5 @@ def test_each_unit_result_reaches_the_driver_before_the_next_unit_finishes(ray_l
     for result in _results_as_they_land(ds):
         seen.append(result)
         ray.get(gate.open.remote())
-    assert sorted(r["i"] for r in seen) == [0, 1]
-    assert seen[0]["i"] == 0 and seen[1]["saw_open_gate"] is True
+    assert sorted(r.unit for r in seen) == ["0", "1"]
+    assert seen[0].unit == "0" and seen[1].input == "gate open"

@@ -7,11 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_rows, write_rows
 
-from bertclf import train
+from bertclf import training
 from bertclf.config import TrainConfig
-from bertclf.data import DataError, in_validation_split, inspect_training_data
+from bertclf.errors import DataError, InputError
 from bertclf.modeling import ModelError
 from bertclf.storage import StorageError
+from bertclf.training.data import in_validation_split, inspect_training_data
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def _fails(match: str, exc=DataError, **cfg):
     import ray
 
     with pytest.raises(exc, match=match):
-        train.run(TrainConfig(**cfg))
+        training.run(TrainConfig(**cfg))
     assert not ray.is_initialized(), "validation must happen before Ray starts"
 
 
@@ -75,11 +76,12 @@ def test_empty_dataset(good, tmp_path):
 
 
 def test_input_path_that_does_not_exist(good, tmp_path):
-    _fails(r"input .*nowhere\.parquet does not exist", **{**good, "train": str(tmp_path / "nowhere.parquet")})
+    _fails(r"input .*nowhere\.parquet does not exist", exc=InputError,
+           **{**good, "train": str(tmp_path / "nowhere.parquet")})
 
 
 def test_bucket_that_does_not_exist(good, s3_server):
-    _fails(r"bucket s3://no-such-bucket-xyz", **{**good, "train": "s3://no-such-bucket-xyz/train/"})
+    _fails(r"bucket s3://no-such-bucket-xyz", exc=InputError, **{**good, "train": "s3://no-such-bucket-xyz/train/"})
 
 
 def test_unreadable_parquet(good, tmp_path):

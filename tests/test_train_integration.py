@@ -9,7 +9,7 @@ from conftest import make_rows, write_rows
 
 from bertclf import storage
 from bertclf.config import TrainConfig
-from bertclf.train import run
+from bertclf.training import run
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "f1_micro", "f1_macro", "f1_weighted", "roc_auc_macro", "per_label"}
 
@@ -51,6 +51,7 @@ def test_two_workers_train_from_s3_shards_and_best_lands_on_s3(ray_local, tiny_m
     assert not list(local.glob("*.bin")) and (local / "model.safetensors").exists()
 
     meta = json.loads((local / "bertclf.json").read_text())
+    assert meta["format"] == 2 and "per_label" in meta["metrics"], "format 2: per-label scores inside metrics"
     assert meta["labels"]["task"] == ("multi_label" if multi_label else "multi_class")
     assert len(meta["labels"]["thresholds"]) == 3
     lines = _metrics_lines(output)
@@ -74,7 +75,7 @@ def test_hash_split_when_no_validation_given(ray_local, tiny_model, tmp_path):
     meta = json.loads((tmp_path / "run" / "best" / "bertclf.json").read_text())
     n_val = meta["data"]["n_validation"]
     assert 0 < n_val < 100 and meta["data"]["n_train"] + n_val == 300
-    assert result.history[0]["validation_rows"] == n_val
+    assert result.history[0].validation_rows == n_val
 
 
 def test_worker_killed_mid_training_is_replaced_and_resumes(ray_local, tiny_model, tmp_path):

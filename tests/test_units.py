@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertclf.units import UnreadableFileError, WorkUnit, plan_units, read_unit, read_unit_table
+from bertclf.errors import UnreadableFileError
+from bertclf.records import WorkUnit
+from bertclf.units import plan_units, read_unit, read_unit_table
 
 
 def _write(path, n, row_group_size, start=0):
@@ -80,7 +82,7 @@ def test_unit_names_deterministic_and_distinct(tmp_path):
 
 def test_unit_dict_round_trip(tmp_path):
     unit = WorkUnit(str(tmp_path / "a.parquet"), (3, 4, 5), 42, 2)
-    assert WorkUnit.from_dict(unit.to_dict()) == unit
+    assert WorkUnit.from_json(unit.to_json()) == unit
 
 
 def test_corrupt_file_reported_others_planned(tmp_path):

@@ -18,20 +18,10 @@ import pyarrow.parquet as pq
 
 from bertclf import storage
 from bertclf.config import TrainConfig
-from bertclf.labels import (
-    LabelError,
-    LabelFormat,
-    LabelSpace,
-    encode_targets,
-    label_format,
-    labels_in_column,
-    task_for_format,
-)
-from bertclf.units import WorkUnit, plan_units, read_unit_table
-
-
-class DataError(ValueError):
-    """Training input that can't be used; the message names the file, column or value."""
+from bertclf.errors import DataError, LabelError
+from bertclf.labels import LabelFormat, LabelSpace, encode_targets, label_format, labels_in_column, task_for_format
+from bertclf.records import DataSummary, WorkUnit
+from bertclf.units import plan_units, read_table, read_unit_table
 
 
 @dataclass
@@ -55,29 +45,17 @@ class TrainingData:
     def read_columns(self) -> list[str]:
         return [self.text_column, *(self.label_columns or [self.label_column])]
 
+    def summary(self) -> DataSummary:
+        """What a checkpoint records about the data that made it."""
+        return DataSummary(fingerprint=self.fingerprint, train_files=self.train_files,
+                           validation_files=self.validation_files, n_train=self.n_train,
+                           n_validation=self.n_validation, label_counts=self.label_counts)
+
 
 def in_validation_split(texts: list[str], fraction: float) -> np.ndarray:
     """Deterministic split by a hash of the text, so duplicate texts never straddle train and validation."""
     cut = int(fraction * 2**32)
     return np.fromiter((zlib.crc32(t.encode("utf-8")) < cut for t in texts), dtype=bool, count=len(texts))
-
-
-def read_table(uri: str, columns: list[str]) -> pa.Table:
-    """Read some columns of one Parquet file; errors name the file and the missing column."""
-    fs, path = storage.resolve(uri)
-    try:
-        schema = storage.with_retries(lambda: pq.read_schema(path, filesystem=fs), f"reading {uri}")
-    except storage.StorageError:
-        raise
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{uri} is not a readable Parquet file: {exc}") from None
-    missing = [c for c in columns if c not in schema.names]
-    if missing:
-        raise DataError(f"{uri}: column(s) {', '.join(map(repr, missing))} not found; columns are {schema.names}")
-    try:
-        return storage.with_retries(lambda: pq.read_table(path, columns=columns, filesystem=fs), f"reading {uri}")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{uri} is not a readable Parquet file: {exc}") from None
 
 
 def _resolve_label_layout(cfg: TrainConfig, first_file: str) -> tuple[str | None, LabelFormat]:
@@ -130,11 +108,8 @@ def _check_labels(table: pa.Table, fmt: LabelFormat, label_column: str | None, l
 
 def inspect_training_data(cfg: TrainConfig) -> TrainingData:
     """List, read and check every input file once; return the label space and counts."""
-    try:
-        train_files = storage.list_parquet_files(cfg.train)
-        validation_files = storage.list_parquet_files(cfg.validation) if cfg.validation else None
-    except storage.StorageError as exc:
-        raise DataError(str(exc)) from None
+    train_files = storage.list_parquet_files(cfg.train)
+    validation_files = storage.list_parquet_files(cfg.validation) if cfg.validation else None
     label_column, fmt = _resolve_label_layout(cfg, train_files[0])
     columns = [cfg.text_column, *(cfg.label_columns or [label_column])]
 
@@ -221,7 +196,7 @@ class _ReadAndEncodeUnits:
         self.data = data
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tables = [read_unit_table(WorkUnit.from_dict(u), self.data.read_columns) for u in batch["unit"]]
+        tables = [read_unit_table(WorkUnit.from_json(u), self.data.read_columns) for u in batch["unit"]]
         table = pa.concat_tables(tables)
         if self.data.validation_files is None:
             mask = in_validation_split(table[self.data.text_column].to_pylist(), self.data.validation_fraction)
@@ -239,7 +214,7 @@ def train_dataset(data: TrainingData, seed: int, data_cpus: float, rows_per_unit
         raise DataError("; ".join(errors.values()))
     rng = random.Random(seed)
     rng.shuffle(units)
-    items = [{"unit": u.to_dict()} for u in units]
+    items = [{"unit": u.to_json()} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     return ds.map_batches(_ReadAndEncodeUnits(data), batch_size=1, num_cpus=data_cpus)
 

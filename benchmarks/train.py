@@ -1,25 +1,27 @@
 """Benchmark: training samples/s of bertclf's Ray Train loop against Hugging Face `Trainer` on the same cores.
 
-    python jobs/bench_train.py --json runs/bench_train.json [--steps 100] [--batch-size 32] [--time-to-f1]
+    python benchmarks/train.py [--steps 100] [--batch-size 32] [--time-to-f1] [--json PATH]
 
-bertclf: `bertclf.train.run` with --workers DDP workers on a GoEmotions slice of steps x batch x workers rows
+bertclf: `bertclf.training.run` with --workers DDP workers on a GoEmotions slice of steps x batch x workers rows
 (so each worker runs --steps optimizer steps); samples/s is read from the returned history (the train loop
 measures it: all workers' samples over rank 0's loop time, validation excluded).
 Baselines: `transformers.Trainer` in one process with every core (a subprocess, run before Ray starts), the same
 packaged all-MiniLM-L6-v2 with the same classification head, the same rows, global batch (bertclf's per-worker
 batch x workers), optimizer steps, learning rate, weight decay, warmup and clipping, multi-label BCE. Four
 runs: dynamic padding (DataCollatorWithPadding) and fixed padding (padding="max_length", 128), each in fp32
-and bf16; each speedup is against the faster precision of that padding (said in the JSON). The Trainer's
+and, where the CPU runs bf16 natively, bf16; each speedup is against the faster precision of that padding
+(said in the JSON). The Trainer's
 time is its train() call; its tokenization happens before (as in the usual `dataset.map`), while bertclf
 tokenizes inside its loop.
 --time-to-f1: wall time for bertclf (jobs/configs/goemotions.yaml: full train split, up to 3 epochs) to reach
-validation macro-F1 >= 0.35, from the start of train.run to the epoch's line in metrics.jsonl (long: ~1 h+
-on 2 cores); null otherwise.
+validation macro-F1 >= 0.35, from before Ray starts to the epoch's line in metrics.jsonl (long); null otherwise.
+Results: one JSON (default benchmarks/results/<date>-train-<cpu class>.json) and its tables on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -30,9 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_common as bc  # noqa: E402
+import common as bc
+import report
 
 bc.setup_env()
 
@@ -42,7 +43,7 @@ HF_RUNS = [("dynamic", "fp32"), ("dynamic", "bf16"), ("max_length", "fp32"), ("m
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", help="where to write the results (JSON)")
+    p.add_argument("--json", help="where to write the results (default: benchmarks/results/<date>-train-<cpu>.json)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per worker (and for the Trainer)")
     p.add_argument("--batch-size", type=int, default=32, help="bertclf's per-worker batch; Trainer's = this x workers")
     p.add_argument("--workers", type=int, default=2, help="bertclf train workers")
@@ -57,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the Trainer model's attention kernel (default sdpa: what from_pretrained gives BERT)")
     p.add_argument("--hf-runs", default=",".join(f"{a}_{b}" for a, b in HF_RUNS),
                    help="comma-separated Trainer runs to do, of " + ", ".join(f"{a}_{b}" for a, b in HF_RUNS)
-                   + " (default: all; fixed-padding fp32 is the slowest by far; '' for none)")
+                   + " (default: all; bf16 ones are skipped on CPUs without native bf16; fixed-padding fp32 is the "
+                   "slowest by far; '' for none)")
     p.add_argument("--time-to-f1", action="store_true",
                    help=f"also time bertclf to validation macro-F1 >= {F1_TARGET} on full GoEmotions (long)")
     p.add_argument("--f1-config", default=str(bc.REPO / "jobs" / "configs" / "goemotions.yaml"))
@@ -66,12 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--f1-train-rows", type=int, help="first rows of the train split only (smoke tests)")
     p.add_argument("--internal-hf", help=argparse.SUPPRESS)  # subprocess mode: path of a spec JSON
     args = p.parse_args(argv)
-    if not args.internal_hf and not args.json:
-        p.error("--json is required")
     args.hf_runs = [r for r in args.hf_runs.split(",") if r]  # "" = no Trainer runs (e.g. only --time-to-f1)
     unknown = set(args.hf_runs) - {f"{a}_{b}" for a, b in HF_RUNS}
     if unknown:
         p.error(f"--hf-runs: unknown run(s) {sorted(unknown)}")
+    args.hf_runs_skipped = [r for r in args.hf_runs if not bc.can_time(r.rsplit("_", 1)[1])]
+    if args.hf_runs_skipped and not args.internal_hf:  # never time a precision this CPU only emulates
+        print(f"[bench] skipping --hf-runs {','.join(args.hf_runs_skipped)}: this CPU has no native bf16", flush=True)
+        args.hf_runs = [r for r in args.hf_runs if r not in args.hf_runs_skipped]
     for name in ("steps", "batch_size", "workers", "max_length", "epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -94,8 +98,9 @@ def hf_worker(spec_path: str) -> None:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
-    from bertclf.data import encode_batch, inspect_training_data, read_table
     from bertclf.modeling import build_classifier, load_tokenizer, packaged_model_dir
+    from bertclf.training.data import encode_batch, inspect_training_data
+    from bertclf.units import read_table
 
     spec = json.loads(Path(spec_path).read_text())
     threads = spec["threads"]
@@ -163,19 +168,32 @@ def run_hf(args: argparse.Namespace, workdir: Path, train: str, validation: str)
 # ------------------------------------------------------------------------------------------------ bertclf
 
 
+def as_dict(record) -> dict:
+    """A library record (a dataclass, or anything with to_dict) or a plain dict, as a dict for the JSON."""
+    if isinstance(record, dict):
+        return record
+    return record.to_dict() if hasattr(record, "to_dict") else dataclasses.asdict(record)
+
+
 def run_bertclf(cfg) -> dict:
-    from bertclf import train
+    import ray
+
+    from bertclf import training
+    from bertclf.resources import plan_training
 
     shutil.rmtree(cfg.output, ignore_errors=True)  # an old ray_train/ there would be resumed
     ray_start_s = bc.start_ray(include_dashboard=True)[1]
     try:
+        # the layout training.run plans on this cluster, recorded as the library decides it
+        plan = plan_training(ray.cluster_resources(), cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
         t0 = time.perf_counter()
-        result = train.run(cfg)
+        result = training.run(cfg)
         wall = time.perf_counter() - t0
     finally:
         bc.stop_ray()
-    history = [{k: v for k, v in h.items() if k not in ("per_label", "thresholds")} for h in result.history]
-    return {"wall_seconds": wall, "ray_start_seconds": ray_start_s, "history": history,
+    history = [{k: v for k, v in as_dict(h).items() if k not in ("per_label", "thresholds")} for h in result.history]
+    return {"wall_seconds": wall, "ray_start_seconds": ray_start_s, "history": history, "plan": plan.describe(),
+            "workers": plan.num_workers, "torch_threads_per_worker": plan.torch_threads,
             "samples_per_s_by_epoch": [h["samples_per_s"] for h in history],
             "tokens_per_s_by_epoch": [h["tokens_per_s"] for h in history], "best_uri": result.best_uri}
 
@@ -233,7 +251,7 @@ def time_to_f1(args: argparse.Namespace, workdir: Path) -> dict:
     return {"target": args.f1_target, **reached, "seconds": reached.get("seconds"),
             "config": str(args.f1_config), "history": run["history"], "train_run_seconds": run["wall_seconds"],
             "ray_start_seconds": run["ray_start_seconds"],
-            "note": "from before Ray starts (run_bertclf: local Ray start + bertclf.train.run) to the poll (1 s) "
+            "note": "from before Ray starts (run_bertclf: local Ray start + bertclf.training.run) to the poll (1 s) "
                     "that sees the epoch's line in metrics.jsonl; macro-F1 with per-label thresholds tuned on the "
                     "validation split, as bertclf reports it"}
 
@@ -254,8 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("accelerate") is None:
         raise SystemExit("transformers.Trainer needs accelerate, which is not installed: pip install 'accelerate>=1.1'")
 
-    from bertclf.resources import use_bf16
-
     started = bc.now_utc()
     workdir = Path(args.workdir).expanduser().resolve()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
@@ -272,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     pq.write_table(bc.validation_slice(args.data_dir, args.validation_rows, source.slice(0, rows)), validation)
 
     hf = run_hf(args, workdir, train, validation)  # before Ray: the cores are the Trainer's alone
-    ours = run_bertclf(training_config(train, validation, str(workdir / "bertclf_run"), args))
+    cfg = training_config(train, validation, str(workdir / "bertclf_run"), args)
+    precision = bc.precision_for(cfg.precision)
+    ours = run_bertclf(cfg)
     f1 = time_to_f1(args, workdir) if args.time_to_f1 else None
 
     bertclf_sps = ours["samples_per_s_by_epoch"][-1]
@@ -286,13 +304,15 @@ def main(argv: list[str] | None = None) -> int:
 
     dyn_key, dyn_sps = faster("dynamic")
     fix_key, fix_sps = faster("max_length")
-    bf16 = use_bf16("auto", "cpu")
     sps = {k: (v["samples_per_s"] if v.get("ok") else None) for k, v in hf.items()}
     result = {
-        "warning": warning, "date": started, "finished": bc.now_utc(), "machine": machine, "versions": bc.versions(),
+        "benchmark": "train", "warning": warning, "date": started, "finished": bc.now_utc(),
+        "cpu_class": machine["cpu_class"], "precision": precision, "machine": machine, "versions": bc.versions(),
         "steps": args.steps, "per_worker_batch_size": args.batch_size, "workers": args.workers,
         "global_batch_size": args.batch_size * args.workers, "rows": rows, "max_length": args.max_length,
-        "bertclf_precision": "bf16 autocast" if bf16 else "fp32",
+        "bertclf_precision": "bf16 autocast" if precision == "bf16" else "fp32", "bertclf_layout": ours["plan"],
+        "bertclf_torch_threads_per_worker": ours["torch_threads_per_worker"], "hf_runs": args.hf_runs,
+        "hf_runs_skipped": args.hf_runs_skipped,
         "bertclf_samples_per_s": bertclf_sps,
         "bertclf_samples_per_s_by_epoch": ours["samples_per_s_by_epoch"],
         "bertclf_tokens_per_s_by_epoch": ours["tokens_per_s_by_epoch"],
@@ -317,20 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "time_to_macro_f1_0_35": f1["seconds"] if f1 else None,
         "time_to_macro_f1_0_35_detail": f1,
     }
-    rows_table = [["bertclf Ray Train", f"{args.workers} workers", result["bertclf_precision"], bertclf_sps, 1.0]]
-    for key, run in hf.items():
-        padding, precision = key.rsplit("_", 1)
-        value = run["samples_per_s"] if run.get("ok") else None
-        rows_table.append([f"HF Trainer {padding}", "1 process", precision, value,
-                           (bertclf_sps / value) if value else None])
-    bc.print_table(f"bench_train: {args.steps} steps x global batch {args.batch_size * args.workers}, "
-                   f"{machine['cpu_model']}, {machine['logical_cores']} cores",
-                   ["", "layout", "precision", "samples/s", "bertclf speedup"], rows_table)
-    bc.print_table("summary", ["metric", "value"],
-                   [["speedup_vs_hf_trainer", result["speedup_vs_hf_trainer"]], ["  against", dyn_key],
-                    ["speedup_vs_fixed_padding", result["speedup_vs_fixed_padding"]], ["  against", fix_key],
-                    ["time_to_macro_f1_0_35 (s)", result["time_to_macro_f1_0_35"]]])
-    bc.write_json(args.json, result)
+    bc.write_json(bc.result_path("train", machine, started, args.json), result)
+    report.print_train(result)
     return 0
 
 

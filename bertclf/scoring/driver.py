@@ -1,37 +1,30 @@
 """Bulk scoring with Ray Data: plan units from the input footers, score the missing ones, commit last.
 
-`run(ScoreConfig)` is what `bertclf score` and `jobs/score.py` call. The output holds one Parquet part per
-unit (deterministic names), then `manifest.json`, then `_SUCCESS`. A re-run scores only the units whose
-part is missing, so a crash anywhere costs at most the units in flight.
+`run(ScoreConfig)` (bertclf.scoring.run) is what `bertclf score` and `jobs/score.py` call. The output holds
+one Parquet part per unit (deterministic names), then `manifest.json`, then `_SUCCESS`. A re-run scores only
+the units whose part is missing, so a crash anywhere costs at most the units in flight.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from bertclf import checkpoint, storage
-from bertclf.checkpoint import versions
 from bertclf.config import ScoreConfig
-from bertclf.partitions import fill_date, has_date, resolve_date
-from bertclf.raycluster import connect
-from bertclf.resources import plan_scoring
-from bertclf.scorer import ScoringSettings, UnitScorer, unit_stats
-from bertclf.units import WorkUnit, plan_units
+from bertclf.dates import fill_date, resolve_date
+from bertclf.errors import DataError
+from bertclf.records import PartStats, UnitResult, WorkUnit
+from bertclf.resources import connect, plan_scoring
+from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
+from bertclf.scoring.manifest import SUCCESS, ScoreError, commit
+from bertclf.units import plan_units
 
 log = logging.getLogger("bertclf")
 
-SUCCESS = "_SUCCESS"
-MANIFEST = "manifest.json"
-
-
-class ScoreError(RuntimeError):
-    """Scoring that could not finish; the message names the files that failed. No _SUCCESS is written."""
+__all__ = ["ScoreError", "ScoreSummary", "run"]
 
 
 @dataclass
@@ -78,10 +71,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
         log.info("--overwrite: removing the complete output %s", output)
         storage.delete(output)
 
-    try:
-        files = storage.list_parquet_files(inputs)
-    except storage.StorageError as exc:
-        raise ValueError(str(exc)) from None
+    files = storage.list_parquet_files(inputs)
     ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
     units, unreadable, schemas = plan_units(files, cfg.rows_per_unit)
     passthrough = _check_columns(cfg, schemas)
@@ -95,7 +85,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
 
     t_score = time.perf_counter()
     failures = dict(unreadable)
-    scored: dict[str, dict] = {}
+    scored: dict[str, UnitResult] = {}
     if todo:
         scored, unit_failures = _score_units(cfg, ckpt.uri, output, passthrough, todo)
         failures.update(unit_failures)
@@ -106,8 +96,15 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
                          f"written. Fix or remove these and re-run to finish:\n{listing}")
 
     # units scored now report their stats; only parts from an earlier run are read back (footers only)
-    stats = [scored.get(u.name) or unit_stats(storage.join(output, u.name)) for u in units]
-    return _commit(cfg, ckpt, output, date, files, units, stats, todo, score_seconds, time.perf_counter() - t_start)
+    stats: list[PartStats] = [scored[u.name].stats if u.name in scored
+                              else read_part_stats(storage.join(output, u.name)) for u in units]
+    manifest = commit(cfg, ckpt, output, date, files, units, stats, {n: r.seconds for n, r in scored.items()},
+                      set(scored), score_seconds, time.perf_counter() - t_start)
+    return ScoreSummary(output=output, rows_in=manifest.rows_in, rows_out=manifest.rows_out,
+                        rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
+                        units_scored=len(scored), units_skipped=len(units) - len(scored),
+                        label_distribution=manifest.predicted_label_distribution,
+                        distribution_change=manifest.distribution_change_vs_previous)
 
 
 def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
@@ -118,7 +115,7 @@ def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
     for src in inputs:
         base = norm(src.split("*", 1)[0])
         if out.startswith(base) or base.startswith(out):
-            raise ValueError(f"output {output} is inside the input {src} (or contains it): a re-run would read "
+            raise DataError(f"output {output} is inside the input {src} (or contains it): a re-run would read "
                              "its own scores; choose an output outside the input prefix")
 
 
@@ -129,12 +126,12 @@ def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
         for col in [cfg.text_column, *wanted]:
             if col not in schema.names:
                 role = "text" if col == cfg.text_column else "id" if col == cfg.id_column else "pass-through"
-                raise ValueError(f"{uri}: {role} column {col!r} not found; columns are {schema.names}")
+                raise DataError(f"{uri}: {role} column {col!r} not found; columns are {schema.names}")
     return tuple(dict.fromkeys(wanted))
 
 
 def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tuple[str, ...],
-                 todo: list[WorkUnit]) -> tuple[dict[str, dict], dict[str, str]]:
+                 todo: list[WorkUnit]) -> tuple[dict[str, UnitResult], dict[str, str]]:
     """Run the units through a Ray Data actor pool; print progress as units land.
 
     Returns ({part name: its stats}, {input URI: error}).
@@ -152,7 +149,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
         max_batch_rows=cfg.max_batch_rows, read_batch_rows=cfg.read_batch_rows, torch_threads=plan.torch_threads)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress lines read better in `ray job submit` logs
-    ds = ray.data.from_items([{"unit": u.to_dict()} for u in todo], override_num_blocks=len(todo))
+    ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         UnitScorer, fn_constructor_args=(settings,), batch_size=1,
         # one unit at a time per actor: a unit is seconds of work, and units queued on the first actor to
@@ -161,89 +158,30 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
         num_cpus=plan.cpus_per_actor, num_gpus=1 if plan.use_gpu else 0,
     )
     failures: dict[str, str] = {}
-    scored: dict[str, dict] = {}
+    scored: dict[str, UnitResult] = {}
     rows_done = 0
     rows_todo = sum(u.num_rows for u in todo)
     t0 = time.perf_counter()
     for result in _results_as_they_land(ds):
-        if not result["ok"]:
-            failures[result["uri"]] = result["error"]
-            log.error("unit %s failed: %s", result["name"], result["error"])
+        if result.stats is None:
+            failures[result.input] = result.error or "unknown error"
+            log.error("unit %s failed: %s", result.unit, result.error)
             continue
-        scored[result["unit"]] = result
-        rows_done += result["rows_in"]
+        scored[result.unit] = result
+        rows_done += result.stats.rows_in
         elapsed = time.perf_counter() - t0
         log.info("progress: %d/%d rows (%.0f%%), %.1f rows/s; unit %s: %d rows in %.1fs (actor %d ready after %.1fs)",
                  rows_done, rows_todo, 100 * rows_done / max(1, rows_todo), rows_done / elapsed if elapsed else 0.0,
-                 result["unit"], result["rows_in"], result["seconds"], result["actor_pid"],
-                 result["actor_ready_seconds"])
+                 result.unit, result.stats.rows_in, result.seconds, result.actor_pid, result.actor_ready_seconds)
     return scored, failures
 
 
-def _results_as_they_land(ds) -> Iterator[dict]:
+def _results_as_they_land(ds) -> Iterator[UnitResult]:
     """Each unit's result as soon as its actor returns it.
 
-    `iter_rows()` prefetches one block, so it hands a result over only once the next one exists: progress
-    lines and failures showed up one unit late (measured: a unit that finished at 35 s was logged at 57 s).
+    `iter_rows()` prefetches one block, so it would hand a result over only once the next one exists:
+    progress lines and failures would show up one unit late.
     """
     for batch in ds.iter_batches(batch_size=None, prefetch_batches=0):
         for result in batch["result"]:
-            yield json.loads(result)
-
-
-def _commit(cfg: ScoreConfig, ckpt, output: str, date: dt.date, files: list[str], units: list[WorkUnit],
-            stats: list[dict], todo: list[WorkUnit], score_seconds: float, total_seconds: float) -> ScoreSummary:
-    """Check rows in == rows out (+ skipped empties), then write manifest.json and, last, _SUCCESS."""
-    rows_in = sum(s["rows_in"] for s in stats)
-    rows_out = sum(s["rows_out"] for s in stats)
-    empties = sum(s["empty_texts"] for s in stats)
-    expected_out = rows_in - (empties if cfg.empty_text == "skip" else 0)
-    planned = sum(u.num_rows for u in units)
-    if rows_in != planned or rows_out != expected_out:
-        raise ScoreError(f"row counts don't add up in {output}: planned {planned}, read {rows_in}, wrote {rows_out} "
-                         f"(expected {expected_out}); {SUCCESS} not written")
-    counts: Counter[str] = Counter()
-    for s in stats:
-        counts.update(s["label_counts"])
-    distribution = {k: v / max(1, rows_out) for k, v in sorted(counts.items())}
-    scored, scored_rows = len(todo), sum(u.num_rows for u in todo)
-    change = _distribution_change(cfg, date, distribution)
-    per_file = Counter()
-    for s in stats:
-        per_file[s["input"]] += s["rows_in"]
-    manifest = {
-        "output": output, "date": date.isoformat(), "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "inputs": [{"uri": f, "rows": per_file.get(f, 0)} for f in files],
-        "parts": [{"name": s["unit"], "input": s["input"], "row_groups": s["row_groups"], "rows": s["rows_out"],
-                   "seconds": s.get("seconds")}  # None: scored by an earlier run
-                  for s in stats],
-        "rows_in": rows_in, "rows_out": rows_out,
-        "empty_texts": {"count": empties, "policy": cfg.empty_text},
-        "checkpoint": {"uri": ckpt.uri, "sha256": ckpt.fingerprint(), "epoch": ckpt.meta.get("epoch")},
-        "labels": ckpt.space.to_dict(),
-        "predicted_label_counts": dict(sorted(counts.items())), "predicted_label_distribution": distribution,
-        "distribution_change_vs_previous": change,
-        "rows_per_s": scored_rows / score_seconds if score_seconds else None,
-        "timings": {"scoring_seconds": score_seconds, "total_seconds": total_seconds},
-        "units": {"total": len(units), "scored_this_run": scored, "already_done": len(units) - scored},
-        "config": asdict(cfg), "versions": versions(),
-    }
-    storage.write_json(storage.join(output, MANIFEST), manifest)
-    storage.write_bytes(storage.join(output, SUCCESS), b"")
-    return ScoreSummary(output=output, rows_in=rows_in, rows_out=rows_out,
-                        rows_per_s=manifest["rows_per_s"] or 0.0, seconds=total_seconds, units_scored=scored,
-                        units_skipped=len(units) - scored, label_distribution=distribution,
-                        distribution_change=change)
-
-
-def _distribution_change(cfg: ScoreConfig, date: dt.date, distribution: dict[str, float]) -> dict[str, float] | None:
-    """Share of each predicted label minus the previous day's, when the output is a dated partition."""
-    if not has_date(cfg.output):
-        return None
-    previous = storage.join(fill_date(cfg.output, date - dt.timedelta(days=1)), MANIFEST)
-    try:
-        before = storage.read_json(previous)["predicted_label_distribution"]
-    except (FileNotFoundError, KeyError, storage.StorageError, OSError):
-        return None
-    labels = set(before) | set(distribution)
-    return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(labels)}
+            yield UnitResult.from_json(result)

@@ -1,7 +1,8 @@
-"""Shared helpers for the benchmark jobs (jobs/bench_score.py, jobs/bench_train.py): benchmark-only code.
+"""Shared helpers for the benchmarks (benchmarks/score.py, benchmarks/train.py): benchmark-only code.
 
-Machine facts, matmul peak, a Ray cluster the job owns, a memory sampler over the job's processes,
-subprocess runs, a plain-text table and the JSON result. Nothing here is used by the bertclf package.
+Machine facts and CPU class, the precision a run uses and its matmul peak, a Ray cluster the benchmark owns,
+a memory sampler over the benchmark's processes, subprocess runs, GoEmotions slices and the result JSON.
+Nothing here is used by the bertclf package; tables are printed by benchmarks/report.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,7 +20,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-DEFAULT_RUNS_DIR = REPO / "runs"  # git-ignored
+DEFAULT_RUNS_DIR = REPO / "runs"  # git-ignored scratch: data slices, checkpoints, outputs
+RESULTS_DIR = REPO / "benchmarks" / "results"  # committed: one JSON per recorded run
+# flags that decide how fast (and whether natively) bf16 and fp32 matmuls run; "bf16"/"asimd"/"sve" are ARM's
+RELEVANT_FLAGS = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+                  "bf16", "asimd", "sve"}
 
 
 def setup_env() -> None:
@@ -44,25 +50,45 @@ def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def machine_info() -> dict:
-    """CPU model, cores, bf16 flags and memory of the machine this runs on."""
+def cpu_flags() -> tuple[str, set[str]]:
+    """(model name, feature flags) of the first CPU in /proc/cpuinfo ("flags" on x86, "Features" on ARM)."""
     model, flags = "unknown", ""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name") and model == "unknown":
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if key in ("model name", "Model") and model == "unknown":
                 model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
+            if key in ("flags", "Features") and not flags:
                 flags = line.split(":", 1)[1]
     except OSError:
         pass
+    return model, set(flags.split())
+
+
+def cpu_class(flags: set[str], arch: str | None = None) -> str:
+    """The class of CPU a result was measured on, by its best matmul instructions; the arch off x86."""
+    arch = arch or platform.machine()
+    if arch not in ("x86_64", "AMD64", "i386", "i686"):
+        return arch
+    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return arch
+
+
+def machine_info() -> dict:
+    """CPU model, class, flags, cores and memory of the machine this runs on, and how busy it was at start."""
+    from bertclf.resources import cpu_has_native_bf16
+
+    model, flags = cpu_flags()
     psutil = import_psutil()
-    flag_set = set(flags.split())
     return {
         "cpu_model": model,
+        "cpu_class": cpu_class(flags),
+        "native_bf16": cpu_has_native_bf16(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
-        "cpu_flags_bf16": sorted(flag_set & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"}),
+        "cpu_flags_bf16": sorted(flags & RELEVANT_FLAGS),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "cpu_busy_at_start": round(psutil.cpu_percent(interval=2.0) / 100, 3),
@@ -76,8 +102,7 @@ def contention_warning(machine: dict) -> str | None:
 
     With every core already taken, multi-threaded torch (the baselines: one process, all cores) loses far more
     than single-threaded Ray workers do: OpenMP threads wait on each other at every op while descheduled.
-    Judged by the CPU use measured over 2 s at start: the load average lags by minutes, so it flagged idle
-    machines for a minute after any earlier job.
+    Judged by the CPU use measured over 2 s at start, not the load average, which lags by minutes.
     """
     busy = machine["cpu_busy_at_start"]
     if busy < 0.2:
@@ -101,10 +126,26 @@ def versions() -> dict:
     return out
 
 
+def precision_for(setting: str | None) -> str:
+    """The precision bertclf runs at on this CPU for a config's `precision` (auto/bf16/fp32): the library decides."""
+    from bertclf.resources import use_bf16
+
+    return "bf16" if use_bf16(setting or "auto", "cpu") else "fp32"
+
+
+def can_time(precision: str) -> bool:
+    """False for bf16 on a CPU without native bf16: torch emulates it there, and a 2048² matmul takes minutes."""
+    from bertclf.resources import cpu_has_native_bf16
+
+    return precision == "fp32" or cpu_has_native_bf16()
+
+
 def matmul_peak_gflops(dtype_name: str, n: int = 2048, trials: int = 7, min_seconds: float = 0.25) -> float:
     """Best-of-`trials` GFLOP/s of an n x n matmul with torch on all cores (2*n^3 FLOPs per matmul)."""
     import torch
 
+    if not can_time(dtype_name):
+        raise ValueError(f"{dtype_name} is emulated on this CPU: its matmul peak is not measured")
     torch.set_num_threads(os.cpu_count() or 1)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     gen = torch.Generator().manual_seed(0)
@@ -133,11 +174,10 @@ def in_existing_cluster() -> bool:
 
 
 def start_ray(include_dashboard: bool = False) -> tuple[str, float]:
-    """A local Ray the job owns (all cores, no dashboard), or the job's cluster; returns (session dir, seconds).
+    """A local Ray the benchmark owns (all cores), or the job's cluster; returns (session dir, seconds).
 
-    address="local" so a cluster someone else started on this machine is never joined by accident. Without
-    the dashboard there is no state API: fine for Ray Data, but Ray Train's placement-group cleaner then
-    logs a warning every second, so the training steps ask for it.
+    address="local": a cluster someone else started on this machine is never joined by accident. Training
+    asks for the dashboard: without its state API Ray Train's placement-group cleaner warns every second.
     """
     import ray
 
@@ -160,8 +200,7 @@ def warm_ray_data() -> float:
     They (the stats actor, the autoscaling coordinator, the actor-location tracker) are detached: on a standing
     cluster the first Ray Data job creates them and every later job reuses them. A benchmark that starts its
     own Ray would otherwise time their start-up inside its first run, where their imports compete with the
-    scoring actors for the cores (measured on 2 cores: ~4.8 CPU-seconds inside a 50,000-row run, ~2.2 when
-    created before it; the scoring actors began 3.0 s instead of 1.4 s after the run started).
+    scoring actors for the cores (benchmarks/results/NOTES.md has the measurement).
     """
     import ray.data
 
@@ -179,14 +218,12 @@ def stop_ray() -> None:
 
 
 class MemorySampler:
-    """Peak memory of this job: this process, its descendants, and the Ray processes of its session.
+    """Peak memory of this benchmark: this process, its descendants, and the Ray processes of its session.
 
     Every `interval` s the RSS of the tracked processes is summed (the peak of that sum is reported); every
-    `pss_every`-th sample also PSS, which counts shared pages (torch libraries, the object store) once
-    instead of once per process, so it is the closer figure for "memory this job needs".
-    Tracked: this process + all descendants (a local Ray's gcs/raylet/workers are), plus processes whose
-    command line names the Ray session directory and their descendants (a `ray start` cluster's raylet
-    and workers: on a shared cluster that includes other jobs' idle workers).
+    `pss_every`-th sample also PSS, which counts shared pages (torch libraries, object store) once, not once
+    per process: the closer figure for "memory this job needs". Tracked: this process and its descendants (a
+    local Ray's processes), plus processes whose command line names the Ray session directory, and theirs.
     """
 
     def __init__(self, session_dir: str = "", interval: float = 0.5, pss_every: int = 4):
@@ -198,13 +235,7 @@ class MemorySampler:
         self._thread: threading.Thread | None = None
         self._names: dict[int, str] = {}
         self.cpu_seconds = 0.0  # the sampler's own CPU time: it runs on the cores it measures
-        self.reset()
-
-    def reset(self) -> None:
-        self.peak_rss = 0
-        self.peak_pss = 0
-        self.peak_procs = 0
-        self.samples = 0
+        self.peak_rss = self.peak_pss = self.peak_procs = self.samples = 0
         self.top_at_peak: list[tuple[str, float]] = []
 
     def _pids(self) -> set[int]:
@@ -283,24 +314,15 @@ def run_python(args: list[str], env: dict | None = None) -> None:
         raise RuntimeError(f"subprocess failed with exit code {proc.returncode}: {' '.join(cmd)}")
 
 
-def fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2e}" if 0 < abs(value) < 0.01 else f"{value:,.{digits}f}"
-    return str(value)
-
-
-def print_table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [[str(h) for h in header]] + [[fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for k, row in enumerate(cells):
-        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  " + "  ".join(padded))
-        if k == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    print(flush=True)
+def result_path(benchmark: str, machine: dict, started: str, given: str | None = None) -> Path:
+    """--json when given, else benchmarks/results/<date>-<benchmark>-<cpu class>[-k].json (never overwritten)."""
+    if given:
+        return Path(given).expanduser().resolve()
+    stem = f"{started[:10]}-{benchmark}-{machine['cpu_class']}"
+    path, k = RESULTS_DIR / f"{stem}.json", 2
+    while path.exists():
+        path, k = RESULTS_DIR / f"{stem}-{k}.json", k + 1
+    return path
 
 
 def write_json(path: str | Path, result: dict) -> None:
@@ -317,6 +339,55 @@ def read_goemotions(data_dir: str | Path, split: str, columns: list[str]):
     if not path.exists():
         raise SystemExit(f"GoEmotions {split} split not found at {path}; pass --data-dir <dir holding goemotions/>")
     return pq.read_table(path, columns=columns)
+
+
+def write_corpus(data_dir: str | Path, out_dir: Path, rows: int, files: int, row_group_rows: int) -> list[int]:
+    """`rows` GoEmotions train texts (repeated as needed, ids `<id>-<k>`) in `files` Parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = read_goemotions(data_dir, "train", ["id", "text"])
+    n = source.num_rows
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    table = source.take(pa.array([i % n for i in range(rows)], pa.int64()))
+    ids = pa.array([f"{rid}-{i // n}" for i, rid in enumerate(table["id"].to_pylist())], pa.string())
+    table = pa.table({"id": ids, "text": table["text"]})
+    files = max(1, min(files, rows))
+    bounds = [round(k * rows / files) for k in range(files + 1)]
+    sizes = []
+    for k in range(files):
+        part = table.slice(bounds[k], bounds[k + 1] - bounds[k])
+        pq.write_table(part, out_dir / f"part-{k:04d}.parquet", row_group_size=row_group_rows)
+        sizes.append(part.num_rows)
+    return sizes
+
+
+def train_checkpoint(data_dir: str | Path, workdir: Path, run_dir: Path, train_rows: int, validation_rows: int
+                     ) -> tuple[str, float]:
+    """A brief 1-epoch bertclf training run on the first `train_rows` GoEmotions rows: (best URI, seconds)."""
+    import pyarrow.parquet as pq
+
+    from bertclf import training
+    from bertclf.config import TrainConfig
+
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    table = read_goemotions(data_dir, "train", ["text", "labels"]).slice(0, train_rows)
+    pq.write_table(table, data / "train.parquet")
+    pq.write_table(validation_slice(data_dir, validation_rows, table), data / "validation.parquet")
+    shutil.rmtree(run_dir, ignore_errors=True)  # an old ray_train/ there would be resumed, not retrained
+    cfg = TrainConfig(train=str(data / "train.parquet"), validation=str(data / "validation.parquet"),
+                      output=str(run_dir), epochs=1, num_workers=2, max_length=64, learning_rate=1e-4)
+    print(f"[bench] training a checkpoint: {train_rows} train / {validation_rows} validation rows, 1 epoch -> "
+          f"{run_dir / 'best'}", flush=True)
+    start_ray(include_dashboard=True)  # Ray Train's placement-group cleaner polls the state API
+    t0 = time.perf_counter()
+    result = training.run(cfg)
+    seconds = time.perf_counter() - t0
+    if not in_existing_cluster():
+        stop_ray()  # the baseline that follows gets the cores to itself
+    return result.best_uri, seconds
 
 
 def validation_slice(data_dir: str | Path, rows: int | None, train_table):

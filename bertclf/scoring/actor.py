@@ -7,7 +7,6 @@ in one piece under a deterministic name. A unit either lands whole or not at all
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -19,14 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bertclf import checkpoint, storage
-from bertclf.labels import probabilities
-from bertclf.units import WorkUnit, file_metadata, read_unit
+from bertclf import storage
+from bertclf.errors import DataError
+from bertclf.records import PartStats, UnitResult, WorkUnit
+from bertclf.units import file_metadata, read_unit
 
-# Fault injection for tests: a path; while a file there holds a string, units whose input file name
-# contains it fail.
-FAIL_UNIT_ENV = "BERTCLF_TEST_FAIL_UNIT"
-UNIT_STATS_KEY = "bertclf.unit_stats"
+PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
 
 
 @dataclass(frozen=True)
@@ -45,12 +42,12 @@ class ScoringSettings:
     torch_threads: int
 
 
-def unit_stats(uri: str) -> dict:
-    """The stats a committed output file carries in its footer (rows, label counts), read without its data."""
+def read_part_stats(uri: str) -> PartStats:
+    """The stats a committed output part carries in its footer (rows, label counts), read without its data."""
     fs, path = storage.resolve(uri)
     with fs.open_input_file(path) as f:
         meta = pq.ParquetFile(f).metadata.metadata or {}
-    return json.loads(meta[UNIT_STATS_KEY.encode()])
+    return PartStats.from_json(meta[PART_STATS_KEY.encode()])
 
 
 class UnitScorer:
@@ -60,36 +57,34 @@ class UnitScorer:
         t0 = time.perf_counter()
         import torch
 
-        from bertclf.modeling import load_for_inference
-        from bertclf.resources import use_bf16
+        from bertclf.inference import Predictor
 
         torch.set_num_threads(settings.torch_threads)
         self.settings = settings
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        ckpt = checkpoint.load(settings.checkpoint_uri)
-        self.space = ckpt.space
-        self.max_length = ckpt.max_length
-        self.model, self.tokenizer = load_for_inference(ckpt.local_dir, self.device)
-        self.bf16 = use_bf16(settings.precision, self.device.type)
+        self.predictor = Predictor.load(settings.checkpoint_uri, precision=settings.precision,
+                                        max_tokens=settings.max_tokens_per_batch, max_rows=settings.max_batch_rows)
+        self.space = self.predictor.space
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         results = []
-        for unit in batch["unit"]:
-            unit = WorkUnit.from_dict(unit)
+        for item in batch["unit"]:
+            unit = WorkUnit.from_json(item)
+            t0 = time.perf_counter()
             try:
-                results.append(self.score_unit(unit))
+                stats = self.score_unit(unit)
+                result = UnitResult(unit=unit.name, input=unit.uri, stats=stats)
             except Exception as exc:  # noqa: BLE001 - reported per unit; the driver fails the job naming the file
-                results.append({"ok": False, "uri": unit.uri, "name": unit.name,
-                                "error": f"{type(exc).__name__}: {exc}"})
-        return {"result": [json.dumps(r) for r in results]}
+                result = UnitResult(unit=unit.name, input=unit.uri, error=f"{type(exc).__name__}: {exc}")
+            result.seconds = time.perf_counter() - t0
+            result.actor_ready_seconds = self.ready_seconds
+            result.actor_pid = os.getpid()
+            results.append(result.to_json())
+        return {"result": results}
 
-    def score_unit(self, unit: WorkUnit) -> dict:
+    def score_unit(self, unit: WorkUnit) -> PartStats:
+        """Score one unit into a local Parquet file and commit it whole under the unit's name."""
         s = self.settings
-        arm = os.environ.get(FAIL_UNIT_ENV)
-        if arm and os.path.exists(arm) and open(arm).read().strip() in os.path.basename(unit.uri):
-            raise RuntimeError(f"injected failure for {unit.uri} ({FAIL_UNIT_ENV})")
-        t0 = time.perf_counter()
         counts: Counter[str] = Counter()
         rows_in = rows_out = empty = tokens = 0
         columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
@@ -108,16 +103,15 @@ class UnitScorer:
                 if writer is None:
                     writer = pq.ParquetWriter(local, out.schema, compression="zstd")
                 writer.write_table(out)
-            stats = {"unit": unit.name, "input": unit.uri, "row_groups": list(unit.row_groups), "rows_in": rows_in,
-                     "rows_out": rows_out, "empty_texts": empty, "label_counts": dict(counts), "tokens": tokens}
+            stats = PartStats(unit=unit.name, input=unit.uri, row_groups=list(unit.row_groups), rows_in=rows_in,
+                              rows_out=rows_out, empty_texts=empty, label_counts=dict(counts), tokens=tokens)
             if writer is None:  # every row skipped as empty: still commit a valid, empty part
                 schema = file_metadata(unit.uri).schema.to_arrow_schema()
                 writer = pq.ParquetWriter(local, self._empty_output(schema), compression="zstd")
-            writer.add_key_value_metadata({UNIT_STATS_KEY: json.dumps(stats)})
+            writer.add_key_value_metadata({PART_STATS_KEY: stats.to_json()})
             writer.close()
             storage.upload_file(local, storage.join(s.output_uri, unit.name))
-        return {"ok": True, **stats, "seconds": time.perf_counter() - t0, "actor_ready_seconds": self.ready_seconds,
-                "actor_pid": os.getpid()}
+        return stats
 
     def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [input_schema.field(c) for c in self.settings.passthrough]
@@ -134,7 +128,7 @@ class UnitScorer:
             return table, 0
         mode = self.settings.empty_text
         if mode == "error":
-            raise ValueError(f"{uri}: {n} null or empty text(s) in column {self.settings.text_column!r} "
+            raise DataError(f"{uri}: {n} null or empty text(s) in column {self.settings.text_column!r} "
                              "(empty_text=error; use score or skip)")
         if mode == "skip":
             return table.filter(pc.invert(is_empty)), n
@@ -142,13 +136,9 @@ class UnitScorer:
         return table.set_column(idx, self.settings.text_column, pc.fill_null(text, "")), n
 
     def _score_table(self, table: pa.Table) -> tuple[pa.Table, int]:
-        from bertclf.inference import logits_for_token_ids, tokenize
-
         s = self.settings
-        ids = tokenize(self.tokenizer, table[s.text_column].to_pylist(), self.max_length)
-        logits = logits_for_token_ids(self.model, ids, self.tokenizer.pad_token_id, max_tokens=s.max_tokens_per_batch,
-                                      max_rows=s.max_batch_rows, bf16=self.bf16, device=self.device)
-        probs = probabilities(self.space.task, logits)
+        ids = self.predictor.token_ids(table[s.text_column].to_pylist())
+        probs = self.predictor.probabilities_for_ids(ids)
         top = probs.argmax(axis=1)
         columns = {c: table[c] for c in s.passthrough}
         for j, name in enumerate(self.space.names):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from bertclf.errors import ConfigError
+
 _PLACEHOLDER = re.compile(r"\{date(?::([^}]*))?\}")
 
 
@@ -14,7 +16,7 @@ def resolve_date(value: str | None) -> dt.date:
         try:
             return dt.date.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"date {value!r} is not YYYY-MM-DD") from None
+            raise ConfigError(f"date {value!r} is not YYYY-MM-DD") from None
     return dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
 
 

@@ -1,0 +1,257 @@
+"""Benchmark reporting: read result JSON files, print their tables, and write README's result tables.
+
+    python benchmarks/report.py                          # newest result per (benchmark, CPU class / dataset)
+    python benchmarks/report.py benchmarks/results/2026-11-23-score-avx512_bf16.json   # one run in detail
+    python benchmarks/report.py --readme README.md       # rewrite README's Quality and Performance tables
+
+Measuring is benchmarks/score.py and benchmarks/train.py (each writes one JSON into benchmarks/results/);
+quality results are `bertclf evaluate --json` reports per split, collected into a quality JSON by hand.
+README's tables sit between `<!-- results:<name>-start -->` and `<!-- results:<name>-end -->` comments;
+only what is between them is rewritten, and the same result files always give the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def load_results(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
+    """Every result JSON in the folder, each with its file name under "_file"."""
+    out = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        result = json.loads(path.read_text())
+        result["_file"] = path.name
+        out.append(result)
+    return out
+
+
+def group_key(result: dict) -> tuple[str, str]:
+    """Results replace each other per benchmark and CPU class (quality: per dataset)."""
+    benchmark = result.get("benchmark", "unknown")
+    return benchmark, result.get("dataset" if benchmark == "quality" else "cpu_class") or "unknown"
+
+
+def newest(results: list[dict]) -> dict[tuple[str, str], dict]:
+    """The newest result per group_key, by its start date (then file name), in a stable order."""
+    best: dict[tuple[str, str], dict] = {}
+    for result in results:
+        key = group_key(result)
+        rank = (str(result.get("date", "")), result.get("_file", ""))
+        if key not in best or rank > (str(best[key].get("date", "")), best[key].get("_file", "")):
+            best[key] = result
+    return dict(sorted(best.items()))
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if 0 < abs(value) < 0.01:
+            return f"{value:.2e}"
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.{digits}f}"
+    return str(value)
+
+
+def num(value, digits: int) -> str:
+    """A fixed number of decimals (README tables), "-" for missing values."""
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[str(h) for h in header]] + [[fmt(c) for c in row] for row in rows]
+    left = [[True] * len(header)] + [[i == 0 or isinstance(c, str) for i, c in enumerate(row)] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for k, row in enumerate(cells):
+        padded = [c.ljust(w) if left[k][i] else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print(("  " + "  ".join(padded)).rstrip())
+        if k == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    print(flush=True)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_name(result: dict) -> str:
+    machine = result.get("machine", {})
+    return f"{machine.get('cpu_model', 'unknown')}, {machine.get('logical_cores', '?')} cores"
+
+
+# ------------------------------------------------------------------------------------------------ one run
+
+
+def print_score(r: dict) -> None:
+    """The tables benchmarks/score.py prints at the end of a run."""
+    precision, peaks = r.get("precision", r.get("dtype")), []
+    for name in ("fp32", "bf16"):
+        if r.get(f"peak_gflops_{name}") is not None:
+            peaks.append(f"{name} {r[f'peak_gflops_{name}']:.1f}")
+    print_table(f"score: {r.get('rows')} rows, {machine_name(r)}, CPU class {r.get('cpu_class')}, {r.get('date')}",
+                ["", "rows/s", "tokens/s", "speedup", "peak_fraction", "precision"],
+                [["HF pipeline (1 proc)", r.get("baseline_rows_per_s"), r.get("baseline_tokens_per_s"), 1.0,
+                  r.get("baseline_peak_fraction"), "fp32"],
+                 ["bertclf (wall)", r.get("bertclf_rows_per_s"), r.get("bertclf_tokens_per_s"), r.get("speedup"),
+                  r.get("peak_fraction"), precision],
+                 ["bertclf (scoring only)", r.get("bertclf_manifest_rows_per_s"), r.get("bertclf_scoring_tokens_per_s"),
+                  r.get("speedup_scoring_only"), r.get("peak_fraction_scoring_only"), precision],
+                 ["bertclf at 10 x N", r.get("bertclf_rows_per_s_10N"), None, r.get("speedup_10N"),
+                  r.get("peak_fraction_10N"), precision]])
+    flops = r.get("flops_per_token")
+    print_table("quality vs the fp32 baseline, memory", ["metric", "value"],
+                [["bertclf layout", r.get("bertclf_layout")],
+                 ["agreement (label sets)", r.get("agreement")],
+                 ["max_abs_dprob", r.get("max_abs_dprob")],
+                 ["rows near a threshold", r.get("rows_with_a_prob_within_max_dprob_of_threshold")],
+                 ["matmul peak GFLOP/s", " / ".join(peaks) or None],
+                 ["flops_per_token", f"{flops / 1e6:.2f} M" if flops else None],
+                 ["peak_mem_mb_N (RSS / PSS)", f"{fmt(r.get('peak_mem_mb_N'), 0)} / {fmt(r.get('peak_pss_mb_N'), 0)}"],
+                 ["peak_mem_mb_10N (RSS / PSS)",
+                  f"{fmt(r.get('peak_mem_mb_10N'), 0)} / {fmt(r.get('peak_pss_mb_10N'), 0)}"],
+                 ["memory_ratio_10x", r.get("memory_ratio_10x")],
+                 ["warning", r.get("warning")]])
+
+
+def print_train(r: dict) -> None:
+    """The tables benchmarks/train.py prints at the end of a run."""
+    bertclf = r.get("bertclf_samples_per_s")
+    rows = [["bertclf Ray Train", r.get("bertclf_layout") or f"{r.get('workers')} workers",
+             r.get("bertclf_precision"), bertclf, 1.0]]
+    for key, value in (r.get("hf_trainer_samples_per_s") or {}).items():
+        padding, precision = key.rsplit("_", 1)
+        rows.append([f"HF Trainer {padding}", "1 process", precision, value,
+                     bertclf / value if value and bertclf else None])
+    print_table(f"train: {r.get('steps')} steps x global batch {r.get('global_batch_size')}, {machine_name(r)}, "
+                f"CPU class {r.get('cpu_class')}, {r.get('date')}",
+                ["", "layout", "precision", "samples/s", "bertclf speedup"], rows)
+    print_table("summary", ["metric", "value"],
+                [["speedup_vs_hf_trainer", r.get("speedup_vs_hf_trainer")],
+                 ["  against", r.get("speedup_vs_hf_trainer_against")],
+                 ["speedup_vs_fixed_padding", r.get("speedup_vs_fixed_padding")],
+                 ["  against", r.get("speedup_vs_fixed_padding_against")],
+                 ["time_to_macro_f1_0_35 (s)", r.get("time_to_macro_f1_0_35")],
+                 ["warning", r.get("warning")]])
+
+
+def print_quality(r: dict) -> None:
+    print_table(f"quality: {r.get('dataset')}, {r.get('date')}", ["split", "rows", "metric", "value"],
+                [[s["split"], s.get("rows"), k, v] for s in r.get("splits", [])
+                 for k, v in s.items() if k not in ("split", "rows", "labels", "note")])
+
+
+def print_result(r: dict) -> None:
+    {"score": print_score, "train": print_train, "quality": print_quality}.get(r.get("benchmark"), print)(r)
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+
+def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
+    score = [r for (b, _), r in groups.items() if b == "score"]
+    train = [r for (b, _), r in groups.items() if b == "train"]
+    parts = ["Scoring (`benchmarks/score.py`: bertclf end to end against a one-process fp32 HF pipeline):", "",
+             markdown_table(
+                 ["CPU class", "machine", "date", "rows", "precision", "baseline rows/s", "bertclf rows/s",
+                  "`speedup`", "`agreement`", "`max_abs_dprob`", "`memory_ratio_10x`", "`peak_fraction`"],
+                 [[r["cpu_class"], machine_name(r), str(r.get("date", ""))[:10], num(r.get("rows"), 0),
+                   r.get("precision", "-"), num(r.get("baseline_rows_per_s"), 1), num(r.get("bertclf_rows_per_s"), 1),
+                   num(r.get("speedup"), 2), num(r.get("agreement"), 4), num(r.get("max_abs_dprob"), 4),
+                   num(r.get("memory_ratio_10x"), 2), num(r.get("peak_fraction"), 2)] for r in score]),
+             "", "Training (`benchmarks/train.py`: bertclf Ray Train against HF `Trainer` in one process;",
+             "each Trainer figure is the faster of its precisions):", "",
+             markdown_table(
+                 ["CPU class", "machine", "date", "precision", "bertclf samples/s", "Trainer samples/s",
+                  "`speedup_vs_hf_trainer`", "Trainer fixed-padding samples/s", "`speedup_vs_fixed_padding`",
+                  "`time_to_macro_f1_0_35`"],
+                 [[r["cpu_class"], machine_name(r), str(r.get("date", ""))[:10], r.get("precision", "-"),
+                   num(r.get("bertclf_samples_per_s"), 1), trainer_rate(r, "dynamic", "speedup_vs_hf_trainer_against"),
+                   num(r.get("speedup_vs_hf_trainer"), 2),
+                   trainer_rate(r, "max_length", "speedup_vs_fixed_padding_against"),
+                   num(r.get("speedup_vs_fixed_padding"), 2),
+                   "-" if r.get("time_to_macro_f1_0_35") is None else f"{r['time_to_macro_f1_0_35']:.0f} s"]
+                  for r in train])]
+    return "\n".join(parts)
+
+
+def trainer_rate(result: dict, padding: str, against_key: str) -> str:
+    """The Trainer run a speedup was taken against: its samples/s and precision, e.g. "96.5 (bf16)"."""
+    against = result.get(against_key)
+    value = (result.get("hf_trainer_samples_per_s") or {}).get(against) if against else None
+    return f"{value:,.1f} ({against.rsplit('_', 1)[1]})" if value is not None else "-"
+
+
+QUALITY_COLUMNS = [("f1_macro", "macro-F1"), ("f1_macro_at_0.5", "macro-F1 at 0.5"), ("f1_micro", "micro-F1"),
+                   ("f1_micro_at_0.5", "micro-F1 at 0.5"), ("accuracy", "accuracy"),
+                   ("subset_accuracy", "subset accuracy"), ("roc_auc_macro", "macro ROC AUC")]
+
+
+def quality_table(groups: dict[tuple[str, str], dict]) -> str:
+    rows = []
+    for (benchmark, _), r in groups.items():
+        if benchmark != "quality":
+            continue
+        for s in r.get("splits", []):
+            split = f"`{s['split']}`" + (f" ({s['note']})" if s.get("note") else "")
+            rows.append([r.get("title", r["dataset"]), split, num(s.get("rows"), 0), str(s.get("labels", "-")),
+                         *(num(s.get(key), 3) for key, _ in QUALITY_COLUMNS), str(r.get("date", ""))[:10]])
+    return markdown_table(["dataset", "split", "rows", "labels", *(name for _, name in QUALITY_COLUMNS), "date"], rows)
+
+
+def replace_between(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- results:{name}-start -->", f"<!-- results:{name}-end -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise SystemExit(f"expected one {start} ... {end} pair in the README; add them where the {name} tables go")
+    return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
+
+
+def rewrite_readme(path: str | Path, groups: dict[tuple[str, str], dict]) -> bool:
+    """Put the newest results' tables between the README's markers; True when the file changed."""
+    path = Path(path)
+    before = path.read_text()
+    after = replace_between(before, "performance", performance_tables(groups))
+    after = replace_between(after, "quality", quality_table(groups))
+    if after != before:
+        path.write_text(after)
+    return after != before
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", help="result JSON files to print in detail (default: the newest per group)")
+    p.add_argument("--results", default=str(RESULTS_DIR), help="folder of result JSON files (default: results/)")
+    p.add_argument("--readme", help="rewrite this README's tables between its results:* markers")
+    args = p.parse_args(argv)
+    if args.files:
+        for f in args.files:
+            print_result(json.loads(Path(f).read_text()))
+        return 0
+    groups = newest(load_results(args.results))
+    if args.readme:
+        changed = rewrite_readme(args.readme, groups)
+        print(f"[report] {args.readme}: {'tables updated' if changed else 'unchanged'} from "
+              + ", ".join(r["_file"] for r in groups.values()))
+        return 0
+    for result in groups.values():
+        print(f"== {result['_file']}")
+        print_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

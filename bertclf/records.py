@@ -1,0 +1,300 @@
+"""Every payload that crosses a process or file boundary, as a typed record with a format version.
+
+Driver -> actor (WorkUnit), actor -> driver (UnitResult), a part's Parquet footer (PartStats), rank 0 ->
+metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta) and manifest.json (Manifest). Each record writes
+`"format": N`; a reader takes any format up to its own (a file without the key is format 1) and refuses newer
+ones by name, so a file written by a later bertclf fails clearly instead of being misread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import posixpath
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from bertclf.errors import RecordError
+from bertclf.labels import LabelSpace
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """Base of the records: to_dict/from_dict (JSON-ready values), to_json/from_json (text).
+
+    Subclasses are dataclasses; a field's JSON key is its name unless `metadata={"json": key}` says otherwise.
+    `upgrade` turns an older format's dict into the current one.
+    """
+
+    FORMAT: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready values, with its format version (nested records carry none of their own)."""
+        return {"format": self.FORMAT, **self._fields_dict()}
+
+    def _fields_dict(self) -> dict[str, Any]:
+        return {f.metadata.get("json", f.name): _encode(getattr(self, f.name))
+                for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=indent is not None)
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        if not isinstance(data, dict):
+            raise RecordError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        version = int(data.get("format", 1))
+        if version > cls.FORMAT:
+            raise RecordError(f"{cls.__name__} format {version} is newer than this bertclf reads ({cls.FORMAT}): "
+                              "upgrade bertclf")
+        data = cls.upgrade(dict(data), version)
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            key = f.metadata.get("json", f.name)
+            if key in data:
+                values[f.name] = _decode(hints[f.name], data[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise RecordError(f"{cls.__name__} is missing fields: {exc}") from None
+
+    @classmethod
+    def from_json(cls: type[R], text: str | bytes) -> R:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{cls.__name__}: not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """An older format's dict in the current shape; the default: the shape did not change."""
+        return data
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value._fields_dict()
+    if isinstance(value, LabelSpace):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    """A JSON value as the field's type: records and LabelSpace rebuilt, containers walked, the rest as is."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if isinstance(hint, types.UnionType) or origin is typing.Union:
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        return _decode(options[0], value) if len(options) == 1 else value
+    if isinstance(hint, type) and issubclass(hint, Record | LabelSpace):
+        return hint.from_dict(value)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_decode(item, v) for v in value]
+    if origin is tuple:
+        item = (typing.get_args(hint) or (Any,))[0]
+        return tuple(_decode(item, v) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint) or (str, Any)
+        return {k: _decode(item, v) for k, v in value.items()}
+    return value
+
+
+# ------------------------------------------------------------------------------------------ scoring ----
+
+
+@dataclass(frozen=True)
+class WorkUnit(Record):
+    """A run of whole row groups of one Parquet file: the grain of reading and of exactly-once output."""
+
+    uri: str
+    row_groups: tuple[int, ...]
+    num_rows: int
+    file_index: int
+
+    @property
+    def name(self) -> str:
+        """Deterministic output name: input file stem + a hash of its URI + the row-group range."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", posixpath.basename(self.uri).removesuffix(".parquet"))[:80]
+        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:10]
+        return f"{stem}-{digest}-rg{self.row_groups[0]:05d}-{self.row_groups[-1]:05d}.parquet"
+
+
+@dataclass
+class PartStats(Record):
+    """What one committed output part holds; stored in its Parquet footer, so a re-run can count it unread."""
+
+    unit: str
+    input: str
+    row_groups: list[int]
+    rows_in: int
+    rows_out: int
+    empty_texts: int
+    label_counts: dict[str, int]
+    tokens: int = 0
+
+
+@dataclass
+class UnitResult(Record):
+    """A scoring actor's answer for one unit: its part's stats, or the error that stopped it."""
+
+    unit: str
+    input: str
+    stats: PartStats | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    actor_ready_seconds: float = 0.0
+    actor_pid: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class InputRows(Record):
+    uri: str
+    rows: int
+
+
+@dataclass
+class PartEntry(Record):
+    name: str
+    input: str
+    row_groups: list[int]
+    rows: int
+    seconds: float | None = None  # None: scored by an earlier run
+
+
+@dataclass
+class EmptyTexts(Record):
+    count: int
+    policy: str
+
+
+@dataclass
+class CheckpointRef(Record):
+    uri: str
+    sha256: str
+    epoch: int | None = None
+
+
+@dataclass
+class UnitCounts(Record):
+    total: int
+    scored_this_run: int
+    already_done: int
+
+
+@dataclass
+class Manifest(Record):
+    """manifest.json of a scoring output: what went in, what came out, with which model, and how fast."""
+
+    output: str
+    date: str
+    created: str
+    inputs: list[InputRows]
+    parts: list[PartEntry]
+    rows_in: int
+    rows_out: int
+    empty_texts: EmptyTexts
+    checkpoint: CheckpointRef
+    labels: LabelSpace
+    predicted_label_counts: dict[str, int]
+    predicted_label_distribution: dict[str, float]
+    distribution_change_vs_previous: dict[str, float] | None
+    rows_per_s: float | None
+    timings: dict[str, float]
+    units: UnitCounts
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- training ----
+
+
+@dataclass
+class EpochRecord(Record):
+    """Everything known about one epoch: losses, validation metrics, thresholds (multi-label), throughput."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    f1_micro: float
+    f1_macro: float
+    f1_weighted: float
+    roc_auc_macro: float | None
+    train_seconds: float
+    samples_per_s: float
+    tokens_per_s: float
+    workers: int
+    first_batch_seconds: float  # mean over workers: the wait for the first batch (pipeline start)
+    data_wait_seconds: float  # mean over workers: the wait for all batches
+    validation_rows: int
+    accuracy: float | None = None  # multi-class
+    subset_accuracy: float | None = None  # multi-label
+    hamming_loss: float | None = None  # multi-label
+    f1_macro_at_half: float | None = field(default=None, metadata={"json": "f1_macro_at_0.5"})
+    f1_micro_at_half: float | None = field(default=None, metadata={"json": "f1_micro_at_0.5"})
+    thresholds: dict[str, float] | None = None  # tuned on validation (multi-label)
+    per_label: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        """The numeric metrics by JSON key (what Ray Train's report and checkpoint ranking see)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k != "format" and isinstance(v, int | float) and not isinstance(v, bool)}
+
+    def metric(self, name: str) -> float | None:
+        return self.scalars().get(name)
+
+    def without_per_label(self) -> EpochRecord:
+        return dataclasses.replace(self, per_label={})
+
+
+@dataclass
+class DataSummary(Record):
+    """Which training data made a checkpoint: files, row counts, label counts and a fingerprint."""
+
+    fingerprint: str
+    train_files: list[str]
+    validation_files: list[str] | None
+    n_train: int
+    n_validation: int
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointMeta(Record):
+    """bertclf.json: what a checkpoint predicts (labels, thresholds, max length) and how it was made.
+
+    Format 2 keeps the best epoch's per-label scores inside `metrics` (format 1 kept them beside it).
+    """
+
+    FORMAT: ClassVar[int] = 2
+
+    labels: LabelSpace
+    max_length: int
+    epoch: int | None = None
+    metrics: EpochRecord | None = None  # the epoch this checkpoint is, per-label scores included
+    history: list[EpochRecord] = field(default_factory=list)  # every epoch up to it, without per-label scores
+    training_config: dict[str, Any] = field(default_factory=dict)
+    data: DataSummary | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        if version == 1 and isinstance(data.get("metrics"), dict) and "per_label" in data:
+            data["metrics"] = {**data["metrics"], "per_label": data.pop("per_label")}
+        return data

@@ -1,0 +1,91 @@
+"""Committing a scoring output: check the row counts, write manifest.json, then _SUCCESS, last.
+
+Consumers read only outputs with _SUCCESS, so nothing here may run before every part has landed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import asdict
+
+from bertclf import storage
+from bertclf.checkpoint import LoadedCheckpoint, versions
+from bertclf.config import ScoreConfig
+from bertclf.dates import fill_date, has_date
+from bertclf.errors import RecordError
+from bertclf.records import (
+    CheckpointRef,
+    EmptyTexts,
+    InputRows,
+    Manifest,
+    PartEntry,
+    PartStats,
+    UnitCounts,
+    WorkUnit,
+)
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+
+
+class ScoreError(RuntimeError):
+    """Scoring that could not finish; the message names the files that failed. No _SUCCESS is written."""
+
+
+def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str],
+           units: list[WorkUnit], stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
+           score_seconds: float, total_seconds: float) -> Manifest:
+    """Check rows in == rows out (+ skipped empties), then write manifest.json and, last, _SUCCESS."""
+    rows_in = sum(s.rows_in for s in stats)
+    rows_out = sum(s.rows_out for s in stats)
+    empties = sum(s.empty_texts for s in stats)
+    expected_out = rows_in - (empties if cfg.empty_text == "skip" else 0)
+    planned = sum(u.num_rows for u in units)
+    if rows_in != planned or rows_out != expected_out:
+        raise ScoreError(f"row counts don't add up in {output}: planned {planned}, read {rows_in}, wrote {rows_out} "
+                         f"(expected {expected_out}); {SUCCESS} not written")
+    counts: Counter[str] = Counter()
+    for s in stats:
+        counts.update(s.label_counts)
+    distribution = {k: v / max(1, rows_out) for k, v in sorted(counts.items())}
+    scored_rows = sum(u.num_rows for u in units if u.name in scored_names)
+    per_file: Counter[str] = Counter()
+    for s in stats:
+        per_file[s.input] += s.rows_in
+    manifest = Manifest(
+        output=output, date=date.isoformat(), created=dt.datetime.now(dt.timezone.utc).isoformat(),
+        inputs=[InputRows(uri=f, rows=per_file.get(f, 0)) for f in files],
+        parts=[PartEntry(name=s.unit, input=s.input, row_groups=s.row_groups, rows=s.rows_out,
+                         seconds=seconds.get(s.unit)) for s in stats],
+        rows_in=rows_in, rows_out=rows_out, empty_texts=EmptyTexts(count=empties, policy=cfg.empty_text),
+        checkpoint=CheckpointRef(uri=ckpt.uri, sha256=ckpt.fingerprint(), epoch=ckpt.meta.epoch),
+        labels=ckpt.space, predicted_label_counts=dict(sorted(counts.items())),
+        predicted_label_distribution=distribution,
+        distribution_change_vs_previous=distribution_change(cfg, date, distribution),
+        rows_per_s=scored_rows / score_seconds if score_seconds else None,
+        timings={"scoring_seconds": score_seconds, "total_seconds": total_seconds},
+        units=UnitCounts(total=len(units), scored_this_run=len(scored_names),
+                         already_done=len(units) - len(scored_names)),
+        config=asdict(cfg), versions=versions(),
+    )
+    storage.write_bytes(storage.join(output, MANIFEST), (manifest.to_json(indent=2) + "\n").encode())
+    storage.write_bytes(storage.join(output, SUCCESS), b"")
+    return manifest
+
+
+def read_manifest(output: str) -> Manifest:
+    """The manifest of a scoring output (any format this bertclf reads)."""
+    return Manifest.from_json(storage.read_bytes(storage.join(output, MANIFEST)))
+
+
+def distribution_change(cfg: ScoreConfig, date: dt.date, distribution: dict[str, float]) -> dict[str, float] | None:
+    """Share of each predicted label minus the previous day's, when the output is a dated partition."""
+    if not has_date(cfg.output):
+        return None
+    try:
+        before = read_manifest(fill_date(cfg.output, date - dt.timedelta(days=1))).predicted_label_distribution
+    except (FileNotFoundError, RecordError, storage.StorageError, OSError):
+        return None
+    labels = set(before) | set(distribution)
+    return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(labels)}

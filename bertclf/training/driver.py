@@ -1,0 +1,111 @@
+"""Data-parallel fine-tuning with Ray Train: validate on the driver, train on N workers, publish the best.
+
+`run(TrainConfig)` (bertclf.training.run) is what `bertclf train` and `jobs/train.py` call. The run directory
+is the output URI: Ray Train's checkpoints live under `<output>/ray_train/`, per-epoch metrics in
+`<output>/metrics.jsonl`, and the best checkpoint is committed to `<output>/best/` when training ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertclf import checkpoint, storage
+from bertclf.config import TrainConfig
+from bertclf.errors import ConfigError
+from bertclf.modeling import resolve_model_dir
+from bertclf.records import EpochRecord
+from bertclf.resources import TrainPlan, connect, plan_training
+from bertclf.training.data import TrainingData, inspect_training_data, train_dataset
+from bertclf.training.worker import METRICS_FILE, train_loop_per_worker
+
+log = logging.getLogger("bertclf")
+
+RAY_RUN_NAME = "ray_train"
+
+
+@dataclass
+class TrainResult:
+    best_uri: str
+    best: EpochRecord  # the epoch of the published checkpoint
+    epochs_run: int
+    history: list[EpochRecord]
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Validate everything, train with Ray Train, and commit the best checkpoint to <output>/best/."""
+    cfg.validate()
+    cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output),
+                              model=cfg.model if not os.path.isdir(cfg.model) else os.path.abspath(cfg.model))
+    storage.check_writable(cfg.output)
+    resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
+    data = inspect_training_data(cfg)
+    log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
+             data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
+    _check_best_metric(cfg, data)
+
+    cluster = connect(cfg.ray_address)
+    plan = plan_training(cluster, cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
+    log.info("resources: cluster has %s; plan: %s", {k: v for k, v in cluster.items() if k in ("CPU", "GPU")},
+             plan.describe())
+    result = _fit(cfg, data, plan)
+    return _publish_best(cfg, result)
+
+
+def _check_best_metric(cfg: TrainConfig, data: TrainingData) -> None:
+    allowed = {"val_loss", "f1_micro", "f1_macro", "f1_weighted", "roc_auc_macro"}
+    allowed |= {"accuracy"} if data.space.task == "multi_class" else {"subset_accuracy", "hamming_loss"}
+    if cfg.best_metric not in allowed:
+        raise ConfigError(f"best_metric {cfg.best_metric!r} is not a {data.space.task} metric; "
+                         f"choose from {sorted(allowed)}")
+
+
+def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    fs, path = storage.resolve(cfg.output)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "data": data, "plan": plan},
+        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker={"CPU": plan.cpus_per_worker}),
+        run_config=RunConfig(
+            name=RAY_RUN_NAME, storage_path=path, storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.best_metric,
+                                               checkpoint_score_order=cfg.best_mode),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets={"train": train_dataset(data, cfg.seed, plan.data_cpus)},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def _publish_best(cfg: TrainConfig, result) -> TrainResult:
+    """Copy Ray's best checkpoint, without optimizer state, to <output>/best/ (bertclf.json last)."""
+    if not result.best_checkpoints:
+        raise RuntimeError(f"training produced no checkpoint under {storage.join(cfg.output, RAY_RUN_NAME)}")
+    ordered = sorted(result.best_checkpoints, key=lambda cm: cm[1][cfg.best_metric], reverse=cfg.best_mode == "max")
+    best_ckpt, best_metrics = ordered[0]
+    best_uri = storage.join(cfg.output, "best")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(best_ckpt.to_directory(str(Path(tmp) / "ckpt")))
+        for name in (checkpoint.TRAIN_STATE_TENSORS, checkpoint.TRAIN_STATE_JSON):
+            (local / name).unlink(missing_ok=True)
+        checkpoint.publish(local, best_uri)
+    history = read_metrics(storage.join(cfg.output, METRICS_FILE))
+    best = next(r for r in history if r.epoch == int(best_metrics["epoch"]))
+    log.info("best checkpoint (epoch %s, %s=%.4f) committed to %s", best.epoch, cfg.best_metric,
+             best_metrics[cfg.best_metric], best_uri)
+    return TrainResult(best_uri=best_uri, best=best, epochs_run=len(history), history=history)
+
+
+def read_metrics(uri: str) -> list[EpochRecord]:
+    """A run's metrics.jsonl, one EpochRecord per epoch."""
+    text = storage.read_bytes(uri).decode()
+    return [EpochRecord.from_json(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,245 @@
+"""What each Ray Train worker runs: set up (model, optimizer, resume), then per epoch: train, validate, report.
+
+Every worker calls `ray.train.report` once per epoch (Train V2 wants the same count on every rank); rank 0
+computes the epoch's metrics from everyone's validation logits, writes metrics.jsonl and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertclf import checkpoint, storage
+from bertclf.config import TrainConfig
+from bertclf.records import EpochRecord
+from bertclf.resources import TrainPlan, use_bf16
+from bertclf.training.batching import length_grouped_batches
+from bertclf.training.data import TrainingData, validation_rows
+from bertclf.training.epochs import EpochTotals, checkpoint_meta, epoch_record, log_epoch, should_checkpoint
+
+log = logging.getLogger("bertclf")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Worker:
+    """One DDP worker's state across epochs."""
+
+    cfg: TrainConfig
+    data: TrainingData
+    rank: int
+    world: int
+    device: Any
+    bf16: bool
+    tokenizer: Any
+    model: Any  # as prepared by Ray Train (DDP-wrapped when world > 1)
+    raw_model: Any
+    optimizer: Any
+    scheduler: Any
+    loss_fn: Any
+    shard: Any
+    val_texts: list[str]
+    val_targets: np.ndarray
+    steps_per_epoch: int
+    start_epoch: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point on each worker."""
+    worker = set_up(config["cfg"], config["data"], config["plan"])
+    for epoch in range(worker.start_epoch, worker.cfg.epochs):
+        totals = train_one_epoch(worker, epoch)
+        validate_and_report(worker, epoch, totals)
+
+
+def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
+    """Model, optimizer and schedule for this rank; weights, optimizer state and history from a checkpoint
+    when Ray Train resumes one."""
+    import ray.train
+    import torch
+    from ray.train.torch import get_device, prepare_model
+    from transformers import get_linear_schedule_with_warmup
+
+    from bertclf.modeling import build_classifier, keep_head_in_fp32, load_tokenizer, resolve_model_dir
+
+    torch.set_num_threads(plan.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _seed(cfg.seed + rank)
+    device = get_device()
+    bf16 = use_bf16(cfg.precision, device.type)
+
+    model_dir = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(model_dir)
+    model = build_classifier(model_dir, data.space, cfg.reinit_pooler, device.type)
+    keep_head_in_fp32(model)  # as load_for_inference does: validation computes probabilities as scoring does
+    resume = ray.train.get_checkpoint()
+    if resume:
+        from safetensors.torch import load_file
+
+        with resume.as_directory() as d:
+            model.load_state_dict(load_file(str(Path(d) / "model.safetensors")), strict=False)
+    # gradients live in DDP's all-reduce buckets: no extra copy per step (and less memory)
+    model = prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
+    raw_model = model.module if hasattr(model, "module") else model
+
+    head_lr = cfg.head_learning_rate or 20 * cfg.learning_rate
+    # fused: one kernel per step instead of a loop of element-wise ops
+    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, cfg.learning_rate, head_lr),
+                                  fused=device.type in ("cpu", "cuda"))
+    steps_per_epoch = max(1, math.ceil((data.n_train // world) / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    start_epoch, history = 0, []
+    if resume:
+        with resume.as_directory() as d:
+            state = checkpoint.load_train_state(Path(d), optimizer, scheduler)
+        start_epoch = int(state["epoch"])
+        history = [EpochRecord.from_dict(h) for h in state["history"]]
+        if rank == 0:
+            log.info(f"resumed from checkpoint after epoch {start_epoch}")
+
+    loss_fn = torch.nn.BCEWithLogitsLoss() if data.space.task == "multi_label" else torch.nn.CrossEntropyLoss()
+    val_texts, val_targets = validation_rows(data, rank, world)
+    if rank == 0:
+        log.info(f"{world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
+                 f"{cfg.epochs} epoch(s)")
+    return Worker(cfg=cfg, data=data, rank=rank, world=world, device=device, bf16=bf16, tokenizer=tokenizer,
+                  model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                  shard=ray.train.get_dataset_shard("train"), val_texts=val_texts, val_targets=val_targets,
+                  steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, history=history)
+
+
+def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
+    """One pass over this rank's shard in length-grouped batches; returns this rank's counts and timings."""
+    import torch
+
+    cfg = w.cfg
+    w.model.train()
+    t0 = time.perf_counter()
+    totals = EpochTotals()
+    batches = WaitClock(w.shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches,
+                                             batch_format="numpy", prefetch_batches=1,
+                                             local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
+                                             local_shuffle_seed=cfg.seed + epoch))
+    for batch in length_grouped_batches(batches, w.tokenizer, max_length=cfg.max_length,
+                                        batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch):
+        enc = {"input_ids": batch.input_ids.to(w.device), "attention_mask": batch.attention_mask.to(w.device)}
+        target = torch.as_tensor(batch.target, device=w.device)
+        with torch.autocast(device_type=w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
+            logits = w.model(**enc).logits
+        loss = w.loss_fn(logits.float(), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(w.model.parameters(), cfg.max_grad_norm)
+        w.optimizer.step()
+        w.scheduler.step()
+        w.optimizer.zero_grad(set_to_none=True)
+        totals.steps += 1
+        totals.seen += len(target)
+        totals.tokens += int(batch.attention_mask.sum())  # the CPU copy: no device sync per step
+        totals.loss_sum += float(loss.detach())
+        if w.rank == 0 and (totals.steps % max(1, w.steps_per_epoch // 10) == 0):
+            rate = totals.seen * w.world / (time.perf_counter() - t0)
+            log.info(f"epoch {epoch + 1}/{cfg.epochs} step {totals.steps}/{w.steps_per_epoch} "
+                     f"loss {totals.loss_sum / totals.steps:.4f} {rate:.1f} samples/s")
+    totals.seconds = time.perf_counter() - t0
+    totals.first_batch_seconds = batches.first_seconds or 0.0
+    totals.data_wait_seconds = batches.wait_seconds
+    return totals
+
+
+def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
+    """Gather validation logits and counts on rank 0, record the epoch, checkpoint it when due, report."""
+    import ray.train
+    import torch.distributed as dist
+
+    from bertclf.inference import logits_for_texts
+
+    w.model.eval()
+    local_logits = logits_for_texts(w.raw_model, w.tokenizer, w.val_texts, max_length=w.cfg.max_length,
+                                    bf16=w.bf16, device=w.device)
+    gathered: list = [(local_logits, w.val_targets)]
+    summed = totals
+    if w.world > 1:
+        gathered = [None] * w.world
+        dist.all_gather_object(gathered, (local_logits, w.val_targets))
+        summed = totals.all_reduced()
+
+    metrics: dict[str, float] = {}
+    ckpt = tmp = None
+    if w.rank == 0:
+        logits = np.concatenate([g[0] for g in gathered])
+        targets = np.concatenate([g[1] for g in gathered])
+        record = epoch_record(epoch, w.data.space, logits, targets, summed, totals.seconds, w.world)
+        w.history.append(record)
+        metrics = record.scalars()
+        log_epoch(record, w.cfg.epochs)
+        storage.write_bytes(storage.join(w.cfg.output, METRICS_FILE),
+                            "".join(r.to_json() + "\n" for r in w.history).encode())
+        if should_checkpoint(epoch, w.cfg, w.history):
+            tmp = Path(tempfile.mkdtemp(prefix="bertclf-ckpt-"))
+            checkpoint.save_model_dir(tmp, w.raw_model, w.tokenizer, checkpoint_meta(w.cfg, w.data, record, w.history))
+            checkpoint.save_train_state(tmp, w.optimizer, w.scheduler,
+                                        {"epoch": epoch + 1, "history": [r.to_dict() for r in w.history]})
+            ckpt = ray.train.Checkpoint.from_directory(str(tmp))
+    ray.train.report(metrics, checkpoint=ckpt)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class WaitClock:
+    """Iterates a batch iterator and times how long the loop waited for data: the first batch, and in all.
+
+    Why: a data pipeline that can't keep up looks like slow training; these two numbers tell them apart.
+    """
+
+    def __init__(self, batches):
+        self._it = iter(batches)
+        self.first_seconds: float | None = None
+        self.wait_seconds = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self._it)
+        finally:
+            waited = time.perf_counter() - t0
+            self.wait_seconds += waited
+            if self.first_seconds is None:
+                self.first_seconds = waited
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model, weight_decay: float, lr: float, head_lr: float) -> list[dict]:
+    """Encoder at `lr`, new head + pooler at `head_lr`; no weight decay on biases and LayerNorm weights."""
+    from bertclf.modeling import head_parameter_names
+
+    head = head_parameter_names(model)
+    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            decays = not (param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias"))
+            groups[(name in head, decays)].append(param)
+    return [{"params": params, "lr": head_lr if is_head else lr, "weight_decay": weight_decay if decays else 0.0}
+            for (is_head, decays), params in groups.items() if params]
