@@ -190,3 +190,10 @@ def test_as_dict_round_trip():
     d = as_dict(cfg)
     assert d["epochs"] == 2 and set(d) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert load_config(TrainConfig, None, d) == cfg
+
+
+def test_auto_means_none_for_tristate_booleans():
+    cfg = load_config(TrainConfig, None, {"use_gpu": "auto", "reinit_pooler": "false"})
+    assert cfg.use_gpu is None and cfg.reinit_pooler is False
+    with pytest.raises(ConfigError, match="use_gpu must be true or false or auto"):
+        TrainConfig(use_gpu="yes").validate()  # built in Python without load_config
