@@ -16,7 +16,7 @@ from pathlib import Path
 from bertclf import storage
 from bertclf.errors import CheckpointError, RecordError
 from bertclf.labels import LabelSpace
-from bertclf.records import CheckpointMeta
+from bertclf.records import CheckpointMeta, EpochRecord
 
 MARKER = "bertclf.json"
 TRAIN_STATE_TENSORS = "train_state.safetensors"
@@ -127,3 +127,19 @@ def load(uri: str) -> LoadedCheckpoint:
 def publish(local_dir: Path, uri: str) -> None:
     """Commit a finished checkpoint directory at `uri` (e.g. <output>/best), marker last."""
     storage.replace_dir(local_dir, uri, marker=MARKER)
+
+
+def read_metrics(uri: str) -> list[EpochRecord]:
+    """A run's metrics.jsonl, one EpochRecord per epoch."""
+    text = storage.read_bytes(uri).decode()
+    return [EpochRecord.from_json(line) for line in text.splitlines() if line.strip()]
+
+
+def run_history(uri: str, meta: CheckpointMeta) -> list[EpochRecord]:
+    """Every epoch of the run a checkpoint came from: its run directory's metrics.jsonl when there is one
+    (`<run>/best` -> `<run>/metrics.jsonl`), else the epochs up to the checkpoint recorded in bertclf.json."""
+    parent = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
+    try:
+        return read_metrics(storage.join(parent, "metrics.jsonl"))
+    except (FileNotFoundError, storage.StorageError, OSError, RecordError):
+        return meta.history

@@ -1,8 +1,9 @@
-"""The `bertclf` command (train, score, predict, evaluate); jobs/*.py call the same `main`.
+"""The `bertclf` command (train, score, predict, evaluate, report); jobs/*.py call the same `main`.
 
 Flags override the YAML given with --config, which overrides the built-in defaults; `--set key=value`
 reaches every config key. The flags are made from the config dataclasses' fields (bertclf.config), so a new
-key is declared once. Exit codes: 0 done, 1 failed, 2 bad input or config (don't retry).
+key is declared once. Exit codes: 0 done, 1 failed, 2 bad input or config (don't retry), 3 scores committed
+but drift alerted (only with drift_fails_job).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from bertclf.config import (
     EvaluateConfig,
+    ReportConfig,
     ScoreConfig,
     TrainConfig,
     literal_choices,
@@ -28,11 +30,13 @@ from bertclf.errors import InputError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_DRIFT = 3  # scores committed (_SUCCESS written), drift alerted, and the config asks the job to say so
 
 CONFIGS: dict[str, tuple[type, str]] = {
     "train": (TrainConfig, "fine-tune a classifier with Ray Train"),
     "score": (ScoreConfig, "score a Parquet corpus with a checkpoint through Ray Data"),
     "evaluate": (EvaluateConfig, "metrics of a checkpoint on labelled Parquet (e.g. a test split)"),
+    "report": (ReportConfig, "an HTML report: a checkpoint on labelled Parquet, or a scoring run (--scores)"),
 }
 
 
@@ -120,8 +124,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "score":
         from bertclf import scoring
 
-        print(scoring.run(config_from_args(args)).one_line())
-        return 0
+        cfg = config_from_args(args)
+        summary = scoring.run(cfg)
+        print(summary.one_line())
+        return EXIT_DRIFT if cfg.drift_fails_job and summary.drift and summary.drift.alert else 0
     if args.command == "evaluate":
         from bertclf.evaluate import evaluate
 
@@ -131,12 +137,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             with open(args.json_path, "w") as f:
                 json.dump(report, f, indent=2)
         return 0
+    if args.command == "report":
+        from bertclf.report import evaluation_report, scores_report
+
+        cfg = config_from_args(args)
+        report = scores_report(cfg) if cfg.scores else evaluation_report(cfg)
+        print(json.dumps({"report": storage_join(cfg.output, "index.html"), **report.get("headline", {})}, indent=2))
+        return 0
     if args.command == "predict":
         from bertclf.inference import predict_texts
 
         print(render_predictions(predict_texts(args.checkpoint, args.texts), as_json=args.json))
         return 0
     raise AssertionError(args.command)
+
+
+def storage_join(uri: str, name: str) -> str:
+    from bertclf import storage
+
+    return storage.join(storage.absolute(uri), name)
 
 
 def render_predictions(rows: list[dict], as_json: bool = False, top: int = 5) -> str:

@@ -26,7 +26,8 @@ Task = Literal["auto", "multi_label", "multi_class"]
 Precision = Literal["auto", "bf16", "fp32"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 
-__all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ScoreConfig", "TrainConfig", "load_config"]
+__all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ReportConfig", "ScoreConfig", "TrainConfig",
+           "load_config"]
 
 
 def sample_data(name: str) -> str:
@@ -113,11 +114,19 @@ class ScoreConfig:
     max_batch_rows: int = key(64, help="rows in one micro-batch at most", flag=False)
     rows_per_unit: int = key(20_000, help="rows per unit of work (and per output part)", flag=False)
     read_batch_rows: int = key(2048, help="rows read from Parquet at a time", flag=False)
+    drift_psi_threshold: float = key(0.2, help="alert when a label's probability PSI against the previous "
+                                               "partition exceeds this")
+    drift_share_threshold: float = key(0.1, help="alert when a label's predicted share moves by more than this "
+                                                 "(0.1 = 10 percentage points) against the previous partition")
+    drift_fails_job: bool = key(False, help="exit with code 3 after committing the scores when drift is alerted")
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:
         _check_choices(self)
         _at_least_one(self, "max_tokens_per_batch", "max_batch_rows", "rows_per_unit", "read_batch_rows")
+        for name in ("drift_psi_threshold", "drift_share_threshold"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -130,9 +139,35 @@ class EvaluateConfig:
     text_column: str = key("text", help="column holding the text")
     label_column: str | None = key(None, help='label column; default: "labels" (multi-label) or "label"')
     label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
+    report: str | None = key(None, help="also write the evaluation report (index.html, report.json, figures/) "
+                                        "to this directory, scoring the data through Ray Data")
 
     def validate(self) -> None:
         _check_choices(self)
+
+
+@dataclass
+class ReportConfig:
+    """An evaluation report (a checkpoint on labelled Parquet) or a scoring run's page (--scores)."""
+
+    checkpoint: str = key("runs/demo/best", help="checkpoint URI")
+    data: str | list[str] = key(factory=lambda: sample_data("goemotions_validation.parquet"),
+                                help="labelled Parquet file(s), directory or glob to evaluate on")
+    scores: str | None = key(None, help="a scoring output URI: render its page (label distribution, probability "
+                                        "histograms, drift, throughput) instead of an evaluation")
+    output: str = key("runs/demo/report", help="report directory (local or s3://): index.html, report.json, figures/")
+    text_column: str = key("text", help="column holding the text")
+    label_column: str | None = key(None, help='label column; default: "labels" (multi-label) or "label"')
+    label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
+    scores_dir: str | None = key(None, help="where the evaluation data's scores are written (default: a temporary "
+                                            "local directory; give a shared s3:// URI on a multi-node cluster)")
+    max_examples: int = key(20, help="most confident wrong predictions listed")
+    num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
+    ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+    def validate(self) -> None:
+        _check_choices(self)
+        _at_least_one(self, "max_examples")
 
 
 def _check_choices(config: Any) -> None:

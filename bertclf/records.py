@@ -1,9 +1,10 @@
 """Every payload that crosses a process or file boundary, as a typed record with a format version.
 
 Driver -> actor (WorkUnit), actor -> driver (UnitResult), a part's Parquet footer (PartStats), rank 0 ->
-metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta) and manifest.json (Manifest). Each record writes
-`"format": N`; a reader takes any format up to its own (a file without the key is format 1) and refuses newer
-ones by name, so a file written by a later bertclf fails clearly instead of being misread.
+metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta), manifest.json (Manifest, with its DriftReport).
+Each record writes `"format": N`; a reader takes any format up to its own (a file without the key is format 1)
+and refuses newer ones by name, so a file written by a later bertclf fails clearly instead of being misread.
+Records nested in another carry no format of their own: they follow their parent's.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class PartStats(Record):
     empty_texts: int
     label_counts: dict[str, int]
     tokens: int = 0
+    prob_histograms: dict[str, list[int]] = field(default_factory=dict)  # per label, bertclf.scoring.drift bins
 
 
 @dataclass
@@ -199,6 +201,37 @@ class UnitCounts(Record):
 
 
 @dataclass
+class LabelDrift(Record):
+    share: float  # predicted share today
+    previous_share: float
+    share_change: float
+    psi: float | None = None  # None: the previous output has no histograms (written before they existed)
+    js_distance: float | None = None
+
+
+@dataclass
+class DriftReport(Record):
+    """Drift of one scoring output against the previous partition, and which labels crossed a threshold."""
+
+    previous_output: str
+    psi_threshold: float
+    share_threshold: float
+    labels: dict[str, LabelDrift] = field(default_factory=dict)
+    alerts: list[str] = field(default_factory=list)  # "label: why", one per label over a threshold
+
+    @property
+    def alert(self) -> bool:
+        return bool(self.alerts)
+
+    def one_line(self) -> str:
+        if self.alerts:
+            return f"DRIFT ALERT vs {self.previous_output}: " + "; ".join(self.alerts)
+        worst = max(self.labels.items(), key=lambda kv: kv[1].psi or 0.0, default=None)
+        detail = f" (largest PSI {worst[1].psi:.3f}, {worst[0]})" if worst and worst[1].psi is not None else ""
+        return f"drift vs {self.previous_output}: no label over the thresholds{detail}"
+
+
+@dataclass
 class Manifest(Record):
     """manifest.json of a scoring output: what went in, what came out, with which model, and how fast."""
 
@@ -220,6 +253,8 @@ class Manifest(Record):
     units: UnitCounts
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    score_histograms: dict[str, list[int]] = field(default_factory=dict)  # per label, bertclf.scoring.drift bins
+    drift: DriftReport | None = None  # against the previous partition, when there is one
 
 
 # ----------------------------------------------------------------------------------------- training ----

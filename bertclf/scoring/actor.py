@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from bertclf import storage
 from bertclf.errors import DataError
 from bertclf.records import PartStats, UnitResult, WorkUnit
+from bertclf.scoring.drift import add_histograms, probability_histograms
 from bertclf.units import file_metadata, read_unit
 
 PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
@@ -86,6 +87,7 @@ class UnitScorer:
         """Score one unit into a local Parquet file and commit it whole under the unit's name."""
         s = self.settings
         counts: Counter[str] = Counter()
+        histograms: dict[str, list[int]] = probability_histograms(self.space.names, np.empty((0, 0)))
         rows_in = rows_out = empty = tokens = 0
         columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
@@ -96,15 +98,17 @@ class UnitScorer:
                 rows_in += table.num_rows
                 table, n_empty = self._handle_empty(table, unit.uri)
                 empty += n_empty
-                out, n_tokens = self._score_table(table)
+                out, probs, n_tokens = self._score_table(table)
                 tokens += n_tokens
+                histograms = add_histograms(histograms, probability_histograms(self.space.names, probs))
                 rows_out += out.num_rows
                 counts.update(pc.list_flatten(out["predicted"]).to_pylist())
                 if writer is None:
                     writer = pq.ParquetWriter(local, out.schema, compression="zstd")
                 writer.write_table(out)
             stats = PartStats(unit=unit.name, input=unit.uri, row_groups=list(unit.row_groups), rows_in=rows_in,
-                              rows_out=rows_out, empty_texts=empty, label_counts=dict(counts), tokens=tokens)
+                              rows_out=rows_out, empty_texts=empty, label_counts=dict(counts), tokens=tokens,
+                              prob_histograms=histograms)
             if writer is None:  # every row skipped as empty: still commit a valid, empty part
                 schema = file_metadata(unit.uri).schema.to_arrow_schema()
                 writer = pq.ParquetWriter(local, self._empty_output(schema), compression="zstd")
@@ -135,7 +139,7 @@ class UnitScorer:
         idx = table.schema.get_field_index(self.settings.text_column)
         return table.set_column(idx, self.settings.text_column, pc.fill_null(text, "")), n
 
-    def _score_table(self, table: pa.Table) -> tuple[pa.Table, int]:
+    def _score_table(self, table: pa.Table) -> tuple[pa.Table, np.ndarray, int]:
         s = self.settings
         ids = self.predictor.token_ids(table[s.text_column].to_pylist())
         probs = self.predictor.probabilities_for_ids(ids)
@@ -146,4 +150,4 @@ class UnitScorer:
         columns["predicted"] = pa.array(self.space.predict(probs), pa.list_(pa.string()))
         columns["top_label"] = pa.array(np.asarray(self.space.names, dtype=object)[top], pa.string())
         columns["top_score"] = pa.array(probs[np.arange(len(top)), top], pa.float32())
-        return pa.table(columns), sum(len(i) for i in ids)
+        return pa.table(columns), probs, sum(len(i) for i in ids)

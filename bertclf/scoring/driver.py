@@ -16,7 +16,7 @@ from bertclf import checkpoint, storage
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, resolve_date
 from bertclf.errors import DataError
-from bertclf.records import PartStats, UnitResult, WorkUnit
+from bertclf.records import DriftReport, PartStats, UnitResult, WorkUnit
 from bertclf.resources import connect, plan_scoring
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.manifest import SUCCESS, ScoreError, commit
@@ -39,6 +39,7 @@ class ScoreSummary:
     already_complete: bool = False
     label_distribution: dict[str, float] = field(default_factory=dict)
     distribution_change: dict[str, float] | None = None
+    drift: DriftReport | None = None
 
     def one_line(self) -> str:
         if self.already_complete:
@@ -49,10 +50,11 @@ class ScoreSummary:
         if self.distribution_change:
             moved = sorted(self.distribution_change.items(), key=lambda kv: -abs(kv[1]))[:3]
             change = "; vs previous partition: " + ", ".join(f"{k} {v * 100:+.1f}pp" for k, v in moved)
+        drift = f"\n[bertclf] {self.drift.one_line()}" if self.drift else ""
         return (f"[bertclf] scored {self.rows_out}/{self.rows_in} rows into {self.output} in {self.seconds:.1f}s "
                 f"({self.rows_per_s:.1f} rows/s; {self.units_scored} unit(s) scored, "
                 f"{self.units_skipped} already done); "
-                f"labels: {dist}{change}")
+                f"labels: {dist}{change}{drift}")
 
 
 def run(cfg: ScoreConfig) -> ScoreSummary:
@@ -104,7 +106,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
                         rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
                         units_scored=len(scored), units_skipped=len(units) - len(scored),
                         label_distribution=manifest.predicted_label_distribution,
-                        distribution_change=manifest.distribution_change_vs_previous)
+                        distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift)
 
 
 def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:

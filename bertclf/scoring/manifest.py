@@ -16,6 +16,7 @@ from bertclf.dates import fill_date, has_date
 from bertclf.errors import RecordError
 from bertclf.records import (
     CheckpointRef,
+    DriftReport,
     EmptyTexts,
     InputRows,
     Manifest,
@@ -24,6 +25,7 @@ from bertclf.records import (
     UnitCounts,
     WorkUnit,
 )
+from bertclf.scoring.drift import add_histograms, compare
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
@@ -49,6 +51,14 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
     for s in stats:
         counts.update(s.label_counts)
     distribution = {k: v / max(1, rows_out) for k, v in sorted(counts.items())}
+    histograms: dict[str, list[int]] = {}
+    for s in stats:
+        histograms = add_histograms(histograms, s.prob_histograms)
+    previous = previous_manifest(cfg, date)
+    drift = None
+    if previous is not None:
+        drift = compare(distribution, histograms, previous.predicted_label_distribution, previous.score_histograms,
+                        previous.output, cfg.drift_psi_threshold, cfg.drift_share_threshold)
     scored_rows = sum(u.num_rows for u in units if u.name in scored_names)
     per_file: Counter[str] = Counter()
     for s in stats:
@@ -62,12 +72,12 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
         checkpoint=CheckpointRef(uri=ckpt.uri, sha256=ckpt.fingerprint(), epoch=ckpt.meta.epoch),
         labels=ckpt.space, predicted_label_counts=dict(sorted(counts.items())),
         predicted_label_distribution=distribution,
-        distribution_change_vs_previous=distribution_change(cfg, date, distribution),
+        distribution_change_vs_previous=_share_change(distribution, previous),
         rows_per_s=scored_rows / score_seconds if score_seconds else None,
         timings={"scoring_seconds": score_seconds, "total_seconds": total_seconds},
         units=UnitCounts(total=len(units), scored_this_run=len(scored_names),
                          already_done=len(units) - len(scored_names)),
-        config=asdict(cfg), versions=versions(),
+        config=asdict(cfg), versions=versions(), score_histograms=histograms, drift=drift,
     )
     storage.write_bytes(storage.join(output, MANIFEST), (manifest.to_json(indent=2) + "\n").encode())
     storage.write_bytes(storage.join(output, SUCCESS), b"")
@@ -79,13 +89,22 @@ def read_manifest(output: str) -> Manifest:
     return Manifest.from_json(storage.read_bytes(storage.join(output, MANIFEST)))
 
 
-def distribution_change(cfg: ScoreConfig, date: dt.date, distribution: dict[str, float]) -> dict[str, float] | None:
-    """Share of each predicted label minus the previous day's, when the output is a dated partition."""
+def previous_manifest(cfg: ScoreConfig, date: dt.date) -> Manifest | None:
+    """The previous day's manifest when the output is a dated partition and that day was committed."""
     if not has_date(cfg.output):
         return None
     try:
-        before = read_manifest(fill_date(cfg.output, date - dt.timedelta(days=1))).predicted_label_distribution
+        return read_manifest(fill_date(cfg.output, date - dt.timedelta(days=1)))
     except (FileNotFoundError, RecordError, storage.StorageError, OSError):
         return None
-    labels = set(before) | set(distribution)
-    return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(labels)}
+
+
+def _share_change(distribution: dict[str, float], previous: Manifest | None) -> dict[str, float] | None:
+    """Share of each predicted label minus the previous day's."""
+    if previous is None:
+        return None
+    before = previous.predicted_label_distribution
+    return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(distribution))}
+
+
+__all__ = ["MANIFEST", "SUCCESS", "DriftReport", "ScoreError", "commit", "previous_manifest", "read_manifest"]

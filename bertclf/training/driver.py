@@ -98,14 +98,9 @@ def _publish_best(cfg: TrainConfig, result) -> TrainResult:
         for name in (checkpoint.TRAIN_STATE_TENSORS, checkpoint.TRAIN_STATE_JSON):
             (local / name).unlink(missing_ok=True)
         checkpoint.publish(local, best_uri)
-    history = read_metrics(storage.join(cfg.output, METRICS_FILE))
+    history = checkpoint.read_metrics(storage.join(cfg.output, METRICS_FILE))
     best = next(r for r in history if r.epoch == int(best_metrics["epoch"]))
     log.info("best checkpoint (epoch %s, %s=%.4f) committed to %s", best.epoch, cfg.best_metric,
              best_metrics[cfg.best_metric], best_uri)
     return TrainResult(best_uri=best_uri, best=best, epochs_run=len(history), history=history)
 
-
-def read_metrics(uri: str) -> list[EpochRecord]:
-    """A run's metrics.jsonl, one EpochRecord per epoch."""
-    text = storage.read_bytes(uri).decode()
-    return [EpochRecord.from_json(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,173 @@
+"""`bertclf report --checkpoint CK --data TEST.parquet --output DIR`: the evaluation report a person reads.
+
+The data is scored through the same Ray Data path as `bertclf score` (so any size works), the scored Parquet
+is read once in batches into bounded counts, and the page, report.json and figures are built in a staging
+directory that is committed to DIR last (index.html last of all): a failed run leaves no page that looks done.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bertclf import checkpoint, storage
+from bertclf.config import ReportConfig, ScoreConfig
+from bertclf.evaluate import check_labelled_files
+from bertclf.report import figures
+from bertclf.report import html as h
+from bertclf.report.accumulate import EvaluationCounts
+from bertclf.report.summary import calibration, headline, label_curves, per_label_scores, top_confusions
+from bertclf.report.writer import commit_report
+
+log = logging.getLogger("bertclf")
+
+
+def evaluation_report(cfg: ReportConfig) -> dict:
+    """Score `cfg.data` with `cfg.checkpoint`, then write index.html, report.json and figures/ to `cfg.output`."""
+    from bertclf import scoring
+
+    cfg.validate()
+    output = storage.absolute(cfg.output)
+    ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
+    space = ckpt.space
+    files = storage.list_parquet_files(cfg.data)
+    label_column, label_columns, fmt, rows = check_labelled_files(files, space, cfg.text_column, cfg.label_column,
+                                                                  list(cfg.label_columns))
+    storage.check_writable(output)
+    log.info("report: scoring %d labelled row(s) from %d file(s) with %s", rows, len(files), ckpt.uri)
+    with tempfile.TemporaryDirectory(prefix="bertclf-report-") as tmp:
+        scores_uri = storage.absolute(cfg.scores_dir) if cfg.scores_dir else str(Path(tmp) / "scores")
+        passthrough = list(dict.fromkeys([cfg.text_column, *(label_columns or [label_column])]))
+        scoring.run(ScoreConfig(checkpoint=ckpt.uri, input=files, output=scores_uri, text_column=cfg.text_column,
+                                id_column=None, passthrough_columns=passthrough, overwrite=True,
+                                num_actors=cfg.num_actors, ray_address=cfg.ray_address))
+        counts = EvaluationCounts(space, cfg.max_examples)
+        for table in scored_batches(scores_uri):
+            counts.add(table, cfg.text_column, fmt, label_column, label_columns)
+        staging = Path(tmp) / "report"
+        report = build(counts, ckpt, cfg, staging / "figures")
+        commit_report(staging, output, report, render(report))
+    log.info("report: %s (macro-F1 %.3f over %d rows)", storage.join(output, "index.html"),
+             report["headline"]["f1_macro"], counts.rows)
+    return report
+
+
+def scored_batches(scores_uri: str, batch_rows: int = 8192):
+    """The scored parts of an output, one record batch at a time."""
+    fs, base = storage.resolve(scores_uri)
+    for name in sorted(n for n in storage.list_names(scores_uri) if n.endswith(".parquet")):
+        with fs.open_input_file(f"{base}/{name}") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch])
+
+
+def build(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, cfg: ReportConfig, fig_dir: Path) -> dict:
+    """Every number of the report (report.json) and the figures, named in report["figures"]."""
+    space = ckpt.space
+    names = space.names
+    curves = label_curves(counts)
+    per_label, averages = per_label_scores(counts)
+    at_half = per_label_scores(counts, at_half=True)[1] if counts.multi_label else None
+    calib = calibration(counts)
+    thresholds = dict(zip(names, space.thresholds, strict=True)) if counts.multi_label else None
+    for name, c in curves.items():
+        c["at_threshold"] = {"precision": per_label[name]["precision"], "recall": per_label[name]["recall"]}
+    history = [r.without_per_label().to_dict() for r in checkpoint.run_history(ckpt.uri, ckpt.meta)]
+    figs: dict[str, list[str]] = {"training": [], "confusion": [], "curves": [], "calibration": [], "words": []}
+    if history:
+        figs["training"].append(figures.training_curves(history, fig_dir))
+    if counts.multi_label:
+        figs["confusion"] += [figures.per_label_counts(per_label, counts.tuned_counts, names, fig_dir),
+                              figures.cooccurrence(counts.confusion, names, fig_dir)]
+    else:
+        figs["confusion"] += figures.confusion_matrices(counts.confusion, names, fig_dir)
+    figs["curves"] += [figures.pr_curves(curves, thresholds, fig_dir), figures.roc_curves(curves, fig_dir)]
+    figs["calibration"].append(figures.reliability(calib, fig_dir))
+    clouds = {}
+    for name in names:
+        pair = {}
+        for kind, words in (("true", counts.words_true[name]), ("predicted", counts.words_predicted[name])):
+            pair[kind] = figures.word_cloud(words, fig_dir, f"words_{figures.slug(name)}_{kind}.png")
+        clouds[name] = pair
+        figs["words"] += [f for f in pair.values() if f]
+    meta = ckpt.meta
+    return {
+        "kind": "evaluation", "checkpoint": ckpt.uri, "data": cfg.data, "task": space.task,
+        "headline": headline(counts, curves, averages, at_half, calib["expected_calibration_error"]),
+        "per_label": dict(sorted(per_label.items(), key=lambda kv: (kv[1]["f1-score"], kv[0]))),
+        "curves": {n: {k: v for k, v in c.items() if k in ("positives", "negatives", "average_precision",
+                                                            "roc_auc", "at_threshold")} for n, c in curves.items()},
+        "confusion": {"labels": names, "matrix": counts.confusion.tolist(),
+                      "kind": "label co-occurrence (true rows x predicted columns)" if counts.multi_label
+                      else "true rows x predicted columns"},
+        "per_label_counts": ({n: dict(zip(("tp", "fp", "fn"), map(int, counts.tuned_counts[j]), strict=True))
+                              for j, n in enumerate(names)} if counts.multi_label else None),
+        "calibration": calib, "top_confusions": top_confusions(counts),
+        "errors": [asdict(e) for e in counts.most_confident_errors()],
+        "word_clouds": clouds, "history": history, "figures": figs,
+        "card": {"model": meta.training_config.get("model"), "task": space.task, "labels": names,
+                 "thresholds": thresholds, "max_length": meta.max_length, "epoch": meta.epoch,
+                 "training_config": meta.training_config, "data": meta.data.to_dict() if meta.data else None,
+                 "versions": meta.versions},
+    }
+
+
+def render(r: dict) -> str:
+    """index.html from the report's numbers."""
+    hl = r["headline"]
+    multi_label = r["task"] == "multi_label"
+    metric_rows = [[k, v] for k, v in hl.items() if not k.endswith("_at_0.5")]
+    if multi_label:
+        metric_rows = [[k, v, hl.get(f"{k}_at_0.5")] for k, v in hl.items() if not k.endswith("_at_0.5")]
+    sections = [
+        h.section("Summary", h.table(["metric", "at the checkpoint's thresholds" if multi_label else "value",
+                                      *(["at 0.5"] if multi_label else [])], metric_rows), anchor="summary"),
+    ]
+    if r["figures"]["training"]:
+        sections.append(h.section("Training curves", *(h.figure(f, "per epoch: loss, F1, accuracy")
+                                                       for f in r["figures"]["training"]), anchor="training"))
+    sections.append(h.section(
+        "Per label (worst F1 first)",
+        h.table(["label", "precision", "recall", "F1", "support"],
+                [[n, s["precision"], s["recall"], s["f1-score"], int(s["support"])]
+                 for n, s in r["per_label"].items()]),
+        anchor="per-label"))
+    confusion_caption = ("per-label counts and true-vs-predicted co-occurrence" if multi_label
+                         else "confusion matrix")
+    sections.append(h.section("Confusion", *(h.figure(f, confusion_caption) for f in r["figures"]["confusion"]),
+                              anchor="confusion"))
+    sections.append(h.section("Precision-recall and ROC", *(h.figure(f, "per label") for f in r["figures"]["curves"]),
+                              anchor="curves"))
+    cal = r["calibration"]
+    sections.append(h.section(
+        "Calibration", h.paragraph(f"Expected calibration error {cal['expected_calibration_error']:.4f} "
+                                   f"({cal['of']}, {len(cal['bins'])} bins)."),
+        *(h.figure(f, "reliability diagram") for f in r["figures"]["calibration"]), anchor="calibration"))
+    clouds = []
+    for name, pair in r["word_clouds"].items():
+        for kind, f in pair.items():
+            caption = f"{name}: texts that carry it" if kind == "true" else f"{name}: texts predicted as it"
+            clouds.append(h.figure(f, caption) if f else h.paragraph(f"{name}: no {kind} texts", "muted"))
+    sections.append(h.section("Word clouds", *clouds, anchor="words"))
+    sections.append(h.section(
+        "Errors",
+        h.table(["true", "predicted instead", "rows"], [[c["true"], c["predicted"], c["count"]]
+                                                        for c in r["top_confusions"]]),
+        h.table(["confidence", "text", "true", "predicted", "worst mistake"],
+                [[e["confidence"], e["text"], ", ".join(e["true"]), ", ".join(e["predicted"]) or "(none)",
+                  e["worst"]] for e in r["errors"]]), anchor="errors"))
+    card = r["card"]
+    sections.append(h.section(
+        "Checkpoint card",
+        h.table(["field", "value"], [["checkpoint", r["checkpoint"]], ["model", card["model"]], ["task", card["task"]],
+                                     ["max_length", card["max_length"]], ["epoch", card["epoch"]],
+                                     ["data fingerprint", (card["data"] or {}).get("fingerprint")]]),
+        h.table(["label", "threshold"], [[n, (card["thresholds"] or {}).get(n, "argmax")] for n in card["labels"]]),
+        h.code_block({"training_config": card["training_config"], "versions": card["versions"]}), anchor="card"))
+    return h.page(f"Evaluation report: {r['checkpoint']}",
+                  f"{hl['rows']:,} rows of {r['data']}; {r['task']}, {len(card['labels'])} labels", sections)
