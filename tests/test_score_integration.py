@@ -10,13 +10,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, write_rows
+from conftest import make_rows, save_tiny_checkpoint, write_rows
 
-from bertclf import checkpoint, storage
+from bertclf import storage
 from bertclf.checkpoint import CheckpointError
 from bertclf.config import ScoreConfig
-from bertclf.labels import LabelSpace
-from bertclf.records import CheckpointMeta
 from bertclf.scoring import ScoreError, run
 
 THRESHOLDS = [0.45, 0.5, 0.55]
@@ -25,13 +23,7 @@ THRESHOLDS = [0.45, 0.5, 0.55]
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_model, tmp_path_factory):
     """A bertclf checkpoint of the tiny BERT with a 3-label multi-label head and per-label thresholds."""
-    from bertclf.modeling import build_classifier, load_tokenizer
-
-    space = LabelSpace("multi_label", ["anger", "fear", "joy"], THRESHOLDS)
-    directory = tmp_path_factory.mktemp("ckpt")
-    checkpoint.save_model_dir(directory, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
-                              CheckpointMeta(labels=space, max_length=32, epoch=1))
-    return directory
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), tiny_model, "multi_label", THRESHOLDS)
 
 
 @pytest.fixture

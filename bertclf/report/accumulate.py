@@ -15,7 +15,16 @@ import pyarrow as pa
 
 from bertclf.labels import LabelFormat, LabelSpace, encode_targets
 
-PROB_BINS = 1000  # resolution of the probability histograms (0.001)
+PROB_BINS = 2000  # probability histogram bins, equal-width in logit space: fine near 0 and 1, where most rows are
+_LOGIT_EDGES = np.linspace(-14.0, 14.0, PROB_BINS + 1)[1:-1]
+BIN_CENTERS = 1.0 / (1.0 + np.exp(-(np.linspace(-14.0, 14.0, PROB_BINS + 1)[:-1] + 14.0 / PROB_BINS)))
+
+
+def probability_bins(probs: np.ndarray) -> np.ndarray:
+    """The histogram bin of each probability (same shape, int64)."""
+    with np.errstate(divide="ignore"):
+        logits = np.log(probs) - np.log1p(-probs)
+    return np.searchsorted(_LOGIT_EDGES, logits, side="right").astype(np.int64)
 MAX_WORDS_PER_LABEL = 20_000  # word counters are pruned to this many words so memory stays bounded
 _WORD = re.compile(r"[a-z][a-z']+")
 
@@ -80,7 +89,7 @@ class EvaluationCounts:
         probs = np.column_stack([table[f"prob_{n}"].to_numpy(zero_copy_only=False) for n in names]).astype(np.float32)
         targets = encode_targets(table, self.space, fmt, label_column, label_columns)
         truth = targets > 0.5 if self.multi_label else np.eye(len(names), dtype=bool)[targets]
-        bins = np.minimum((probs * PROB_BINS).astype(np.int64), PROB_BINS - 1)
+        bins = probability_bins(probs.astype(np.float64))
         for j in range(len(names)):
             self.pos_hist[j] += np.bincount(bins[truth[:, j], j], minlength=PROB_BINS)
             self.neg_hist[j] += np.bincount(bins[~truth[:, j], j], minlength=PROB_BINS)

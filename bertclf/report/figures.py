@@ -128,7 +128,7 @@ def roc_curves(curves: dict[str, dict], directory: Path) -> str:
     for name, c in curves.items():
         if "fpr" in c:
             RocCurveDisplay(fpr=np.asarray(c["fpr"]), tpr=np.asarray(c["tpr"]), roc_auc=c["roc_auc"],
-                            name=name).plot(ax=ax, lw=1)
+                            name=name).plot(ax=ax)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.legend(fontsize=6, ncol=2, loc="lower right")
     ax.set_title("ROC curves, one per label")

@@ -13,10 +13,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from bertclf.report.accumulate import PROB_BINS, EvaluationCounts
+from bertclf.report.accumulate import BIN_CENTERS, PROB_BINS, EvaluationCounts
 
 CALIBRATION_BINS = 10
-_CENTERS = (np.arange(PROB_BINS) + 0.5) / PROB_BINS
+_CENTERS = BIN_CENTERS
 
 
 def _weighted_scores(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,12 +88,12 @@ def calibration(counts: EvaluationCounts) -> dict:
     else:
         positives, totals = counts.top_correct, counts.top_correct + counts.top_wrong
         kind = "top-1 probability"
-    per = PROB_BINS // CALIBRATION_BINS
+    coarse = np.minimum((_CENTERS * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
     bins = []
     ece = 0.0
     n_all = max(int(totals.sum()), 1)
     for b in range(CALIBRATION_BINS):
-        sl = slice(b * per, (b + 1) * per)
+        sl = coarse == b
         n = int(totals[sl].sum())
         if not n:
             bins.append({"low": b / CALIBRATION_BINS, "high": (b + 1) / CALIBRATION_BINS, "count": 0,
