@@ -1,4 +1,4 @@
-"""The `bertclf` command (train, score, predict, evaluate, report); jobs/*.py call the same `main`.
+"""The `bertclf` command (train, score, predict, evaluate, report, explain, serve); jobs/*.py call the same `main`.
 
 Flags override the YAML given with --config, which overrides the built-in defaults; `--set key=value`
 reaches every config key. The flags are made from the config dataclasses' fields (bertclf.config), so a new
@@ -21,6 +21,7 @@ from bertclf.config import (
     EvaluateConfig,
     ReportConfig,
     ScoreConfig,
+    ServeConfig,
     TrainConfig,
     literal_choices,
     load_config,
@@ -37,6 +38,7 @@ CONFIGS: dict[str, tuple[type, str]] = {
     "score": (ScoreConfig, "score a Parquet corpus with a checkpoint through Ray Data"),
     "evaluate": (EvaluateConfig, "metrics of a checkpoint on labelled Parquet (e.g. a test split)"),
     "report": (ReportConfig, "an HTML report: a checkpoint on labelled Parquet, or a scoring run (--scores)"),
+    "serve": (ServeConfig, "an online endpoint with Ray Serve: POST /predict, GET /healthz, GET /labels"),
 }
 
 
@@ -82,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("texts", nargs="+")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    x = sub.add_parser("explain", help="per-word Integrated Gradients attributions for a few texts")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("texts", nargs="+")
+    x.add_argument("--label", help="explain this label (default: each predicted label)")
+    x.add_argument("--steps", type=int, default=50, help="integration steps (more: smaller completeness gap)")
+    x.add_argument("--json", action="store_true", help="print JSON lines instead of the terminal view")
+    x.add_argument("--html", help="also write an HTML view (words shaded by attribution) to this file")
     return parser
 
 
@@ -143,6 +153,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         report = scores_report(cfg) if cfg.scores else evaluation_report(cfg)
         print(json.dumps({"report": storage_join(cfg.output, "index.html"), **report.get("headline", {})}, indent=2))
+        return 0
+    if args.command == "serve":
+        from bertclf.serve import serve_forever
+
+        serve_forever(config_from_args(args))
+        return 0
+    if args.command == "explain":
+        from bertclf import explain
+
+        explainer = explain.Explainer.load(args.checkpoint, steps=args.steps)
+        explanations = [e for text in args.texts for e in explainer.explain(text, args.label)]
+        print(explain.render_json(explanations) if args.json else explain.render_terminal(explanations))
+        if args.html:
+            with open(args.html, "w") as f:
+                f.write(explain.render_html_page(explanations))
         return 0
     if args.command == "predict":
         from bertclf.inference import predict_texts

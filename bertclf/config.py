@@ -26,8 +26,8 @@ Task = Literal["auto", "multi_label", "multi_class"]
 Precision = Literal["auto", "bf16", "fp32"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 
-__all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ReportConfig", "ScoreConfig", "TrainConfig",
-           "load_config"]
+__all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ReportConfig", "ScoreConfig", "ServeConfig",
+           "TrainConfig", "load_config"]
 
 
 def sample_data(name: str) -> str:
@@ -168,6 +168,30 @@ class ReportConfig(LabelledDataConfig):
     def validate(self) -> None:
         super().validate()
         _at_least_one(self, "max_examples")
+
+
+@dataclass
+class ServeConfig:
+    """An online endpoint for a checkpoint with Ray Serve: replicas, request batching and request limits."""
+
+    checkpoint: str = key("runs/demo/best", help="checkpoint URI (local or s3://)")
+    host: str = key("127.0.0.1", help="address the HTTP proxy binds (0.0.0.0 to listen on every interface)")
+    port: int = key(8000, help="HTTP port")
+    replicas: int = key(1, help="model replicas")
+    cpus_per_replica: float = key(1.0, help="CPUs (and torch threads) per replica")
+    gpus_per_replica: float = key(0.0, help="GPUs per replica (1 on GPU nodes)")
+    precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")
+    max_batch_size: int = key(64, help="texts batched into one forward pass at most (across requests)")
+    batch_wait_timeout_s: float = key(0.005, help="how long a batch waits to fill before it runs")
+    max_texts_per_request: int = key(256, help="texts one request may send; more get 413")
+    max_text_chars: int = key(10_000, help="characters one text may have; longer get 413")
+    ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+    def validate(self) -> None:
+        _check_choices(self)
+        _at_least_one(self, "port", "replicas", "max_batch_size", "max_texts_per_request", "max_text_chars")
+        if self.cpus_per_replica <= 0 or self.batch_wait_timeout_s < 0 or self.gpus_per_replica < 0:
+            raise ConfigError("cpus_per_replica must be > 0, gpus_per_replica and batch_wait_timeout_s >= 0")
 
 
 def _check_choices(config: Any) -> None:

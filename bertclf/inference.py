@@ -117,13 +117,16 @@ class Predictor:
         """(rows, labels) float32: sigmoid (multi-label) or softmax (multi-class) per text."""
         return self.probabilities_for_ids(self.token_ids(texts))
 
+    def predict(self, texts: list[str]) -> list[dict]:
+        """One dict per text: its predicted labels and every label's probability (highest first)."""
+        probs = self.probabilities(texts)
+        names = self.space.names
+        predicted = self.space.predict(probs)
+        return [{"text": t, "predicted": predicted[i],
+                 "probabilities": dict(sorted(zip(names, map(float, probs[i]), strict=True), key=lambda kv: -kv[1]))}
+                for i, t in enumerate(texts)]
+
 
 def predict_texts(checkpoint_uri: str, texts: list[str]) -> list[dict]:
-    """One dict per text: its predicted labels and every label's probability (highest first)."""
-    predictor = Predictor.load(checkpoint_uri, device="cpu")
-    probs = predictor.probabilities(texts)
-    names = predictor.space.names
-    predicted = predictor.space.predict(probs)
-    return [{"text": t, "predicted": predicted[i],
-             "probabilities": dict(sorted(zip(names, map(float, probs[i]), strict=True), key=lambda kv: -kv[1]))}
-            for i, t in enumerate(texts)]
+    """`bertclf predict`: the checkpoint's labels and probabilities for a few texts, in this process."""
+    return Predictor.load(checkpoint_uri, device="cpu").predict(texts)

@@ -48,11 +48,11 @@ def write_rows(path: Path | str, rows: list[dict], row_group_size: int | None = 
     pq.write_table(pa.Table.from_pylist(rows), str(path), row_group_size=row_group_size)
 
 
-def build_tiny_bert(directory: Path) -> Path:
+def build_tiny_bert(directory: Path, extra_words: tuple[str, ...] = ()) -> Path:
     """A random 2-layer BERT (hidden 32) and a WordPiece vocab covering the synthetic words."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    words = sorted({w for ws in LABEL_WORDS.values() for w in ws} | set(FILLER))
+    words = sorted({w for ws in LABEL_WORDS.values() for w in ws} | set(FILLER) | set(extra_words))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {tok: i for i, tok in enumerate(specials + words + list("abcdefghijklmnopqrstuvwxyz"))}
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)  # vocab=, not vocab_file= (transformers 5)
