@@ -162,6 +162,7 @@ class ReportConfig(LabelledDataConfig):
     scores_dir: str | None = key(None, help="where the evaluation data's scores are written (default: a temporary "
                                             "local directory; give a shared s3:// URI on a multi-node cluster)")
     max_examples: int = key(20, help="most confident wrong predictions listed")
+    explain_errors: int = key(5, help="of those, how many get an Integrated Gradients explanation (0: none)")
     num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 

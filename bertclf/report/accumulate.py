@@ -43,6 +43,7 @@ class ErrorExample:
     text: str = field(compare=False)
     true: list[str] = field(compare=False)
     predicted: list[str] = field(compare=False)
+    worst_label: str = field(compare=False)  # the label behind the mistake
     worst: str = field(compare=False)  # e.g. "joy predicted at 0.97" or "fear missed at 0.02"
 
 
@@ -148,7 +149,7 @@ class EvaluationCounts:
             example = ErrorExample(
                 confidence=float(margin[row, j]), text=texts[row] or "",
                 true=[names[k] for k in np.flatnonzero(truth[row])],
-                predicted=[names[k] for k in np.flatnonzero(predicted[row])],
+                predicted=[names[k] for k in np.flatnonzero(predicted[row])], worst_label=names[j],
                 worst=f"{names[j]} {kind} at p={probs[row, j]:.3f}")
             if len(self.errors) < self.max_examples:
                 heapq.heappush(self.errors, example)

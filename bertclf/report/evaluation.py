@@ -108,13 +108,28 @@ def build(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, cfg: Repo
         "per_label_counts": ({n: dict(zip(("tp", "fp", "fn"), map(int, counts.tuned_counts[j]), strict=True))
                               for j, n in enumerate(names)} if counts.multi_label else None),
         "calibration": calib, "top_confusions": top_confusions(counts),
-        "errors": [asdict(e) for e in counts.most_confident_errors()],
+        "errors": _explained_errors(counts, ckpt, cfg.explain_errors),
         "word_clouds": clouds, "history": history, "figures": figs,
         "card": {"model": meta.training_config.get("model"), "task": space.task, "labels": names,
                  "thresholds": thresholds, "max_length": meta.max_length, "epoch": meta.epoch,
                  "training_config": meta.training_config, "data": meta.data.to_dict() if meta.data else None,
                  "versions": meta.versions},
     }
+
+
+def _explained_errors(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, n: int) -> list[dict]:
+    """The most confident errors; the first `n` with word attributions for the label behind the mistake."""
+    errors = [asdict(e) for e in counts.most_confident_errors()]
+    if n and errors:
+        from bertclf.explain import Explainer, render_html
+
+        explainer = Explainer.load(ckpt.uri)
+        for error in errors[:n]:
+            (explanation,) = explainer.explain(error["text"], label=error["worst_label"])
+            error["explanation"] = {"label": explanation.label, "delta": explanation.delta,
+                                    "words": [asdict(w) for w in explanation.words],
+                                    "html": render_html(explanation)}
+    return errors
 
 
 def render(r: dict) -> str:
@@ -158,9 +173,10 @@ def render(r: dict) -> str:
         "Errors",
         h.table(["true", "predicted instead", "rows"], [[c["true"], c["predicted"], c["count"]]
                                                         for c in r["top_confusions"]]),
-        h.table(["confidence", "text", "true", "predicted", "worst mistake"],
+        h.table(["confidence", "text", "true", "predicted", "worst mistake", "why (Integrated Gradients)"],
                 [[e["confidence"], e["text"], ", ".join(e["true"]), ", ".join(e["predicted"]) or "(none)",
-                  e["worst"]] for e in r["errors"]]), anchor="errors"))
+                  e["worst"], h.Raw(e["explanation"]["html"]) if "explanation" in e else ""]
+                 for e in r["errors"]]), anchor="errors"))
     card = r["card"]
     sections.append(h.section(
         "Checkpoint card",

@@ -56,6 +56,10 @@ def number(value: object, digits: int = 3) -> str:
     return esc(value)
 
 
+class Raw(str):
+    """A table cell that is already HTML (e.g. an explanation view), inserted as is."""
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[object]], cls: str = "") -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
@@ -63,7 +67,10 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], cls: str = ""
         cells = []
         for v in row:
             numeric = isinstance(v, int | float) and not isinstance(v, bool) or v is None
-            cells.append(f'<td class="num">{number(v)}</td>' if numeric else f"<td>{esc(v)}</td>")
+            if isinstance(v, Raw):
+                cells.append(f"<td>{v}</td>")
+            else:
+                cells.append(f'<td class="num">{number(v)}</td>' if numeric else f"<td>{esc(v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
