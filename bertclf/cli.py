@@ -51,7 +51,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if not f.metadata.get("flag", True):
             continue
         hint = hints[f.name]
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help")}
+        help_text = f.metadata.get("help")
+        if f.default is not dataclasses.MISSING and f.default not in (None, False, "") and hint is not bool:
+            help_text = f"{help_text} (default: {f.default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
         options = typing.get_args(hint) or (hint,)
         if hint is bool:
             kwargs.update(action="store_true", default=None)

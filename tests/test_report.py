@@ -83,6 +83,10 @@ def test_multi_label_report_holds_curves_tables_counts_and_clouds(ray_local, run
     assert all(counts[n]["tp"] + counts[n]["fn"] == support[n] for n in NAMES)
     page = (out / "index.html").read_text()
     assert all(n in page for n in NAMES) and "Checkpoint card" in page and "Errors" in page
+    explained = [e for e in written["errors"] if "explanation" in e]
+    assert len(explained) == min(5, len(written["errors"])) > 0
+    assert all(e["explanation"]["label"] == e["worst_label"] for e in explained)
+    assert page.count('class="explanation"') == len(explained)
     assert "http://" not in page and "https://" not in page, "the page loads nothing from the network"
 
 
