@@ -198,6 +198,16 @@ class UnitCounts(Record):
     total: int
     scored_this_run: int
     already_done: int
+    rows_per_unit: int | None = None  # the unit plan's size (see UnitPlan)
+
+
+@dataclass
+class UnitPlan(Record):
+    """_plan.json of a scoring output, written before its first part: the unit size every re-run must use,
+    so a resumed run (on any number of actors) cuts the inputs into the same units and names."""
+
+    rows_per_unit: int
+    actors: int
 
 
 @dataclass

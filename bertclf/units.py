@@ -9,6 +9,7 @@ listing task wants a whole CPU and starves next to train workers on small nodes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,26 +34,31 @@ def file_metadata(uri: str) -> pq.FileMetaData:
         raise UnreadableFileError(f"{uri} is not a readable Parquet file: {exc}") from None
 
 
-def plan_units(files: list[str], rows_per_unit: int, threads: int = 16
-               ) -> tuple[list[WorkUnit], dict[str, str], dict[str, pa.Schema]]:
-    """Units for every readable file, plus {uri: error} for files whose footer can't be read, plus schemas."""
-    def _one(item: tuple[int, str]):
-        i, uri = item
+def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, pq.FileMetaData], dict[str, str]]:
+    """({uri: footer} for the readable files, {uri: error} for the others), read in parallel."""
+    def _one(uri: str):
         try:
-            return i, uri, file_metadata(uri), None
+            return uri, file_metadata(uri), None
         except UnreadableFileError as exc:
-            return i, uri, None, str(exc)
+            return uri, None, str(exc)
 
     with ThreadPoolExecutor(max_workers=min(threads, max(1, len(files)))) as pool:
-        results = list(pool.map(_one, enumerate(files)))
+        results = list(pool.map(_one, files))
+    return ({uri: meta for uri, meta, _ in results if meta is not None},
+            {uri: error for uri, _, error in results if error})
+
+
+def cut_units(files: list[str], footers: dict[str, pq.FileMetaData], rows_per_unit: int) -> list[WorkUnit]:
+    """Each readable file's row groups in runs of at most `rows_per_unit` rows (a larger group is a unit alone).
+
+    A file's units depend only on its own layout and `rows_per_unit`, so the same value always gives the same
+    units and output names.
+    """
     units: list[WorkUnit] = []
-    errors: dict[str, str] = {}
-    schemas: dict[str, pa.Schema] = {}
-    for i, uri, meta, error in results:
-        if error:
-            errors[uri] = error
+    for i, uri in enumerate(files):
+        meta = footers.get(uri)
+        if meta is None:
             continue
-        schemas[uri] = meta.schema.to_arrow_schema()
         group: list[int] = []
         rows = 0
         for g in range(meta.num_row_groups):
@@ -64,7 +70,21 @@ def plan_units(files: list[str], rows_per_unit: int, threads: int = 16
             rows += n
         if group:  # a file without row groups has no rows and so no unit
             units.append(WorkUnit(uri, tuple(group), rows, i))
-    return units, errors, schemas
+    return units
+
+
+def balanced_rows_per_unit(total_rows: int, workers: int, ceiling: int, units_per_worker: int = 4) -> int:
+    """Rows per unit so `workers` get about `units_per_worker` units each (never above `ceiling`): a small
+    corpus is still spread over every worker, and the last units to finish are short."""
+    return max(1, min(ceiling, math.ceil(total_rows / max(1, workers * units_per_worker))))
+
+
+def plan_units(files: list[str], rows_per_unit: int, threads: int = 16
+               ) -> tuple[list[WorkUnit], dict[str, str], dict[str, pa.Schema]]:
+    """Units for every readable file, plus {uri: error} for files whose footer can't be read, plus schemas."""
+    footers, errors = read_footers(files, threads)
+    schemas = {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()}
+    return cut_units(files, footers, rows_per_unit), errors, schemas
 
 
 def read_unit(unit: WorkUnit, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:

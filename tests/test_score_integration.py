@@ -75,7 +75,9 @@ def test_three_files_on_s3_scored_exactly_once_and_match_a_direct_forward_pass(
     manifest = storage.read_json(f"{out}/manifest.json")
     assert manifest["rows_in"] == manifest["rows_out"] == 600 and len(manifest["inputs"]) == 3
     assert manifest["labels"]["thresholds"] == THRESHOLDS and len(manifest["checkpoint"]["sha256"]) == 64
-    assert len(manifest["parts"]) == 6  # 4 row groups of 50 per file, 100 rows per unit
+    # 600 rows for 2 actors: units of at most ceil(600 / (2 x 4)) = 75 rows, so each row group of 50 is a unit
+    assert len(manifest["parts"]) == 12 and manifest["units"]["rows_per_unit"] == 75
+    assert summary.actors_used == 2
 
     scores = _read_scores(out)
     ids = scores["id"].to_pylist()
@@ -106,17 +108,30 @@ def test_crash_then_rerun_equals_a_clean_run_and_a_finished_output_is_left_alone
         (ray_local / "fail_unit").unlink()
     assert not storage.exists(f"{crashed}/_SUCCESS") and not storage.exists(f"{crashed}/manifest.json")
     left = storage.list_names(crashed)
-    assert sum(n.startswith("part-1") for n in left) == 0 and sum(n.startswith("part-") for n in left) == 4
+    assert sum(n.startswith("part-1") for n in left) == 0 and sum(n.startswith("part-") for n in left) == 8
+    assert "_plan.json" in left, "the unit plan is written before the first part"
 
-    resumed = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
-    assert resumed.units_scored == 2 and resumed.units_skipped == 4, "only the missing units are scored"
+    # resumed on one actor: the first run's unit plan is reused, so the units and names are the same
+    resumed = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed, num_actors=1))
+    assert resumed.units_scored == 4 and resumed.units_skipped == 8, "only the missing units are scored"
     assert _read_scores(crashed).equals(_read_scores(clean))
     assert storage.list_names(crashed) == storage.list_names(clean)
 
     again = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
     assert again.already_complete and again.rows_out == 0
     redo = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed, overwrite=True))
-    assert redo.units_scored == 6 and redo.rows_out == 600
+    assert redo.units_scored == 12 and redo.rows_out == 600
+
+
+def test_one_file_is_spread_over_every_actor(ray_local, tiny_checkpoint, tmp_path):
+    """A corpus of one file still keeps both actors busy: units are sized from the rows and the actor count."""
+    rows = [{"id": f"r{i}", "text": r["text"], "source": "one"} for i, r in enumerate(make_rows(400, 11, True))]
+    write_rows(tmp_path / "one.parquet", rows, row_group_size=50)
+    summary = run(ScoreConfig(checkpoint=str(tiny_checkpoint), input=str(tmp_path / "one.parquet"),
+                              output=str(tmp_path / "out")))  # default rows_per_unit (20,000) as the ceiling
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["units"]["total"] == 8 and manifest["units"]["rows_per_unit"] == 50
+    assert summary.actors_used == 2 and summary.rows_out == 400
 
 
 def test_corrupted_input_file_fails_by_name_and_keeps_other_outputs(ray_local, tiny_checkpoint, corpus, tmp_path):
@@ -125,7 +140,7 @@ def test_corrupted_input_file_fails_by_name_and_keeps_other_outputs(ray_local, t
     with pytest.raises(ScoreError, match=r"part-9\.parquet"):
         run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=output))
     names = storage.list_names(output)
-    assert "_SUCCESS" not in names and sum(n.endswith(".parquet") for n in names) == 6
+    assert "_SUCCESS" not in names and sum(n.endswith(".parquet") for n in names) == 12
 
 
 @pytest.mark.parametrize("policy,rows_out", [("score", 200), ("skip", 197)])

@@ -16,11 +16,13 @@ from bertclf import checkpoint, storage
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, resolve_date
 from bertclf.errors import DataError
-from bertclf.records import DriftReport, PartStats, UnitResult, WorkUnit
-from bertclf.resources import connect, plan_scoring
+from bertclf.records import DriftReport, PartStats, UnitPlan, UnitResult, WorkUnit
+from bertclf.resources import ScorePlan, connect, plan_scoring
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.manifest import SUCCESS, ScoreError, commit
-from bertclf.units import plan_units
+from bertclf.units import balanced_rows_per_unit, cut_units, read_footers
+
+PLAN = "_plan.json"
 
 log = logging.getLogger("bertclf")
 
@@ -36,6 +38,7 @@ class ScoreSummary:
     seconds: float = 0.0
     units_scored: int = 0
     units_skipped: int = 0
+    actors_used: int = 0
     already_complete: bool = False
     label_distribution: dict[str, float] = field(default_factory=dict)
     distribution_change: dict[str, float] | None = None
@@ -75,15 +78,18 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
 
     files = storage.list_parquet_files(inputs)
     ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
-    units, unreadable, schemas = plan_units(files, cfg.rows_per_unit)
-    passthrough = _check_columns(cfg, schemas)
+    footers, unreadable = read_footers(files)
+    passthrough = _check_columns(cfg, {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()})
     storage.check_writable(output)
 
     done = storage.list_names(output)
+    rows_per_unit = _unit_size(cfg, output, done, sum(m.num_rows for m in footers.values()))
+    units = cut_units(files, footers, rows_per_unit)
     todo = [u for u in units if u.name not in done]
     rows_total = sum(u.num_rows for u in units)
-    log.info("scoring %s: %d file(s), %d row(s) in %d unit(s); %d unit(s) already done; checkpoint %s",
-             output, len(files), rows_total, len(units), len(units) - len(todo), cfg.checkpoint)
+    log.info("scoring %s: %d file(s), %d row(s) in %d unit(s) of at most %d rows; %d unit(s) already done; "
+             "checkpoint %s", output, len(files), rows_total, len(units), rows_per_unit, len(units) - len(todo),
+             cfg.checkpoint)
 
     t_score = time.perf_counter()
     failures = dict(unreadable)
@@ -101,10 +107,11 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     stats: list[PartStats] = [scored[u.name].stats if u.name in scored
                               else read_part_stats(storage.join(output, u.name)) for u in units]
     manifest = commit(cfg, ckpt, output, date, files, units, stats, {n: r.seconds for n, r in scored.items()},
-                      set(scored), score_seconds, time.perf_counter() - t_start)
+                      set(scored), score_seconds, time.perf_counter() - t_start, rows_per_unit)
     return ScoreSummary(output=output, rows_in=manifest.rows_in, rows_out=manifest.rows_out,
                         rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
                         units_scored=len(scored), units_skipped=len(units) - len(scored),
+                        actors_used=len({r.actor_pid for r in scored.values()}),
                         label_distribution=manifest.predicted_label_distribution,
                         distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift)
 
@@ -119,6 +126,31 @@ def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
         if out.startswith(base) or base.startswith(out):
             raise DataError(f"output {output} is inside the input {src} (or contains it): a re-run would read "
                              "its own scores; choose an output outside the input prefix")
+
+
+def _unit_size(cfg: ScoreConfig, output: str, done: set[str], rows: int) -> int:
+    """Rows per unit for this output: the plan of the run that started it, else sized so every scoring actor
+    gets several units (at most `cfg.rows_per_unit`), recorded in _plan.json before the first part lands."""
+    if PLAN in done:
+        plan = UnitPlan.from_json(storage.read_bytes(storage.join(output, PLAN)))
+        log.info("resuming %s with its unit plan: %d rows per unit", output, plan.rows_per_unit)
+        return plan.rows_per_unit
+    if any(name.endswith(".parquet") for name in done):
+        return cfg.rows_per_unit  # parts written before unit plans existed were cut at the configured size
+    actors = _actor_plan(cfg).num_actors
+    plan = UnitPlan(rows_per_unit=balanced_rows_per_unit(rows, actors, cfg.rows_per_unit), actors=actors)
+    storage.write_bytes(storage.join(output, PLAN), plan.to_json().encode())
+    return plan.rows_per_unit
+
+
+def _actor_plan(cfg: ScoreConfig, units: int | None = None) -> ScorePlan:
+    """The scoring actors for this cluster; with fewer units than actors, fewer actors with more threads each."""
+    cluster = connect(cfg.ray_address)
+    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor)
+    if units is not None and units < plan.num_actors and not plan.use_gpu and cfg.cpus_per_actor is None:
+        per = max(1.0, float(int(cluster.get("CPU", 1) // max(1, units))))
+        plan = plan_scoring(cluster, units, per)
+    return plan
 
 
 def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
@@ -141,7 +173,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     import ray.data
 
     cluster = connect(cfg.ray_address)
-    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor)
+    plan = _actor_plan(cfg, len(todo))
     size = min(plan.num_actors, len(todo))
     log.info("resources: cluster has CPU=%s GPU=%s; plan: %s (using %d for %d unit(s))",
              cluster.get("CPU", 0), cluster.get("GPU", 0), plan.describe(), size, len(todo))

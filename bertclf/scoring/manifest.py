@@ -37,7 +37,7 @@ class ScoreError(RuntimeError):
 
 def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str],
            units: list[WorkUnit], stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
-           score_seconds: float, total_seconds: float) -> Manifest:
+           score_seconds: float, total_seconds: float, rows_per_unit: int | None = None) -> Manifest:
     """Check rows in == rows out (+ skipped empties), then write manifest.json and, last, _SUCCESS."""
     rows_in = sum(s.rows_in for s in stats)
     rows_out = sum(s.rows_out for s in stats)
@@ -76,7 +76,7 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
         rows_per_s=scored_rows / score_seconds if score_seconds else None,
         timings={"scoring_seconds": score_seconds, "total_seconds": total_seconds},
         units=UnitCounts(total=len(units), scored_this_run=len(scored_names),
-                         already_done=len(units) - len(scored_names)),
+                         already_done=len(units) - len(scored_names), rows_per_unit=rows_per_unit),
         config=asdict(cfg), versions=versions(), score_histograms=histograms, drift=drift,
     )
     storage.write_bytes(storage.join(output, MANIFEST), (manifest.to_json(indent=2) + "\n").encode())
