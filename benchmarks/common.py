@@ -256,6 +256,16 @@ class MemorySampler:
             stack.extend(children.get(pid, ()))
         return out
 
+    def rss_now_mb(self) -> float:
+        """The summed RSS of the tracked processes right now (peaks untouched)."""
+        total = 0
+        for pid in self._pids():
+            try:
+                total += self.psutil.Process(pid).memory_info().rss
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
+                continue
+        return round(total / 2**20, 1)
+
     def sample(self) -> None:
         ps = self.psutil
         with_pss = self.samples % self.pss_every == 0

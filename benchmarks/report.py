@@ -185,6 +185,19 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                    num(r.get("speedup_vs_fixed_padding"), 2),
                    "-" if r.get("time_to_macro_f1_0_35") is None else f"{r['time_to_macro_f1_0_35']:.0f} s"]
                   for r in train])]
+    serve = [r for (b, _), r in groups.items() if b == "serve"]
+    if serve:
+        parts += ["", "Serving (`benchmarks/serve.py`: `bertclf serve` on 127.0.0.1 under concurrent clients, against "
+                  "`Predictor.predict` in one process on the same texts):", "",
+                  markdown_table(
+                      ["CPU class", "date", "precision", "replicas x clients", "texts/request", "requests/s", "texts/s",
+                       "vs in-process", "p50 / p95 / p99 ms", "failed / lost", "memory, 2nd half / 1st"],
+                      [[r["cpu_class"], str(r.get("started", ""))[:10], r.get("precision", "-"),
+                        f"{r.get('replicas')} x {r.get('concurrency')}", str(run["texts_per_request"]),
+                        num(run["requests_per_s"], 1), num(run["texts_per_s"], 1), num(run["vs_in_process"], 2),
+                        " / ".join(num(run["latency_ms"][k], 0) for k in ("p50", "p95", "p99")),
+                        f"{run['failed']} / {run['lost_answers']}", num(run.get("memory_growth_second_half"), 3)]
+                       for r in serve for run in r["runs"]])]
     return "\n".join(parts)
 
 

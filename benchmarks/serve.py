@@ -3,8 +3,8 @@ code in this process, measured in the same run.
 
 For each request size (1 and 32 texts) a fixed number of requests is sent by concurrent client threads, with a
 time limit; every answer is checked (HTTP 200, one prediction per text sent). Reported: requests/s, texts/s,
-p50/p95/p99 latency, failed and lost answers, and the RSS of every process of the benchmark's Ray session
-before and after the load (memory flat = the ratio stays near 1).
+p50/p95/p99 latency, failed and lost answers, and the RSS of every process of the benchmark's Ray session after
+each half of each run (memory flat = the second half ends where the first did; after a warm-up).
 
     python benchmarks/serve.py --checkpoint runs/youtube/best --requests 300 --concurrency 8
 """
@@ -58,7 +58,8 @@ def post(url: str, texts: list[str]) -> tuple[int, int, float]:
         return 0, 0, time.perf_counter() - t0
 
 
-def load_run(url: str, texts: list[str], size: int, requests: int, concurrency: int, time_limit: float) -> dict:
+def load_run(url: str, texts: list[str], size: int, requests: int, concurrency: int, time_limit: float,
+             offset: int = 0) -> dict:
     """Send `requests` requests of `size` texts from `concurrency` threads, stopping at `time_limit` s."""
     deadline = time.perf_counter() + time_limit
     lock = threading.Lock()
@@ -69,7 +70,7 @@ def load_run(url: str, texts: list[str], size: int, requests: int, concurrency: 
         nonlocal failed, lost, sent
         if time.perf_counter() > deadline:
             return
-        batch = [texts[(i * size + k) % len(texts)] for k in range(size)]
+        batch = [texts[((offset + i) * size + k) % len(texts)] for k in range(size)]
         status, answered, seconds = post(url, batch)
         with lock:
             sent += 1
@@ -89,6 +90,25 @@ def load_run(url: str, texts: list[str], size: int, requests: int, concurrency: 
             "texts_per_s": round(sent * size / wall, 1),
             "latency_ms": {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99)},
             "stopped_by_time_limit": sent < requests}
+
+
+def flat_memory_run(url: str, texts: list[str], size: int, args: argparse.Namespace, sampler) -> dict:
+    """A load run in two halves, with the session's RSS after each: growth in the second half means a leak."""
+    first = load_run(url, texts, size, args.requests // 2, args.concurrency, args.time_limit / 2)
+    after_first = sampler.rss_now_mb()
+    second = load_run(url, texts, size, args.requests - args.requests // 2, args.concurrency, args.time_limit / 2,
+                      offset=args.requests // 2)
+    after_second = sampler.rss_now_mb()
+    both = [first, second]
+    sent = sum(r["requests_sent"] for r in both)
+    wall = sum(r["seconds"] for r in both)
+    return {"texts_per_request": size, "requests_sent": sent, "failed": sum(r["failed"] for r in both),
+            "lost_answers": sum(r["lost_answers"] for r in both), "seconds": round(wall, 2),
+            "requests_per_s": round(sent / wall, 2), "texts_per_s": round(sent * size / wall, 1),
+            "latency_ms_halves": [first["latency_ms"], second["latency_ms"]], "latency_ms": second["latency_ms"],
+            "memory_after_first_half_mb": after_first, "memory_after_second_half_mb": after_second,
+            "memory_growth_second_half": round(after_second / after_first, 3),
+            "stopped_by_time_limit": any(r["stopped_by_time_limit"] for r in both)}
 
 
 def in_process_rate(checkpoint: str, texts: list[str], size: int, precision: str, seconds: float = 20.0) -> float:
@@ -130,13 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     url = start(ServeConfig(checkpoint=str(Path(args.checkpoint).resolve()), port=port, replicas=replicas,
                             cpus_per_replica=max(1.0, cpus / replicas) if replicas <= cpus else 1.0,
                             precision=args.precision))
-    post(url, texts[:4])  # the replicas are up and warm
+    for size in sizes:  # warm-up: replicas, batch shapes and allocator pools reach their steady state
+        load_run(url, texts, size, 2 * args.concurrency, args.concurrency, args.time_limit)
     sampler = bc.MemorySampler(session)
-    sampler.sample()
-    memory_before = sampler.peak_rss / 2**20
-    sampler.peak_rss = 0
+    memory_before = sampler.rss_now_mb()
     sampler.start()
-    runs = [load_run(url, texts, size, args.requests, args.concurrency, args.time_limit) for size in sizes]
+    runs = [flat_memory_run(url, texts, size, args, sampler) for size in sizes]
     memory = sampler.stop()
     serve.shutdown()
     bc.stop_ray()
@@ -145,16 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         run["vs_in_process"] = round(run["texts_per_s"] / baseline[run["texts_per_request"]], 3)
         print(f"[bench] {run['texts_per_request']:>3} text(s)/request: {run['requests_per_s']} req/s, "
               f"{run['texts_per_s']} texts/s ({run['vs_in_process']}x in-process), latency {run['latency_ms']}, "
-              f"failed {run['failed']}, lost {run['lost_answers']}", flush=True)
-    result = {"benchmark": "serve", "started": started, "machine": machine, "cpu_class": machine["cpu_class"],
+              f"failed {run['failed']}, lost {run['lost_answers']}, memory {run['memory_after_first_half_mb']} -> "
+              f"{run['memory_after_second_half_mb']} MB", flush=True)
+    result = {"benchmark": "serve", "date": started[:10], "started": started, "machine": machine,
+              "cpu_class": machine["cpu_class"],
               "precision": precision, "checkpoint": args.checkpoint, "replicas": replicas,
               "concurrency": args.concurrency, "runs": runs, "memory_before_load_mb": round(memory_before, 1),
               "memory_peak_during_load_mb": memory["peak_rss_mb"],
-              "memory_ratio": round(memory["peak_rss_mb"] / memory_before, 3) if memory_before else None,
+              "memory_growth_second_half": max(r["memory_growth_second_half"] for r in runs),
               "versions": bc.versions(), "warning": bc.contention_warning(machine)}
     path = bc.result_path("serve", machine, started, args.json)
     bc.write_json(path, result)
-    print(f"[bench] wrote {path}", flush=True)
     return 0 if all(r["failed"] == 0 and r["lost_answers"] == 0 for r in runs) else 1
 
 
