@@ -83,4 +83,7 @@ def test_manifest_of_format_1_reads():
     }
     read = Manifest.from_dict(manifest)
     assert read.parts[0].seconds is None and read.empty_texts.policy == "score" and read.labels.names == ["x", "y"]
-    assert {k: v for k, v in read.to_dict().items() if k != "format"} == manifest
+    written = read.to_dict()
+    assert {k: written[k] for k in manifest if k != "units"} == {k: v for k, v in manifest.items() if k != "units"}
+    assert written["units"] == {**manifest["units"], "rows_per_unit": None}
+    assert written["drift"] is None and written["score_histograms"] == {}, "fields added since format 1 default"

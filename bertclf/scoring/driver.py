@@ -148,7 +148,11 @@ def _actor_plan(cfg: ScoreConfig, units: int | None = None) -> ScorePlan:
     cluster = connect(cfg.ray_address)
     plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor)
     if units is not None and units < plan.num_actors and not plan.use_gpu and cfg.cpus_per_actor is None:
-        per = max(1.0, float(int(cluster.get("CPU", 1) // max(1, units))))
+        import ray
+
+        # only CPUs free now: asking for CPUs another job (a Serve replica, a trainer) holds would wait forever
+        free = min(cluster.get("CPU", 1), ray.available_resources().get("CPU", 0))
+        per = max(1.0, float(int(free // max(1, units))))
         plan = plan_scoring(cluster, units, per)
     return plan
 
