@@ -155,7 +155,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = config_from_args(args)
         report = scores_report(cfg) if cfg.scores else evaluation_report(cfg)
-        print(json.dumps({"report": storage_join(cfg.output, "index.html"), **report.get("headline", {})}, indent=2))
+        from bertclf import storage
+
+        page = storage.join(storage.absolute(cfg.output), "index.html")
+        print(json.dumps({"report": page, **report.get("headline", {})}, indent=2))
         return 0
     if args.command == "serve":
         from bertclf.serve import serve_forever
@@ -178,12 +181,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(render_predictions(predict_texts(args.checkpoint, args.texts), as_json=args.json))
         return 0
     raise AssertionError(args.command)
-
-
-def storage_join(uri: str, name: str) -> str:
-    from bertclf import storage
-
-    return storage.join(storage.absolute(uri), name)
 
 
 def render_predictions(rows: list[dict], as_json: bool = False, top: int = 5) -> str:

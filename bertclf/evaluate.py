@@ -3,6 +3,8 @@ checks on labelled data that the evaluation report shares."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -60,12 +62,11 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     """
     cfg.validate()
     if cfg.report:
-        from bertclf.config import ReportConfig
+        from bertclf.config import LabelledDataConfig, ReportConfig
         from bertclf.report import evaluation_report
 
-        report = evaluation_report(ReportConfig(
-            checkpoint=cfg.checkpoint, data=cfg.data, output=cfg.report, text_column=cfg.text_column,
-            label_column=cfg.label_column, label_columns=cfg.label_columns))
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(LabelledDataConfig)}
+        report = evaluation_report(ReportConfig(**shared, output=cfg.report))
         return {"checkpoint": cfg.checkpoint, "report": cfg.report, **report["headline"],
                 "per_label": report["per_label"]}
     predictor = Predictor.load(cfg.checkpoint, device="cpu")

@@ -82,7 +82,7 @@ def build(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, cfg: Repo
     if history:
         figs["training"].append(figures.training_curves(history, fig_dir))
     if counts.multi_label:
-        figs["confusion"] += [figures.per_label_counts(per_label, counts.tuned_counts, names, fig_dir),
+        figs["confusion"] += [figures.per_label_counts(counts.tuned_counts, names, fig_dir),
                               figures.cooccurrence(counts.confusion, names, fig_dir)]
     else:
         figs["confusion"] += figures.confusion_matrices(counts.confusion, names, fig_dir)

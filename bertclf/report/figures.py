@@ -86,7 +86,7 @@ def cooccurrence(matrix: np.ndarray, names: list[str], directory: Path) -> str:
     return _save(fig, directory, "label_cooccurrence.png")
 
 
-def per_label_counts(per_label: dict[str, dict], counts: np.ndarray, names: list[str], directory: Path) -> str:
+def per_label_counts(counts: np.ndarray, names: list[str], directory: Path) -> str:
     """Multi-label: true positives, false positives and false negatives per label."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4))
     x = np.arange(len(names))

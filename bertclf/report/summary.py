@@ -16,13 +16,12 @@ from sklearn.metrics import (
 from bertclf.report.accumulate import BIN_CENTERS, PROB_BINS, EvaluationCounts
 
 CALIBRATION_BINS = 10
-_CENTERS = BIN_CENTERS
 
 
 def _weighted_scores(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(y_true, score, weight) with one entry per non-empty bin of positives and of negatives."""
     y = np.concatenate([np.ones(PROB_BINS, dtype=np.int64), np.zeros(PROB_BINS, dtype=np.int64)])
-    score = np.concatenate([_CENTERS, _CENTERS])
+    score = np.concatenate([BIN_CENTERS, BIN_CENTERS])
     weight = np.concatenate([pos, neg]).astype(np.float64)
     keep = weight > 0
     return y[keep], score[keep], weight[keep]
@@ -88,7 +87,7 @@ def calibration(counts: EvaluationCounts) -> dict:
     else:
         positives, totals = counts.top_correct, counts.top_correct + counts.top_wrong
         kind = "top-1 probability"
-    coarse = np.minimum((_CENTERS * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
+    coarse = np.minimum((BIN_CENTERS * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
     bins = []
     ece = 0.0
     n_all = max(int(totals.sum()), 1)
@@ -99,7 +98,7 @@ def calibration(counts: EvaluationCounts) -> dict:
             bins.append({"low": b / CALIBRATION_BINS, "high": (b + 1) / CALIBRATION_BINS, "count": 0,
                          "confidence": None, "accuracy": None})
             continue
-        confidence = float((totals[sl] * _CENTERS[sl]).sum() / n)
+        confidence = float((totals[sl] * BIN_CENTERS[sl]).sum() / n)
         accuracy = float(positives[sl].sum() / n)
         ece += n / n_all * abs(accuracy - confidence)
         bins.append({"low": b / CALIBRATION_BINS, "high": (b + 1) / CALIBRATION_BINS, "count": n,

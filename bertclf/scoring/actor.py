@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from bertclf import storage
 from bertclf.errors import DataError
 from bertclf.records import PartStats, UnitResult, WorkUnit
-from bertclf.scoring.drift import add_histograms, probability_histograms
+from bertclf.scoring.drift import HIST_BINS, probability_histograms
 from bertclf.units import file_metadata, read_unit
 
 PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
@@ -87,7 +87,7 @@ class UnitScorer:
         """Score one unit into a local Parquet file and commit it whole under the unit's name."""
         s = self.settings
         counts: Counter[str] = Counter()
-        histograms: dict[str, list[int]] = probability_histograms(self.space.names, np.empty((0, 0)))
+        histograms = np.zeros((len(self.space.names), HIST_BINS), dtype=np.int64)
         rows_in = rows_out = empty = tokens = 0
         columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
@@ -100,7 +100,7 @@ class UnitScorer:
                 empty += n_empty
                 out, probs, n_tokens = self._score_table(table)
                 tokens += n_tokens
-                histograms = add_histograms(histograms, probability_histograms(self.space.names, probs))
+                histograms += probability_histograms(probs)
                 rows_out += out.num_rows
                 counts.update(pc.list_flatten(out["predicted"]).to_pylist())
                 if writer is None:
@@ -108,7 +108,7 @@ class UnitScorer:
                 writer.write_table(out)
             stats = PartStats(unit=unit.name, input=unit.uri, row_groups=list(unit.row_groups), rows_in=rows_in,
                               rows_out=rows_out, empty_texts=empty, label_counts=dict(counts), tokens=tokens,
-                              prob_histograms=histograms)
+                              prob_histograms=dict(zip(self.space.names, histograms.tolist(), strict=True)))
             if writer is None:  # every row skipped as empty: still commit a valid, empty part
                 schema = file_metadata(unit.uri).schema.to_arrow_schema()
                 writer = pq.ParquetWriter(local, self._empty_output(schema), compression="zstd")

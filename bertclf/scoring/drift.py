@@ -17,12 +17,10 @@ HIST_BINS = 20  # equal-width probability bins in [0, 1]
 EPSILON = 1e-4  # smoothing for empty bins: PSI's log needs both shares > 0
 
 
-def probability_histograms(names: list[str], probs: np.ndarray) -> dict[str, list[int]]:
-    """Counts of each label's probabilities in HIST_BINS equal bins (1.0 falls in the last)."""
-    if probs.size == 0:
-        return {n: [0] * HIST_BINS for n in names}
+def probability_histograms(probs: np.ndarray) -> np.ndarray:
+    """(labels, HIST_BINS) counts of each label's probabilities in equal bins (1.0 falls in the last)."""
     bins = np.minimum((probs * HIST_BINS).astype(np.int64), HIST_BINS - 1)
-    return {n: np.bincount(bins[:, j], minlength=HIST_BINS).tolist() for j, n in enumerate(names)}
+    return np.stack([np.bincount(bins[:, j], minlength=HIST_BINS) for j in range(probs.shape[1])])
 
 
 def add_histograms(total: dict[str, list[int]], more: dict[str, list[int]]) -> dict[str, list[int]]:

@@ -16,7 +16,6 @@ from bertclf.dates import fill_date, has_date
 from bertclf.errors import RecordError
 from bertclf.records import (
     CheckpointRef,
-    DriftReport,
     EmptyTexts,
     InputRows,
     Manifest,
@@ -107,4 +106,4 @@ def _share_change(distribution: dict[str, float], previous: Manifest | None) -> 
     return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(distribution))}
 
 
-__all__ = ["MANIFEST", "SUCCESS", "DriftReport", "ScoreError", "commit", "previous_manifest", "read_manifest"]
+__all__ = ["MANIFEST", "SUCCESS", "ScoreError", "commit", "previous_manifest", "read_manifest"]
