@@ -31,7 +31,7 @@ bc.setup_env()
 
 FLOPS_NOTE = ("flops_per_token = 2*P_encoder + 4*n_layers*hidden*avg_tokens + 2*P_head/avg_tokens: P_encoder = the "
               "transformer layers' parameters (embeddings are lookups), the attention term counts Q.K^T and A.V at "
-              "the mean real length, P_head (bertclf.modeling.head_parameter_names) runs once per sequence; "
+              "the mean real length, P_head (bertclf.modeling.head_modules) runs once per sequence; "
               "padding is not counted")
 
 
@@ -121,7 +121,7 @@ def baseline_worker(spec_path: str) -> None:
     import torch
     from transformers import pipeline
 
-    from bertclf.modeling import head_parameter_names, load_tokenizer
+    from bertclf.modeling import head_parameter_ids, load_tokenizer
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
@@ -161,10 +161,10 @@ def baseline_worker(spec_path: str) -> None:
     padded_baseline = sum(int(lengths[i:i + bs].max()) * len(lengths[i:i + bs]) for i in range(0, len(lengths), bs))
 
     model = clf.model
-    head = head_parameter_names(model)
+    head = head_parameter_ids(model)
     params = {"embeddings": 0, "encoder": 0, "head": 0}
     for name, param in model.named_parameters():
-        kind = "head" if name in head else "embeddings" if ".embeddings." in f".{name}" else "encoder"
+        kind = "head" if id(param) in head else "embeddings" if ".embeddings." in f".{name}" else "encoder"
         params[kind] += param.numel()
     cfg = model.config
     np.save(out / "probs.npy", probs)

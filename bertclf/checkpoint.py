@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from bertclf.records import CheckpointMeta, EpochRecord
 MARKER = "bertclf.json"
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
+ADAPTER_DIR = "adapter"  # peft's adapter files (bertclf.adapters)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -40,11 +43,16 @@ class LoadedCheckpoint:
         return self.meta.max_length
 
     def fingerprint(self) -> str:
-        """sha256 of the weights, so scores can be traced to the exact model that made them."""
+        """sha256 of the weights (and the adapter's, when it has one), so scores can be traced to the exact model
+        that made them."""
         h = hashlib.sha256()
-        with open(self.local_dir / "model.safetensors", "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        files = [self.local_dir / "model.safetensors"]
+        if self.meta.tuning.adapter:
+            files.append(self.local_dir / self.meta.tuning.adapter / ADAPTER_WEIGHTS)
+        for path in files:
+            with open(path, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    h.update(block)
         return h.hexdigest()
 
 
@@ -67,8 +75,10 @@ def versions() -> dict[str, str]:
 
 def save_model_dir(directory: Path, model, tokenizer, meta: CheckpointMeta) -> None:
     """Write model (safetensors), tokenizer and, last, bertclf.json into a local directory."""
+    from bertclf import adapters
+
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    adapters.save(directory, model)
     tokenizer.save_pretrained(directory)
     (directory / MARKER).write_text(dataclasses.replace(meta, versions=versions()).to_json(indent=2))
 
@@ -100,6 +110,16 @@ def load_train_state(directory: Path, optimizer, scheduler) -> dict:
     optimizer.load_state_dict({"state": per_param, "param_groups": extra.pop("param_groups")})
     scheduler.load_state_dict(extra.pop("scheduler"))
     return extra
+
+
+def strip_training_state(directory: Path) -> None:
+    """What only resuming needs leaves a checkpoint before it is published: optimizer state, and a LoRA adapter
+    that is already merged into the weights (a prefix adapter stays: the model needs it)."""
+    for name in (TRAIN_STATE_TENSORS, TRAIN_STATE_JSON):
+        (directory / name).unlink(missing_ok=True)
+    meta = CheckpointMeta.from_json((directory / MARKER).read_text())
+    if meta.tuning.adapter is None:
+        shutil.rmtree(directory / ADAPTER_DIR, ignore_errors=True)
 
 
 def load(uri: str) -> LoadedCheckpoint:

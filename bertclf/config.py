@@ -24,6 +24,7 @@ PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 
 Task = Literal["auto", "multi_label", "multi_class"]
 Precision = Literal["auto", "bf16", "fp32"]
+Method = Literal["full", "lora", "prefix"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 
 __all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ReportConfig", "ScoreConfig", "ServeConfig",
@@ -60,6 +61,16 @@ class TrainConfig:
     label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
     validation_fraction: float = key(0.1, help="share of rows held out when no validation data is given",
                                      flag=False)
+    method: Method = key("full", help="full: every weight trains; lora: low-rank adapters (merged into the weights "
+                                      "when published); prefix: prefix-tuning (the checkpoint keeps an adapter)")
+    lora_rank: int = key(8, help="LoRA rank r")
+    lora_alpha: float = key(16.0, help="LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = key(0.1, help="dropout on the LoRA input", flag=False)
+    lora_target_modules: list[str] = key(factory=lambda: ["query", "value"],
+                                         help="comma-separated names of the linear layers LoRA adapts")
+    prefix_length: int = key(20, help="prefix-tuning: virtual tokens prepended to every layer's keys and values")
+    adapter_learning_rate: float | None = key(None, help="LoRA / prefix weights' learning rate; none: 1e-3 "
+                                                         "for lora, 1e-2 for prefix")
     epochs: int = key(3, help="training epochs")
     num_workers: int = key(2, help="Ray Train workers (GPUs on GPU clusters)")
     batch_size: int = key(32, help="rows per batch, per worker")
@@ -86,7 +97,15 @@ class TrainConfig:
     def validate(self) -> None:
         _check_choices(self)
         _at_least_one(self, "epochs", "num_workers", "batch_size", "max_length", "checkpoint_every",
-                      "length_group_batches")
+                      "length_group_batches", "lora_rank", "prefix_length")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.method == "lora" and not self.lora_target_modules:
+            raise ConfigError("lora_target_modules is empty: name the linear layers LoRA adapts (e.g. query,value)")
+        for name in ("learning_rate", "head_learning_rate", "adapter_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
         if self.max_failures < 0:

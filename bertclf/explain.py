@@ -53,6 +53,8 @@ class Explainer:
     def __init__(self, predictor: Predictor, steps: int = DEFAULT_STEPS):
         from captum.attr import LayerIntegratedGradients
 
+        from bertclf.adapters import hf_model
+
         self.predictor = predictor
         self.steps = steps
         model = predictor.model
@@ -60,7 +62,7 @@ class Explainer:
         def label_logit(input_ids, attention_mask, target):
             return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, target]
 
-        self._lig = LayerIntegratedGradients(label_logit, model.base_model.embeddings)
+        self._lig = LayerIntegratedGradients(label_logit, hf_model(model).base_model.embeddings)
 
     @classmethod
     def load(cls, checkpoint_uri: str, steps: int = DEFAULT_STEPS) -> Explainer:

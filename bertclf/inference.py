@@ -101,7 +101,7 @@ class Predictor:
 
         ckpt = checkpoint.load(checkpoint_uri)
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, tokenizer = load_for_inference(ckpt.local_dir, target)
+        model, tokenizer = load_for_inference(ckpt.local_dir, target, ckpt.meta.tuning.adapter)
         return cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
                    max_tokens, max_rows)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from bertclf import storage
 from bertclf.config import PACKAGED_MODEL
@@ -103,25 +104,33 @@ def _should_reinit_pooler(model_dir: str, setting: bool | None) -> bool:
     return setting
 
 
-def head_parameter_names(model) -> set[str]:
-    """Parameters of the classification head and pooler: new (or re-initialized) weights that need a larger
-    learning rate than the pretrained encoder."""
-    prefix = model.base_model_prefix + "."
-    return {n for n, _ in model.named_parameters() if not n.startswith(prefix) or ".pooler." in n}
+def head_modules(model) -> dict[str, Any]:
+    """The classification head and the pooler by name: new (or re-initialized) weights that run once per text.
+
+    Every child beside the encoder that has weights (`classifier`, DistilBERT's `pre_classifier` too), and the
+    encoder's pooler. They take a larger learning rate than the pretrained encoder, train under every method,
+    and run in fp32."""
+    base = model.base_model
+    heads = {name: child for name, child in model.named_children()
+             if child is not base and next(child.parameters(), None) is not None}
+    if getattr(base, "pooler", None) is not None:
+        heads["pooler"] = base.pooler
+    return heads
+
+
+def head_parameter_ids(model) -> set[int]:
+    """id() of every head and pooler parameter (names differ once peft wraps the model; identities don't)."""
+    return {id(p) for module in head_modules(model).values() for p in module.parameters()}
 
 
 def keep_head_in_fp32(model) -> None:
     """Run the pooler and classifier in fp32 even under bf16 autocast: they run once per text, not per token,
     so it costs next to nothing, and logits rounded to bf16 flip labels near the thresholds. State-dict keys
-    are unchanged."""
+    are unchanged. Apply it after peft wraps the model: peft copies the head, and a copy would call the original.
+    """
     import torch
 
-    base = model.base_model
-    modules = [m for m in model.children() if m is not base and next(m.parameters(), None) is not None]
-    pooler = getattr(base, "pooler", None)
-    if pooler is not None:
-        modules.append(pooler)
-    for module in modules:
+    for module in head_modules(model).values():
         inner = module.forward
 
         def forward(x, *args, _inner=inner, **kwargs):
@@ -131,15 +140,20 @@ def keep_head_in_fp32(model) -> None:
         module.forward = forward
 
 
-def load_for_inference(model_dir: str | Path, device=None):
-    """(model, tokenizer) from a checkpoint directory, in eval mode on `device` (default CPU)."""
+def load_for_inference(model_dir: str | Path, device=None, adapter: str | None = None):
+    """(model, tokenizer) from a checkpoint directory, in eval mode on `device` (default CPU), with the
+    checkpoint's adapter applied when it has one (bertclf.json's tuning.adapter)."""
     import torch
     from transformers import AutoModelForSequenceClassification
+
+    from bertclf.adapters import hf_model, load_adapter
 
     device = torch.device(device or "cpu")
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir),
                                                                attn_implementation=attention_for(device.type))
+    if adapter:
+        model = load_adapter(model, Path(model_dir), adapter)
     model.eval()
     model.to(device)
-    keep_head_in_fp32(model)
+    keep_head_in_fp32(hf_model(model))
     return model, load_tokenizer(str(model_dir))

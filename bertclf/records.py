@@ -321,13 +321,36 @@ class DataSummary(Record):
 
 
 @dataclass
+class TuningInfo(Record):
+    """How a checkpoint was fine-tuned: the method, its settings, and what of the model trained.
+
+    `adapter` names the checkpoint's sub-directory holding a peft adapter that every load must apply (prefix-
+    tuning); None when the weights alone are the model, which then loads with plain transformers.
+    """
+
+    method: str = "full"
+    settings: dict[str, Any] = field(default_factory=dict)
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+    adapter: str | None = None
+
+    @property
+    def loads_with_transformers(self) -> bool:
+        return self.adapter is None
+
+    def _fields_dict(self) -> dict[str, Any]:
+        return {**super()._fields_dict(), "loads_with_transformers": self.loads_with_transformers}
+
+
+@dataclass
 class CheckpointMeta(Record):
     """bertclf.json: what a checkpoint predicts (labels, thresholds, max length) and how it was made.
 
-    Format 2 keeps the best epoch's per-label scores inside `metrics` (format 1 kept them beside it).
+    Format 2 keeps the best epoch's per-label scores inside `metrics` (format 1 kept them beside it). Format 3
+    adds `tuning`: a prefix-tuned checkpoint needs its adapter, which a format-2 reader would silently skip.
     """
 
-    FORMAT: ClassVar[int] = 2
+    FORMAT: ClassVar[int] = 3
 
     labels: LabelSpace
     max_length: int
@@ -337,6 +360,7 @@ class CheckpointMeta(Record):
     training_config: dict[str, Any] = field(default_factory=dict)
     data: DataSummary | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    tuning: TuningInfo = field(default_factory=TuningInfo)
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:

@@ -42,11 +42,12 @@ def run(cfg: TrainConfig) -> TrainResult:
     cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output),
                               model=cfg.model if not os.path.isdir(cfg.model) else os.path.abspath(cfg.model))
     storage.check_writable(cfg.output)
-    resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
+    model_dir = resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
     data = inspect_training_data(cfg)
     log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
              data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
     _check_best_metric(cfg, data)
+    _check_method(cfg, model_dir, data)
 
     cluster = connect(cfg.ray_address)
     plan = plan_training(cluster, cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
@@ -62,6 +63,18 @@ def _check_best_metric(cfg: TrainConfig, data: TrainingData) -> None:
     if cfg.best_metric not in allowed:
         raise ConfigError(f"best_metric {cfg.best_metric!r} is not a {data.space.task} metric; "
                          f"choose from {sorted(allowed)}")
+
+
+def _check_method(cfg: TrainConfig, model_dir: str, data: TrainingData) -> None:
+    """Build the model for the method once here, so a wrong LoRA target fails before any worker starts."""
+    if cfg.method == "full":
+        return
+    from bertclf.adapters import apply_method, tuning_info
+    from bertclf.modeling import build_classifier
+
+    info = tuning_info(apply_method(build_classifier(model_dir, data.space, cfg.reinit_pooler), cfg), cfg)
+    log.info("method %s %s: %s of %s parameters train", cfg.method, info.settings,
+             f"{info.trainable_parameters:,}", f"{info.total_parameters:,}")
 
 
 def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan):
@@ -95,8 +108,7 @@ def _publish_best(cfg: TrainConfig, result) -> TrainResult:
     best_uri = storage.join(cfg.output, "best")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(best_ckpt.to_directory(str(Path(tmp) / "ckpt")))
-        for name in (checkpoint.TRAIN_STATE_TENSORS, checkpoint.TRAIN_STATE_JSON):
-            (local / name).unlink(missing_ok=True)
+        checkpoint.strip_training_state(local)
         checkpoint.publish(local, best_uri)
     history = checkpoint.read_metrics(storage.join(cfg.output, METRICS_FILE))
     best = next(r for r in history if r.epoch == int(best_metrics["epoch"]))

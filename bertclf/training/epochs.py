@@ -12,7 +12,7 @@ import numpy as np
 from bertclf.config import TrainConfig, as_dict
 from bertclf.labels import LabelSpace, probabilities
 from bertclf.metrics import classification_metrics, tune_thresholds
-from bertclf.records import CheckpointMeta, EpochRecord
+from bertclf.records import CheckpointMeta, EpochRecord, TuningInfo
 from bertclf.training.data import TrainingData
 
 log = logging.getLogger("bertclf")
@@ -96,12 +96,12 @@ def should_checkpoint(epoch: int, cfg: TrainConfig, history: list[EpochRecord]) 
     return values[-1] == best
 
 
-def checkpoint_meta(cfg: TrainConfig, data: TrainingData, record: EpochRecord,
-                    history: list[EpochRecord]) -> CheckpointMeta:
+def checkpoint_meta(cfg: TrainConfig, data: TrainingData, record: EpochRecord, history: list[EpochRecord],
+                    tuning: TuningInfo) -> CheckpointMeta:
     """bertclf.json of this epoch's checkpoint: the label space with this epoch's tuned thresholds."""
     space = data.space
     if record.thresholds:
         space = dataclasses.replace(space, thresholds=[record.thresholds[n] for n in space.names])
     return CheckpointMeta(labels=space, max_length=cfg.max_length, epoch=record.epoch, metrics=record,
                           history=[h.without_per_label() for h in history], training_config=as_dict(cfg),
-                          data=data.summary())
+                          data=data.summary(), tuning=tuning)

@@ -20,7 +20,7 @@ import numpy as np
 
 from bertclf import checkpoint, storage
 from bertclf.config import TrainConfig
-from bertclf.records import EpochRecord
+from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
 from bertclf.training.batching import length_grouped_batches
 from bertclf.training.data import TrainingData, validation_rows
@@ -51,6 +51,7 @@ class Worker:
     val_texts: list[str]
     val_targets: np.ndarray
     steps_per_epoch: int
+    tuning: TuningInfo
     start_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
 
@@ -71,6 +72,7 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
     from ray.train.torch import get_device, prepare_model
     from transformers import get_linear_schedule_with_warmup
 
+    from bertclf import adapters
     from bertclf.modeling import build_classifier, keep_head_in_fp32, load_tokenizer, resolve_model_dir
 
     torch.set_num_threads(plan.torch_threads)
@@ -82,21 +84,21 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
 
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
-    model = build_classifier(model_dir, data.space, cfg.reinit_pooler, device.type)
-    keep_head_in_fp32(model)  # as load_for_inference does: validation computes probabilities as scoring does
+    model = adapters.apply_method(build_classifier(model_dir, data.space, cfg.reinit_pooler, device.type), cfg)
+    keep_head_in_fp32(adapters.hf_model(model))  # as load_for_inference: validation computes probabilities as scoring
+    tuning = adapters.tuning_info(model, cfg)
     resume = ray.train.get_checkpoint()
     if resume:
-        from safetensors.torch import load_file
-
         with resume.as_directory() as d:
-            model.load_state_dict(load_file(str(Path(d) / "model.safetensors")), strict=False)
+            adapters.load_weights(model, Path(d))
     # gradients live in DDP's all-reduce buckets: no extra copy per step (and less memory)
     model = prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
     raw_model = model.module if hasattr(model, "module") else model
 
     head_lr = cfg.head_learning_rate or 20 * cfg.learning_rate
     # fused: one kernel per step instead of a loop of element-wise ops
-    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, cfg.learning_rate, head_lr),
+    encoder_lr = cfg.learning_rate if cfg.method == "full" else adapters.adapter_learning_rate(cfg)
+    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, encoder_lr, head_lr),
                                   fused=device.type in ("cpu", "cuda"))
     steps_per_epoch = max(1, math.ceil((data.n_train // world) / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
@@ -114,11 +116,12 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
     val_texts, val_targets = validation_rows(data, rank, world)
     if rank == 0:
         log.info(f"{world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
-                 f"{cfg.epochs} epoch(s)")
+                 f"{cfg.epochs} epoch(s); method {cfg.method}: {tuning.trainable_parameters:,} of "
+                 f"{tuning.total_parameters:,} parameters train")
     return Worker(cfg=cfg, data=data, rank=rank, world=world, device=device, bf16=bf16, tokenizer=tokenizer,
                   model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
                   shard=ray.train.get_dataset_shard("train"), val_texts=val_texts, val_targets=val_targets,
-                  steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, history=history)
+                  steps_per_epoch=steps_per_epoch, tuning=tuning, start_epoch=start_epoch, history=history)
 
 
 def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
@@ -189,7 +192,8 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
                             "".join(r.to_json() + "\n" for r in w.history).encode())
         if should_checkpoint(epoch, w.cfg, w.history):
             tmp = Path(tempfile.mkdtemp(prefix="bertclf-ckpt-"))
-            checkpoint.save_model_dir(tmp, w.raw_model, w.tokenizer, checkpoint_meta(w.cfg, w.data, record, w.history))
+            meta = checkpoint_meta(w.cfg, w.data, record, w.history, w.tuning)
+            checkpoint.save_model_dir(tmp, w.raw_model, w.tokenizer, meta)
             checkpoint.save_train_state(tmp, w.optimizer, w.scheduler,
                                         {"epoch": epoch + 1, "history": [r.to_dict() for r in w.history]})
             ckpt = ray.train.Checkpoint.from_directory(str(tmp))
@@ -232,14 +236,16 @@ def _seed(seed: int) -> None:
 
 
 def _param_groups(model, weight_decay: float, lr: float, head_lr: float) -> list[dict]:
-    """Encoder at `lr`, new head + pooler at `head_lr`; no weight decay on biases and LayerNorm weights."""
-    from bertclf.modeling import head_parameter_names
+    """Encoder (or its adapter) at `lr`, new head + pooler at `head_lr`; no weight decay on biases and LayerNorm
+    weights. Frozen weights (under LoRA and prefix-tuning) are left out."""
+    from bertclf.adapters import hf_model
+    from bertclf.modeling import head_parameter_ids
 
-    head = head_parameter_names(model)
+    head = head_parameter_ids(hf_model(model))
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
     for name, param in model.named_parameters():
         if param.requires_grad:
             decays = not (param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias"))
-            groups[(name in head, decays)].append(param)
+            groups[(id(param) in head, decays)].append(param)
     return [{"params": params, "lr": head_lr if is_head else lr, "weight_decay": weight_decay if decays else 0.0}
             for (is_head, decays), params in groups.items() if params]

@@ -1,0 +1,146 @@
+"""Parameter-efficient fine-tuning with peft: LoRA or prefix-tuning around the encoder, and the two shapes
+their checkpoints take.
+
+The classification head (and the pooler, which bertclf re-initializes for sentence-transformers models) always
+trains, as peft's `modules_to_save`. A LoRA checkpoint is published merged: plain weights that load with
+`AutoModelForSequenceClassification`. A prefix-tuned one can't be merged: its `model.safetensors` holds the
+frozen encoder with the trained head, and `adapter/` the prefix (peft's safetensors), which every bertclf load
+applies (`load_adapter`).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertclf.checkpoint import ADAPTER_DIR, ADAPTER_WEIGHTS
+from bertclf.config import TrainConfig
+from bertclf.errors import CheckpointError, ConfigError
+from bertclf.modeling import head_modules
+from bertclf.records import TuningInfo
+
+DEFAULT_ADAPTER_LR = {"lora": 1e-3, "prefix": 1e-2}
+
+
+class PrefixTuned(torch.nn.Module):
+    """A peft prefix-tuning model called the way transformers 5 encoders take a prefix: as `cache`.
+
+    peft 0.21 looks for a `past_key_values` argument by name and refuses BERT, whose forward now calls it
+    `cache`; the prefix, its attention mask and the head are peft's own.
+    """
+
+    def __init__(self, peft_model) -> None:
+        super().__init__()
+        self.peft = peft_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        rows = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        prefix = attention_mask.new_ones(rows, self.peft.active_peft_config.num_virtual_tokens)
+        return self.peft.base_model(input_ids=input_ids, attention_mask=torch.cat([prefix, attention_mask], dim=1),
+                                    cache=self.peft.get_prompt(rows), **kwargs)
+
+
+def apply_method(model, cfg: TrainConfig):
+    """The model to train for `cfg.method`: as it is (full), or wrapped by peft with only adapter + head trainable."""
+    if cfg.method == "full":
+        return model
+    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+
+    heads = list(head_modules(model))
+    if cfg.method == "lora":
+        peft_config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                 lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_target_modules),
+                                 modules_to_save=heads)
+        available = sorted({name.rsplit(".", 1)[-1] for name, module in model.base_model.named_modules()
+                            if isinstance(module, torch.nn.Linear)})
+        missing = sorted(set(cfg.lora_target_modules) - set(available))
+        if missing:
+            raise ConfigError(f"lora_target_modules {missing} are not linear layers of this model; "
+                              f"it has: {', '.join(available)}")
+    else:
+        peft_config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.prefix_length,
+                                         modules_to_save=heads)
+    wrapped = get_peft_model(model, peft_config)
+    return PrefixTuned(wrapped) if cfg.method == "prefix" else wrapped
+
+
+def hf_model(model):
+    """The transformers model inside whatever wraps it (peft, PrefixTuned), with adapters still applied."""
+    if isinstance(model, PrefixTuned):
+        model = model.peft
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def adapter_learning_rate(cfg: TrainConfig) -> float:
+    return cfg.adapter_learning_rate or DEFAULT_ADAPTER_LR.get(cfg.method, cfg.learning_rate)
+
+
+def tuning_info(model, cfg: TrainConfig) -> TuningInfo:
+    """bertclf.json's account of the method: settings, trainable and total parameters, adapter to apply."""
+    settings: dict[str, Any] = {}
+    if cfg.method == "lora":
+        settings = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                    "target_modules": list(cfg.lora_target_modules)}
+    elif cfg.method == "prefix":
+        settings = {"prefix_length": cfg.prefix_length}
+    if cfg.method != "full":
+        settings["adapter_learning_rate"] = adapter_learning_rate(cfg)
+    params = list(model.parameters())
+    return TuningInfo(method=cfg.method, settings=settings,
+                      trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+                      total_parameters=sum(p.numel() for p in params),
+                      adapter=ADAPTER_DIR if cfg.method == "prefix" else None)
+
+
+def save(directory: Path, model) -> None:
+    """model.safetensors as plain transformers weights and, for peft methods, `adapter/` (what resuming needs)."""
+    peft_model = model.peft if isinstance(model, PrefixTuned) else model
+    if not hasattr(peft_model, "peft_config"):
+        model.save_pretrained(directory, safe_serialization=True)
+        return
+    peft_model.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
+    plain = copy.deepcopy(peft_model)
+    if isinstance(model, PrefixTuned):
+        plain = _with_trained_heads(plain.get_base_model())
+    else:
+        plain = plain.merge_and_unload()
+    plain.save_pretrained(directory, safe_serialization=True)
+
+
+def _with_trained_heads(model):
+    """The model with each peft head wrapper replaced by the copy that trained."""
+    from peft.utils import ModulesToSaveWrapper, _get_submodules
+
+    wrapped = [name for name, module in model.named_modules() if isinstance(module, ModulesToSaveWrapper)]
+    for name in wrapped:
+        parent, target, child = _get_submodules(model, name)
+        setattr(parent, child, target.modules_to_save[target.active_adapter])
+    return model
+
+
+def load_weights(model, directory: Path) -> None:
+    """Resume: the trained weights of a Ray Train checkpoint into a freshly built model of the same method."""
+    from safetensors.torch import load_file
+
+    peft_model = model.peft if isinstance(model, PrefixTuned) else model
+    if not hasattr(peft_model, "peft_config"):
+        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
+        return
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(peft_model, load_file(str(directory / ADAPTER_DIR / ADAPTER_WEIGHTS)))
+
+
+def load_adapter(model, directory: Path, adapter: str):
+    """A published checkpoint's model with its adapter applied, for inference."""
+    from peft import PeftModel
+
+    if not (directory / adapter / ADAPTER_WEIGHTS).is_file():
+        raise CheckpointError(f"checkpoint {directory} needs its adapter {adapter}/{ADAPTER_WEIGHTS}, which is missing")
+    wrapped = PeftModel.from_pretrained(model, str(directory / adapter))
+    return PrefixTuned(wrapped) if wrapped.active_peft_config.is_prompt_learning else wrapped
