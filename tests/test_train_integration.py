@@ -51,7 +51,8 @@ def test_two_workers_train_from_s3_shards_and_best_lands_on_s3(ray_local, tiny_m
     assert not list(local.glob("*.bin")) and (local / "model.safetensors").exists()
 
     meta = json.loads((local / "bertclf.json").read_text())
-    assert meta["format"] == 2 and "per_label" in meta["metrics"], "format 2: per-label scores inside metrics"
+    assert meta["format"] == 3 and "per_label" in meta["metrics"], "per-label scores inside metrics"
+    assert meta["tuning"]["method"] == "full" and meta["tuning"]["loads_with_transformers"] is True
     assert meta["labels"]["task"] == ("multi_label" if multi_label else "multi_class")
     assert len(meta["labels"]["thresholds"]) == 3
     lines = _metrics_lines(output)
