@@ -1,4 +1,4 @@
-"""The `bertclf` command (train, score, predict, evaluate, report, explain, serve); jobs/*.py call the same `main`.
+"""The `bertclf` command (train, tune, score, predict, evaluate, report, explain, serve); jobs/*.py call `main`.
 
 Flags override the YAML given with --config, which overrides the built-in defaults; `--set key=value`
 reaches every config key. The flags are made from the config dataclasses' fields (bertclf.config), so a new
@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, help_text) in CONFIGS.items():
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text), cls)
     sub.choices["evaluate"].add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
+    tune_help = "hyperparameter search with Ray Tune: trials are training runs; the best is published"
+    t = sub.add_parser("tune", help=tune_help, description=tune_help + ". --config and the flags give the base "
+                       "training config; --output is the search's directory (trials/, trials.csv, best/).")
+    add_config_flags(t, TrainConfig)
+    t.add_argument("--search", required=True, help="search YAML: space, num_samples, time_budget_s, scheduler, ...")
 
     p = sub.add_parser("predict", help="print labels and probabilities for a few texts")
     p.add_argument("--checkpoint", required=True)
@@ -100,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The command's config: defaults, then --config, then flags and --set."""
-    cls, _ = CONFIGS[args.command]
+    cls = TrainConfig if args.command == "tune" else CONFIGS[args.command][0]
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
                  if getattr(args, f.name, None) is not None}
     for name, value in overrides.items():
@@ -133,6 +138,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps({"best": result.best_uri, "epochs": result.epochs_run,
                           **{k: result.best.metric(k) for k in ("epoch", "f1_macro", "f1_micro", "accuracy")
                              if result.best.metric(k) is not None}}))
+        return 0
+    if args.command == "tune":
+        from bertclf import tuning
+
+        result = tuning.run(config_from_args(args), load_config(tuning.SearchSpec, args.search))
+        print(json.dumps({"best": result.best_uri, "trials": result.table_uri, "trial": result.best.trial_id,
+                          result.best.metric: result.best.best, "values": result.best.values}))
         return 0
     if args.command == "score":
         from bertclf import scoring

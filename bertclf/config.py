@@ -59,6 +59,9 @@ class TrainConfig:
     text_column: str = key("text", help="column holding the text")
     label_column: str | None = key(None, help='label column; default: "labels" (list) if present, else "label"')
     label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
+    class_prior: Literal["validation", "train"] = key(
+        "validation", help="multi-class: validation: correct the predictions for the validation data's label mix "
+                           "where it differs from the training data's (e.g. balanced training data); train: as trained")
     validation_fraction: float = key(0.1, help="share of rows held out when no validation data is given",
                                      flag=False)
     method: Method = key("full", help="full: every weight trains; lora: low-rank adapters (merged into the weights "
@@ -296,6 +299,9 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
                 return option(value)
             except (TypeError, ValueError):
                 continue
+        elif typing.get_origin(option) is dict:
+            if isinstance(value, dict):
+                return value
         elif typing.get_origin(option) is list:
             if isinstance(value, list):
                 return [str(v) for v in value]

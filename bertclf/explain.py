@@ -17,7 +17,6 @@ import torch
 
 from bertclf.errors import InputError
 from bertclf.inference import Predictor
-from bertclf.labels import probabilities
 
 DEFAULT_STEPS = 50
 
@@ -88,7 +87,7 @@ class Explainer:
         with torch.inference_mode():
             logits = self.predictor.model(input_ids=ids, attention_mask=mask).logits[0].float()
             base_logits = self.predictor.model(input_ids=baseline, attention_mask=mask).logits[0].float()
-        probs = probabilities(self.predictor.space.task, logits[None, :].numpy())[0]
+        probs = self.predictor.space.probabilities(logits[None, :].numpy())[0]
         out = []
         for name in self.labels_to_explain(probs, label):
             j = self.predictor.space.names.index(name)

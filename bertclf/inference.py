@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertclf.labels import LabelSpace, probabilities
+from bertclf.labels import LabelSpace
 
 
 def plan_microbatches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[np.ndarray]:
@@ -111,7 +111,7 @@ class Predictor:
     def probabilities_for_ids(self, token_ids: list[list[int]]) -> np.ndarray:
         logits = logits_for_token_ids(self.model, token_ids, self.tokenizer.pad_token_id, max_tokens=self.max_tokens,
                                       max_rows=self.max_rows, bf16=self.bf16, device=self.device)
-        return probabilities(self.space.task, logits)
+        return self.space.probabilities(logits)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """(rows, labels) float32: sigmoid (multi-label) or softmax (multi-class) per text."""

@@ -17,28 +17,40 @@ LabelFormat = Literal["list", "single", "wide"]
 
 @dataclass
 class LabelSpace:
-    """Which labels exist, how they are encoded and, for multi-label, each label's decision threshold."""
+    """Which labels exist, how they are encoded and, for multi-label, each label's decision threshold; for
+    multi-class, an optional per-class logit bias (label-shift correction, bertclf.training.data)."""
 
     task: TaskType
     names: list[str]
     thresholds: list[float] = field(default_factory=list)
+    class_bias: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.thresholds:
             self.thresholds = [0.5] * len(self.names)
         if len(self.thresholds) != len(self.names):
             raise LabelError(f"{len(self.thresholds)} thresholds for {len(self.names)} labels")
+        if self.class_bias and len(self.class_bias) != len(self.names):
+            raise LabelError(f"{len(self.class_bias)} class biases for {len(self.names)} labels")
 
     @property
     def index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.names)}
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "names": self.names, "thresholds": self.thresholds}
+        return {"task": self.task, "names": self.names, "thresholds": self.thresholds,
+                **({"class_bias": self.class_bias} if self.class_bias else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> LabelSpace:
-        return cls(task=d["task"], names=list(d["names"]), thresholds=[float(t) for t in d["thresholds"]])
+        return cls(task=d["task"], names=list(d["names"]), thresholds=[float(t) for t in d["thresholds"]],
+                   class_bias=[float(b) for b in d.get("class_bias", [])])
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The model's logits as this space's probabilities: the class bias applied, then sigmoid or softmax."""
+        if self.class_bias:
+            logits = logits + np.asarray(self.class_bias, dtype=np.float32)
+        return probabilities(self.task, logits)
 
     def predict(self, probs: np.ndarray) -> list[list[str]]:
         """Label names per row: sigmoid >= threshold (multi-label) or argmax (multi-class)."""

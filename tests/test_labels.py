@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -162,3 +163,22 @@ def test_to_dict_from_dict_round_trip():
     assert again == space
     assert again.index == {"a": 0, "b": 1}
     assert LabelSpace.from_dict(json.loads(json.dumps(d))) == space
+
+
+def test_class_bias_moves_posteriors_to_the_validation_label_mix():
+    from dataclasses import replace
+
+    from bertclf.training.data import class_prior_bias
+
+    space = LabelSpace("multi_class", ["a", "b"])
+    logits = np.array([[0.1, 0.0], [3.0, 0.0]], dtype=np.float32)
+    assert space.probabilities(logits).argmax(1).tolist() == [0, 0]
+    data = SimpleNamespace(space=space, validation_files=["v.parquet"], label_counts={"a": 499, "b": 499},
+                           validation_label_counts={"a": 99, "b": 899})
+    bias = class_prior_bias(data, "validation")
+    assert bias[1] - bias[0] == pytest.approx(np.log(9.0))  # 9 times as many b rows, training balanced
+    biased = replace(space, class_bias=bias)
+    assert biased.probabilities(logits).argmax(1).tolist() == [1, 0], "only the confident row stays a"
+    assert LabelSpace.from_dict(biased.to_dict()) == biased
+    assert class_prior_bias(data, "train") == []
+    assert class_prior_bias(SimpleNamespace(**{**vars(data), "validation_files": None}), "validation") == []

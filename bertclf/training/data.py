@@ -40,6 +40,7 @@ class TrainingData:
     n_validation: int
     fingerprint: str
     label_counts: dict[str, int] = field(default_factory=dict)
+    validation_label_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def read_columns(self) -> list[str]:
@@ -50,6 +51,19 @@ class TrainingData:
         return DataSummary(fingerprint=self.fingerprint, train_files=self.train_files,
                            validation_files=self.validation_files, n_train=self.n_train,
                            n_validation=self.n_validation, label_counts=self.label_counts)
+
+
+def class_prior_bias(data: TrainingData, class_prior: str) -> list[float]:
+    """Multi-class label-shift correction: log(validation share) - log(training share) per class, added to the
+    logits, turns the model's posteriors under the training label mix into posteriors under the validation one
+    (Bayes' rule; add-one smoothed counts). Empty when not asked for, multi-label, or validation is a hash split of
+    train (the same mix by construction)."""
+    if class_prior != "validation" or data.space.task != "multi_class" or data.validation_files is None:
+        return []
+    names = data.space.names
+    train = np.array([data.label_counts.get(n, 0) + 1.0 for n in names])
+    val = np.array([data.validation_label_counts.get(n, 0) + 1.0 for n in names])
+    return [round(float(b), 6) for b in np.log(val / val.sum()) - np.log(train / train.sum())]
 
 
 def in_validation_split(texts: list[str], fraction: float) -> np.ndarray:
@@ -114,6 +128,7 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
     columns = [cfg.text_column, *(cfg.label_columns or [label_column])]
 
     counts: dict[str, int] = {}
+    val_counts: dict[str, int] = {}
     train_labels: set[str] = set()
     n_train = n_val = 0
     digest = hashlib.sha256()
@@ -154,6 +169,8 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
         digest.update(f"{uri}:{table.num_rows}".encode())
         val_tables.append((uri, table))
         n_val += table.num_rows
+    for _, table in val_tables:
+        _count_labels(table, fmt, label_column, cfg.label_columns, val_counts)
     if fmt != "wide":
         for uri, table in val_tables:
             unseen = labels_in_column(table[label_column], fmt) - train_labels
@@ -168,6 +185,7 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
         text_column=cfg.text_column, label_format=fmt, label_column=label_column,
         label_columns=list(cfg.label_columns), space=LabelSpace(task=task, names=names),
         n_train=n_train, n_validation=n_val, fingerprint=digest.hexdigest()[:16], label_counts=counts,
+        validation_label_counts=val_counts,
     )
 
 

@@ -20,7 +20,7 @@ from bertclf.errors import ConfigError
 from bertclf.modeling import resolve_model_dir
 from bertclf.records import EpochRecord
 from bertclf.resources import TrainPlan, connect, plan_training
-from bertclf.training.data import TrainingData, inspect_training_data, train_dataset
+from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
 from bertclf.training.worker import METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger("bertclf")
@@ -36,8 +36,22 @@ class TrainResult:
     history: list[EpochRecord]
 
 
-def run(cfg: TrainConfig) -> TrainResult:
-    """Validate everything, train with Ray Train, and commit the best checkpoint to <output>/best/."""
+def run(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
+    """Validate everything, train with Ray Train, and commit the best checkpoint to <output>/best/.
+
+    `callbacks` go to Ray Train's RunConfig (`bertclf tune` passes Tune's report callback)."""
+    cfg, data = prepare(cfg)
+    cluster = connect(cfg.ray_address)
+    plan = plan_training(cluster, cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
+    log.info("resources: cluster has %s; plan: %s", {k: v for k, v in cluster.items() if k in ("CPU", "GPU")},
+             plan.describe())
+    result = _fit(cfg, data, plan, callbacks or [])
+    return _publish_best(cfg, result)
+
+
+def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
+    """Every check that needs no cluster, before any long work: config, output, model, data, metric, method.
+    Returns the config with absolute paths and what the data holds."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output),
                               model=cfg.model if not os.path.isdir(cfg.model) else os.path.abspath(cfg.model))
@@ -46,15 +60,13 @@ def run(cfg: TrainConfig) -> TrainResult:
     data = inspect_training_data(cfg)
     log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
              data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
+    data.space = dataclasses.replace(data.space, class_bias=class_prior_bias(data, cfg.class_prior))
+    if data.space.class_bias:
+        log.info("class prior: the validation label mix differs from training; logit bias per class %s",
+                 dict(zip(data.space.names, data.space.class_bias, strict=True)))
     _check_best_metric(cfg, data)
     _check_method(cfg, model_dir, data)
-
-    cluster = connect(cfg.ray_address)
-    plan = plan_training(cluster, cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
-    log.info("resources: cluster has %s; plan: %s", {k: v for k, v in cluster.items() if k in ("CPU", "GPU")},
-             plan.describe())
-    result = _fit(cfg, data, plan)
-    return _publish_best(cfg, result)
+    return cfg, data
 
 
 def _check_best_metric(cfg: TrainConfig, data: TrainingData) -> None:
@@ -77,7 +89,7 @@ def _check_method(cfg: TrainConfig, model_dir: str, data: TrainingData) -> None:
              f"{info.trainable_parameters:,}", f"{info.total_parameters:,}")
 
 
-def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan):
+def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan, callbacks: list):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -92,6 +104,7 @@ def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan):
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.best_metric,
                                                checkpoint_score_order=cfg.best_mode),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks,
         ),
         datasets={"train": train_dataset(data, cfg.seed, plan.data_cpus)},
         dataset_config=DataConfig(datasets_to_split=["train"]),

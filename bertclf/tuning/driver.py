@@ -1,0 +1,221 @@
+"""`bertclf tune`: a Ray Tune search whose trials are whole Ray Train runs, then the best one published.
+
+Each trial is `bertclf.training.run` on the base config plus the trial's values, in `<output>/trials/<id>/`, with
+Tune's report callback forwarding every epoch's validation metrics (what ASHA stops weak trials on). Trials
+share the cluster: each gets an equal share planned up front, so concurrent trials never wait on each other's
+CPUs (the same trap as 2 workers x 1 CPU on 2 cores). The experiment's state lives in `<output>/tune/`; running
+the same command again after the driver died resumes it. At the end: `<output>/trials.csv` and `trials.json`
+(one row per trial) and the best trial's best checkpoint at `<output>/best/`, as `bertclf train` publishes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bertclf import checkpoint, storage
+from bertclf.config import TrainConfig
+from bertclf.errors import ConfigError
+from bertclf.resources import TrainPlan, connect, plan_training
+from bertclf.training.driver import prepare
+from bertclf.tuning.space import SearchSpec, check_space, param_space, trial_config
+
+log = logging.getLogger("bertclf")
+
+EXPERIMENT = "tune"
+TRIAL_DRIVER_CPUS = 0.05  # the Tune trial itself only waits on its Ray Train run (Tune refuses 0)
+
+
+@dataclass
+class TrialRow:
+    """One line of the results table."""
+
+    trial_id: str
+    status: str  # completed, stopped early (by the scheduler), error: ...
+    values: dict[str, Any]
+    metric: str
+    best: float | None
+    best_epoch: int | None
+    epochs_run: int
+    seconds: float
+    output: str
+
+
+@dataclass
+class TuneResult:
+    best_uri: str
+    best: TrialRow
+    trials: list[TrialRow]
+    table_uri: str
+
+
+def run(base: TrainConfig, spec: SearchSpec) -> TuneResult:
+    """Check the base config and the search, run (or resume) the search, write the table, publish the best."""
+    spec.validate()
+    base = dataclasses.replace(base, best_metric=spec.metric or base.best_metric,
+                               best_mode=spec.mode or base.best_mode)
+    check_space(spec, base)
+    base, _ = prepare(base)  # data, model, metric and method checked once, before any trial
+    cluster = connect(base.ray_address)
+    concurrent, plan = plan_trials(cluster, base, spec.max_concurrent_trials)
+    base = dataclasses.replace(base, cpus_per_worker=plan.cpus_per_worker, use_gpu=plan.use_gpu)
+    log.info("tune: %d trial(s), %d at a time, each %s", spec.num_samples, concurrent, plan.describe())
+    grid = _tuner(base, spec, concurrent).fit()
+    rows = trial_rows(grid, base, spec)
+    table_uri = _write_table(base.output, rows)
+    finished = [r for r in rows if r.best is not None]
+    if not finished:
+        errors = "; ".join(f"{r.trial_id}: {r.status}" for r in rows) or "no trial ran"
+        raise RuntimeError(f"no trial reported a validation {base.best_metric}: {errors}")
+    best = sorted(finished, key=lambda r: r.best, reverse=base.best_mode == "max")[0]
+    best_uri = _publish(base, best, grid)
+    log.info("tune: best trial %s (%s=%.4f at epoch %s, %s) committed to %s", best.trial_id, best.metric,
+             best.best, best.best_epoch, best.values, best_uri)
+    return TuneResult(best_uri=best_uri, best=best, trials=rows, table_uri=table_uri)
+
+
+def plan_trials(cluster: dict[str, float], base: TrainConfig,
+                max_concurrent: int | None) -> tuple[int, TrainPlan]:
+    """How many trials run at once and the plan of each: an equal share of the cluster per trial.
+
+    Default: one trial per `num_workers` GPUs on GPU clusters; on CPUs, one per 2 CPUs per worker (fewer,
+    larger trials train faster than many starved ones), at least one."""
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    gpu = gpus >= 1 if base.use_gpu is None else base.use_gpu
+    if max_concurrent is None:
+        max_concurrent = int(gpus // base.num_workers) if gpu else int(cpus // (2 * base.num_workers))
+    concurrent = max(1, max_concurrent)
+    share = {"CPU": cpus / concurrent - TRIAL_DRIVER_CPUS, "GPU": math.floor(gpus / concurrent)}
+    try:
+        plan = plan_training(share, base.num_workers, gpu, base.cpus_per_worker)
+    except ConfigError as exc:
+        raise ConfigError(f"{concurrent} concurrent trial(s) on a cluster with {cpus:g} CPU(s), {gpus:g} GPU(s): "
+                          f"{exc}; lower max_concurrent_trials") from None
+    return concurrent, plan
+
+
+def run_trial(values: dict[str, Any], base: TrainConfig) -> None:
+    """One trial, in its Tune actor: a whole training run that reports each epoch to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from bertclf import training
+
+    trial_id = tune.get_context().get_trial_id()
+    logging.basicConfig(level=logging.INFO, format=f"[bertclf trial {trial_id}] %(message)s")
+    cfg = trial_config(base, values, storage.join(base.output, "trials", trial_id))
+    training.run(cfg, callbacks=[TuneReportCallback()])
+
+
+def _tuner(base: TrainConfig, spec: SearchSpec, concurrent: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base), {"CPU": TRIAL_DRIVER_CPUS})
+    fs, root = storage.resolve(base.output)
+    experiment = f"{root.rstrip('/')}/{EXPERIMENT}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
+        log.info("tune: resuming the search in %s (its search space and budget are the ones it started with)",
+                 storage.join(base.output, EXPERIMENT))
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs)
+    max_epochs = max(_epoch_choices(spec, base))
+    scheduler = (ASHAScheduler(max_t=max_epochs, grace_period=spec.grace_period,
+                               reduction_factor=spec.reduction_factor)
+                 if spec.scheduler == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable, param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=base.best_metric, mode=base.best_mode, num_samples=spec.num_samples,
+                                    time_budget_s=spec.time_budget_s, scheduler=scheduler,
+                                    search_alg=BasicVariantGenerator(random_state=spec.seed,
+                                                                     max_concurrent=concurrent)),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=root, storage_filesystem=fs, verbose=1),
+    )
+
+
+def _epoch_choices(spec: SearchSpec, base: TrainConfig) -> list[int]:
+    value = spec.space.get("epochs", base.epochs)
+    if isinstance(value, dict):
+        kind, args = next(iter(value.items()))
+        return [int(a) for a in args]
+    return [int(value)]
+
+
+def trial_rows(grid, base: TrainConfig, spec: SearchSpec) -> list[TrialRow]:
+    """The results table from Tune's results: each trial's values, best epoch, epochs run, time and fate."""
+    rows = []
+    for result in grid:
+        values = {k: result.config[k] for k in spec.space if k in (result.config or {})}
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-2]
+        frame = result.metrics_dataframe
+        reported = frame is not None and base.best_metric in frame and frame[base.best_metric].notna().any()
+        best = best_epoch = None
+        epochs_run = 0
+        if reported:
+            scores = frame[base.best_metric]
+            at = scores.idxmax() if base.best_mode == "max" else scores.idxmin()
+            best, best_epoch, epochs_run = float(scores[at]), int(frame["epoch"][at]), int(frame["epoch"].max())
+        planned = int(values.get("epochs", base.epochs))
+        status = (f"error: {type(result.error).__name__}: {str(result.error).splitlines()[0][:200]}" if result.error
+                  else "completed" if epochs_run >= planned else "stopped early")
+        rows.append(TrialRow(trial_id=str(trial_id), status=status, values=values, metric=base.best_metric,
+                             best=best, best_epoch=best_epoch, epochs_run=epochs_run,
+                             seconds=round(float((result.metrics or {}).get("time_total_s", 0.0)), 1),
+                             output=storage.join(base.output, "trials", str(trial_id))))
+    return sorted(rows, key=lambda r: (r.best is None, -(r.best or 0) if base.best_mode == "max" else (r.best or 0)))
+
+
+def _write_table(output: str, rows: list[TrialRow]) -> str:
+    """trials.json and trials.csv under the output, and the table in the log."""
+    storage.write_bytes(storage.join(output, "trials.json"),
+                        json.dumps([dataclasses.asdict(r) for r in rows], indent=2).encode())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["trial_id", "status", "values", "metric", "best", "best_epoch", "epochs_run", "seconds"])
+    for r in rows:
+        writer.writerow([r.trial_id, r.status, json.dumps(r.values, sort_keys=True), r.metric,
+                         "" if r.best is None else f"{r.best:.4f}", r.best_epoch or "", r.epochs_run, r.seconds])
+    table_uri = storage.join(output, "trials.csv")
+    storage.write_bytes(table_uri, buffer.getvalue().encode())
+    for line in buffer.getvalue().splitlines():
+        log.info("tune: %s", line)
+    return table_uri
+
+
+def _publish(base: TrainConfig, best: TrialRow, grid) -> str:
+    """The best trial's best checkpoint at <output>/best/: its own best/ when it finished, else (stopped early)
+    the best checkpoint its Ray Train run kept."""
+    source = storage.join(best.output, "best")
+    if not storage.exists(storage.join(source, checkpoint.MARKER)):
+        source = _kept_checkpoint(base, best, grid)
+    best_uri = storage.join(base.output, "best")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "ckpt"
+        shutil.copytree(storage.local_copy(source, checkpoint.MARKER), local)
+        checkpoint.strip_training_state(local)
+        checkpoint.publish(local, best_uri)
+    return best_uri
+
+
+def _kept_checkpoint(base: TrainConfig, best: TrialRow, grid) -> str:
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    fs, _ = storage.resolve(base.output)
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is None or CHECKPOINT_PATH_KEY not in frame or (result.metrics or {}).get("trial_id") != best.trial_id:
+            continue
+        kept = frame[(frame["epoch"] == best.best_epoch) & frame[CHECKPOINT_PATH_KEY].notna()]
+        if len(kept):
+            return storage.to_uri(fs, str(kept[CHECKPOINT_PATH_KEY].iloc[-1]))
+    raise RuntimeError(f"trial {best.trial_id} kept no checkpoint of its best epoch {best.best_epoch}")

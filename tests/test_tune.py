@@ -1,0 +1,113 @@
+"""`bertclf tune` on real Ray: trials are tiny-BERT training runs; the table, the published best, resuming after
+the driver is killed, and bad search files refused before any trial starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, make_rows, write_rows
+
+from bertclf import tuning
+from bertclf.config import TrainConfig
+from bertclf.errors import ConfigError
+from bertclf.inference import predict_texts
+from bertclf.tuning import SearchSpec
+
+
+def _data(tmp_path) -> dict:
+    write_rows(tmp_path / "t.parquet", make_rows(160, seed=11, multi_label=False))
+    write_rows(tmp_path / "v.parquet", make_rows(40, seed=12, multi_label=False))
+    return dict(train=str(tmp_path / "t.parquet"), validation=str(tmp_path / "v.parquet"), num_workers=2,
+                batch_size=16, max_length=32, precision="fp32", warmup_ratio=0.0)
+
+
+def test_three_trials_write_the_table_and_publish_the_best(ray_local, tiny_model, tmp_path):
+    output = tmp_path / "search"
+    base = TrainConfig(**_data(tmp_path), model=str(tiny_model), output=str(output), epochs=2, learning_rate=2e-3)
+    spec = SearchSpec(num_samples=3, scheduler="fifo", space={"learning_rate": {"loguniform": [5e-4, 5e-3]},
+                                                              "method": {"choice": ["full", "lora"]}})
+    result = tuning.run(base, spec)
+
+    rows = list(csv.DictReader((output / "trials.csv").open()))
+    assert len(rows) == 3 and len({r["trial_id"] for r in rows}) == 3
+    assert all(r["status"] == "completed" and r["epochs_run"] == "2" for r in rows)
+    assert all(5e-4 <= json.loads(r["values"])["learning_rate"] <= 5e-3 for r in rows)
+    table = json.loads((output / "trials.json").read_text())
+    assert result.best.best == max(t["best"] for t in table), "the published trial is the best one"
+    best_meta = json.loads((output / "best" / "bertclf.json").read_text())
+    assert best_meta["metrics"]["f1_macro"] == pytest.approx(result.best.best)
+    assert best_meta["tuning"]["method"] == result.best.values["method"]
+    assert not (output / "best" / "train_state.safetensors").exists()
+    for row in table:  # every trial is a whole training run in its own directory
+        assert (Path(row["output"]) / "best" / "bertclf.json").is_file()
+    assert predict_texts(str(output / "best"), ["joy happy"])[0]["predicted"]
+
+
+def test_killed_driver_resumes_the_search(tiny_model, tmp_path, s3_server):
+    output = tmp_path / "search"
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**_data(tmp_path), "model": str(tiny_model),
+                                                        "output": str(output), "epochs": 2}))
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump({"num_samples": 3, "scheduler": "fifo",
+                                                          "max_concurrent_trials": 1,
+                                                          "space": {"learning_rate": {"choice": [1e-3, 2e-3]}}}))
+    cmd = [sys.executable, "-m", "bertclf.cli", "tune", "--config", str(tmp_path / "base.yaml"),
+           "--search", str(tmp_path / "search.yaml")]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(tmp_path / "first.log", "w"),
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(output.glob("trials/*/best/bertclf.json")) and time.time() < deadline and first.poll() is None:
+        time.sleep(1)
+    finished_before = {p.parts[-3] for p in output.glob("trials/*/best/bertclf.json")}
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+    first.wait()
+    assert len(finished_before) == 1, (tmp_path / "first.log").read_text()[-3000:]
+    done = next(iter(finished_before))
+    metrics_before = (output / "trials" / done / "metrics.jsonl").read_text()
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming the search" in second.stdout
+    table = json.loads((output / "trials.json").read_text())
+    assert len(table) == 3 and done in {t["trial_id"] for t in table}
+    assert (output / "trials" / done / "metrics.jsonl").read_text() == metrics_before, "finished trial ran again"
+    assert (output / "best" / "bertclf.json").is_file()
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"space": {"method": {"choice": ["full", "adapterfusion"]}}}, "method must be one of full, lora, prefix"),
+    ({"space": {"learning_rat": {"loguniform": [1e-5, 1e-4]}}}, "'learning_rat' is not a training config key"),
+    ({"space": {"learning_rate": {"loguniform": [1e-4, 1e-5]}}}, r"range \[0.0001, 1e-05\] is empty"),
+    ({"space": {"lora_rank": {"choice": []}}}, "choice needs a non-empty list"),
+    ({"space": {"lora_rank": {"between": [1, 2]}}}, "give one of choice, uniform, loguniform, randint"),
+    ({"space": {"output": {"choice": ["a", "b"]}}}, "'output' can't be searched"),
+    ({"num_samples": 0, "space": {"epochs": 2}}, "num_samples must be >= 1"),
+    ({"time_budget_s": 0, "space": {"epochs": 2}}, "time_budget_s must be > 0"),
+    ({"space": {}}, "the search space is empty"),
+    ({"grace_period": 5, "space": {"epochs": {"choice": [2, 3]}}}, "grace_period 5 is longer than every trial"),
+    ({"space": {"epochs": 2}, "searchspace": 1}, "unknown config key"),
+])
+def test_bad_search_is_refused_before_any_trial(tmp_path, search, message):
+    from bertclf.config import load_config
+
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(search))
+    with pytest.raises(ConfigError, match=message):
+        spec = load_config(SearchSpec, tmp_path / "search.yaml")
+        tuning.run(TrainConfig(output=str(tmp_path / "out")), spec)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_tune_bad_search_exits_2(tmp_path):
+    from bertclf.cli import main
+
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump({"num_samples": 0, "space": {"epochs": 2}}))
+    assert main(["tune", "--search", str(tmp_path / "search.yaml"), "--output", str(tmp_path / "out")]) == 2
