@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 
 from bertclf import storage
@@ -55,6 +56,9 @@ class ScorePlan:
 def connect(address: str | None = None) -> dict[str, float]:
     """Join the cluster this process belongs to, or start a local one; returns its total resources.
 
+    Without an address (argument or RAY_ADDRESS): the `ray start` cluster recorded on this host when it answers,
+    as ray.init() would choose but said plainly (Ray warns "Found multiple active Ray instances" when other Rays
+    run here), else a private Ray of this run's own: ray.init() alone tries a dead cluster's record for minutes.
     Driver-only environment variables don't reach workers of a `ray start` cluster, so the AWS and HF
     settings of this process go to the workers through runtime_env (unless a job already set one).
     """
@@ -62,14 +66,34 @@ def connect(address: str | None = None) -> dict[str, float]:
 
     if not ray.is_initialized():
         in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+        address = address or os.environ.get("RAY_ADDRESS") or _running_local_cluster()
         env = {**storage.aws_env(), **{k: os.environ[k] for k in WORKER_ENV_VARS if k in os.environ}}
-        kwargs: dict = {"address": address or os.environ.get("RAY_ADDRESS"), "log_to_driver": True}
+        kwargs: dict = {"address": address or "local", "log_to_driver": True}
         if not in_job and env:
             kwargs["runtime_env"] = {"env_vars": env}
+        if not address:
+            log.info("ray: no RAY_ADDRESS and no running `ray start` cluster on this host: starting a private Ray")
         ray.init(**kwargs)
     resources = ray.cluster_resources()
     log.info("ray: connected, cluster resources CPU=%s GPU=%s", resources.get("CPU", 0), resources.get("GPU", 0))
     return resources
+
+
+def _running_local_cluster() -> str | None:
+    """The GCS address `ray start` recorded on this host (<Ray temp dir>/ray_current_cluster), if it answers."""
+    from ray._private.utils import read_ray_address  # the record ray.init() itself reads when given no address
+
+    recorded = read_ray_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        log.warning("ray: ignoring %s, recorded by a `ray start` cluster that no longer answers", recorded)
+        return None
+    log.info("ray: joining the `ray start` cluster on this host at %s", recorded)
+    return recorded
 
 
 def plan_training(cluster: dict[str, float], num_workers: int, use_gpu: bool | None = None,

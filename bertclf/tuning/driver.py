@@ -113,7 +113,23 @@ def run_trial(values: dict[str, Any], base: TrainConfig) -> None:
     trial_id = tune.get_context().get_trial_id()
     logging.basicConfig(level=logging.INFO, format=f"[bertclf trial {trial_id}] %(message)s")
     cfg = trial_config(base, values, storage.join(base.output, "trials", trial_id))
+    finished = _finished_history(cfg)
+    if finished:  # the driver died after this trial published its best, before Tune recorded that: report again
+        log.info("trial %s finished before the search was interrupted: reporting its %d epoch(s) again",
+                 trial_id, len(finished))
+        for record in finished:
+            tune.report(record.scalars())
+        return
     training.run(cfg, callbacks=[TuneReportCallback()])
+
+
+def _finished_history(cfg: TrainConfig) -> list:
+    """The epochs of a trial whose training already ran to the end and published its best, else []."""
+    best = storage.join(cfg.output, "best")
+    if not storage.exists(storage.join(best, checkpoint.MARKER)):
+        return []
+    history = checkpoint.read_metrics(storage.join(cfg.output, "metrics.jsonl"))
+    return history if len(history) >= cfg.epochs else []
 
 
 def _tuner(base: TrainConfig, spec: SearchSpec, concurrent: int):
