@@ -37,7 +37,7 @@ def load_results(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
 def group_key(result: dict) -> tuple[str, str]:
     """Results replace each other per benchmark and CPU class (quality: per dataset)."""
     benchmark = result.get("benchmark", "unknown")
-    return benchmark, result.get("dataset" if benchmark == "quality" else "cpu_class") or "unknown"
+    return benchmark, result.get("dataset" if benchmark in ("quality", "methods") else "cpu_class") or "unknown"
 
 
 def newest(results: list[dict]) -> dict[tuple[str, str], dict]:
@@ -225,6 +225,23 @@ def quality_table(groups: dict[tuple[str, str], dict]) -> str:
     return markdown_table(["dataset", "split", "rows", "labels", *(name for _, name in QUALITY_COLUMNS), "date"], rows)
 
 
+def methods_table(groups: dict[tuple[str, str], dict]) -> str:
+    """Full fine-tuning against LoRA and prefix-tuning per dataset (benchmarks/methods.py)."""
+    rows = []
+    for (benchmark, _), r in groups.items():
+        if benchmark != "methods":
+            continue
+        for m in r["methods"]:
+            tests = ", ".join(f"`{split}` {num(v.get('accuracy', v.get('f1_macro')), 3)}"
+                              for split, v in m["splits"].items())
+            rows.append([r.get("title", r["dataset"]), m["method"], tests,
+                         f"{m['trainable_parameters']:,} of {m['total_parameters']:,}", num(m["samples_per_s"], 0),
+                         f"{m['wall_seconds'] / 60:.1f} min", f"{m['checkpoint_mb']:.0f} MB", r["cpu_class"],
+                         str(r.get("date", ""))[:10]])
+    return markdown_table(["dataset", "method", "test metric", "trainable parameters", "samples/s", "wall time",
+                           "checkpoint", "CPU class", "date"], rows)
+
+
 def replace_between(text: str, name: str, body: str) -> str:
     start, end = f"<!-- results:{name}-start -->", f"<!-- results:{name}-end -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
@@ -239,6 +256,7 @@ def rewrite_readme(path: str | Path, groups: dict[tuple[str, str], dict]) -> boo
     before = path.read_text()
     after = replace_between(before, "performance", performance_tables(groups))
     after = replace_between(after, "quality", quality_table(groups))
+    after = replace_between(after, "methods", methods_table(groups))
     if after != before:
         path.write_text(after)
     return after != before

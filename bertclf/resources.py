@@ -59,6 +59,9 @@ def connect(address: str | None = None) -> dict[str, float]:
     Without an address (argument or RAY_ADDRESS): the `ray start` cluster recorded on this host when it answers,
     as ray.init() would choose but said plainly (Ray warns "Found multiple active Ray instances" when other Rays
     run here), else a private Ray of this run's own: ray.init() alone tries a dead cluster's record for minutes.
+    Workers are told which cluster is theirs: Ray's state API, which Ray Train's placement-group cleaner polls
+    from a worker, looks the cluster up afresh (RAY_ADDRESS, the record, any Ray on the host) and, pointed at
+    another cluster, finds no controller there and removes the run's placement group.
     Driver-only environment variables don't reach workers of a `ray start` cluster, so the AWS and HF
     settings of this process go to the workers through runtime_env (unless a job already set one).
     """
@@ -69,10 +72,14 @@ def connect(address: str | None = None) -> dict[str, float]:
         address = address or os.environ.get("RAY_ADDRESS") or _running_local_cluster()
         env = {**storage.aws_env(), **{k: os.environ[k] for k in WORKER_ENV_VARS if k in os.environ}}
         kwargs: dict = {"address": address or "local", "log_to_driver": True}
-        if not in_job and env:
-            kwargs["runtime_env"] = {"env_vars": env}
         if not address:
             log.info("ray: no RAY_ADDRESS and no running `ray start` cluster on this host: starting a private Ray")
+            kwargs["dashboard_port"] = _free_port()
+            env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+        elif "://" not in address and address != "auto":
+            env["RAY_ADDRESS"] = address
+        if not in_job and env:
+            kwargs["runtime_env"] = {"env_vars": env}
         ray.init(**kwargs)
     resources = ray.cluster_resources()
     log.info("ray: connected, cluster resources CPU=%s GPU=%s", resources.get("CPU", 0), resources.get("GPU", 0))
@@ -94,6 +101,12 @@ def _running_local_cluster() -> str | None:
         return None
     log.info("ray: joining the `ray start` cluster on this host at %s", recorded)
     return recorded
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def plan_training(cluster: dict[str, float], num_workers: int, use_gpu: bool | None = None,

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ def trial_rows(grid, base: TrainConfig, spec: SearchSpec) -> list[TrialRow]:
     rows = []
     for result in grid:
         values = {k: result.config[k] for k in spec.space if k in (result.config or {})}
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-2]
+        trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_dir(result.path)
         frame = result.metrics_dataframe
         reported = frame is not None and base.best_metric in frame and frame[base.best_metric].notna().any()
         best = best_epoch = None
@@ -189,6 +190,12 @@ def trial_rows(grid, base: TrainConfig, spec: SearchSpec) -> list[TrialRow]:
                              seconds=round(float((result.metrics or {}).get("time_total_s", 0.0)), 1),
                              output=storage.join(base.output, "trials", str(trial_id))))
     return sorted(rows, key=lambda r: (r.best is None, -(r.best or 0) if base.best_mode == "max" else (r.best or 0)))
+
+
+def _trial_id_from_dir(path: str) -> str:
+    """A trial that never reported: its id from Tune's directory name (`<trainable>_<xxxxx>_<nnnnn>_...`)."""
+    found = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", Path(path).name)
+    return found.group(1) if found else Path(path).name
 
 
 def _write_table(output: str, rows: list[TrialRow]) -> str:
