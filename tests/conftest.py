@@ -136,7 +136,7 @@ def ray_local(s3_server, tmp_path_factory):
             "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": env, "worker_process_setup_hook": "faults.install"})
     connect()
     yield control

@@ -198,6 +198,7 @@ def _corpus(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # two scoring subprocesses joining one recorded cluster: about 1 min
 def test_two_scoring_runs_at_once_join_the_cluster_recorded_on_this_host(ray_tmpdir, tiny_model, tmp_path):
     """A cluster recorded itself in <RAY_TMPDIR>/ray/ray_current_cluster (as `ray start` does): both runs join it,
     saying so, where ray.init() would join it warning about every other Ray on the host."""
