@@ -147,8 +147,10 @@ def _tuner(base: TrainConfig, spec: SearchSpec, concurrent: int):
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=fs)
     max_epochs = max(_epoch_choices(spec, base))
+    # stop_last_trials=False: a trial that reaches max_t ends on its own, after publishing its best (stopping it
+    # there killed it between its last report and the publish)
     scheduler = (ASHAScheduler(max_t=max_epochs, grace_period=spec.grace_period,
-                               reduction_factor=spec.reduction_factor)
+                               reduction_factor=spec.reduction_factor, stop_last_trials=False)
                  if spec.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(
         trainable, param_space=param_space(spec),
