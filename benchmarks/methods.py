@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="result file (default benchmarks/results/<date>-methods-<dataset>.json)")
     args = p.parse_args(argv)
     bc.setup_env()
+    from bertclf import checkpoint
     from bertclf.config import EvaluateConfig, TrainConfig, load_config, parse_set_overrides
     from bertclf.evaluate import evaluate
     from bertclf.training import run
@@ -47,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run(cfg)
         wall = time.perf_counter() - t0
-        from bertclf import checkpoint
-
         meta = checkpoint.load(result.best_uri).meta
         best_dir = Path(result.best_uri)
         row = {"method": method, "settings": meta.tuning.settings,

@@ -69,15 +69,23 @@ def apply_method(model, cfg: TrainConfig):
     return PrefixTuned(wrapped) if cfg.method == "prefix" else wrapped
 
 
+def _peft(model):
+    """The peft model inside `model`, or None for a plain (full fine-tuning) transformers model."""
+    model = model.peft if isinstance(model, PrefixTuned) else model
+    return model if hasattr(model, "peft_config") else None
+
+
 def hf_model(model):
     """The transformers model inside whatever wraps it (peft, PrefixTuned), with adapters still applied."""
-    if isinstance(model, PrefixTuned):
-        model = model.peft
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    peft_model = _peft(model)
+    return peft_model.get_base_model() if peft_model is not None else model
 
 
-def adapter_learning_rate(cfg: TrainConfig) -> float:
-    return cfg.adapter_learning_rate or DEFAULT_ADAPTER_LR.get(cfg.method, cfg.learning_rate)
+def encoder_learning_rate(cfg: TrainConfig) -> float:
+    """The rate of what trains in the encoder: its weights (full) or the adapter (lora, prefix)."""
+    if cfg.method == "full":
+        return cfg.learning_rate
+    return cfg.adapter_learning_rate or DEFAULT_ADAPTER_LR[cfg.method]
 
 
 def tuning_info(model, cfg: TrainConfig) -> TuningInfo:
@@ -89,7 +97,7 @@ def tuning_info(model, cfg: TrainConfig) -> TuningInfo:
     elif cfg.method == "prefix":
         settings = {"prefix_length": cfg.prefix_length}
     if cfg.method != "full":
-        settings["adapter_learning_rate"] = adapter_learning_rate(cfg)
+        settings["adapter_learning_rate"] = encoder_learning_rate(cfg)
     params = list(model.parameters())
     return TuningInfo(method=cfg.method, settings=settings,
                       trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
@@ -99,8 +107,8 @@ def tuning_info(model, cfg: TrainConfig) -> TuningInfo:
 
 def save(directory: Path, model) -> None:
     """model.safetensors as plain transformers weights and, for peft methods, `adapter/` (what resuming needs)."""
-    peft_model = model.peft if isinstance(model, PrefixTuned) else model
-    if not hasattr(peft_model, "peft_config"):
+    peft_model = _peft(model)
+    if peft_model is None:
         model.save_pretrained(directory, safe_serialization=True)
         return
     peft_model.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
@@ -127,8 +135,8 @@ def load_weights(model, directory: Path) -> None:
     """Resume: the trained weights of a Ray Train checkpoint into a freshly built model of the same method."""
     from safetensors.torch import load_file
 
-    peft_model = model.peft if isinstance(model, PrefixTuned) else model
-    if not hasattr(peft_model, "peft_config"):
+    peft_model = _peft(model)
+    if peft_model is None:
         model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
         return
     from peft import set_peft_model_state_dict

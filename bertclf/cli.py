@@ -35,6 +35,9 @@ EXIT_DRIFT = 3  # scores committed (_SUCCESS written), drift alerted, and the co
 
 CONFIGS: dict[str, tuple[type, str]] = {
     "train": (TrainConfig, "fine-tune a classifier with Ray Train"),
+    "tune": (TrainConfig, "hyperparameter search with Ray Tune: trials are training runs; the best is published. "
+                          "--config and the flags give the base training config; --output is the search's "
+                          "directory (trials/, trials.csv, best/)"),
     "score": (ScoreConfig, "score a Parquet corpus with a checkpoint through Ray Data"),
     "evaluate": (EvaluateConfig, "metrics of a checkpoint on labelled Parquet (e.g. a test split)"),
     "report": (ReportConfig, "an HTML report: a checkpoint on labelled Parquet, or a scoring run (--scores)"),
@@ -82,11 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, help_text) in CONFIGS.items():
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text), cls)
     sub.choices["evaluate"].add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
-    tune_help = "hyperparameter search with Ray Tune: trials are training runs; the best is published"
-    t = sub.add_parser("tune", help=tune_help, description=tune_help + ". --config and the flags give the base "
-                       "training config; --output is the search's directory (trials/, trials.csv, best/).")
-    add_config_flags(t, TrainConfig)
-    t.add_argument("--search", required=True, help="search YAML: space, num_samples, time_budget_s, scheduler, ...")
+    sub.choices["tune"].add_argument("--search", required=True,
+                                     help="search YAML: space, num_samples, time_budget_s, scheduler, ...")
 
     p = sub.add_parser("predict", help="print labels and probabilities for a few texts")
     p.add_argument("--checkpoint", required=True)
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The command's config: defaults, then --config, then flags and --set."""
-    cls = TrainConfig if args.command == "tune" else CONFIGS[args.command][0]
+    cls, _ = CONFIGS[args.command]
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
                  if getattr(args, f.name, None) is not None}
     for name, value in overrides.items():

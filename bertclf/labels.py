@@ -46,11 +46,15 @@ class LabelSpace:
         return cls(task=d["task"], names=list(d["names"]), thresholds=[float(t) for t in d["thresholds"]],
                    class_bias=[float(b) for b in d.get("class_bias", [])])
 
+    def adjusted_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The model's logits with the class bias added (unchanged without one)."""
+        if not self.class_bias:
+            return logits
+        return logits + np.asarray(self.class_bias, dtype=logits.dtype)
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """The model's logits as this space's probabilities: the class bias applied, then sigmoid or softmax."""
-        if self.class_bias:
-            logits = logits + np.asarray(self.class_bias, dtype=np.float32)
-        return probabilities(self.task, logits)
+        return probabilities(self.task, self.adjusted_logits(logits))
 
     def predict(self, probs: np.ndarray) -> list[list[str]]:
         """Label names per row: sigmoid >= threshold (multi-label) or argmax (multi-class)."""

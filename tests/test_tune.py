@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -123,3 +124,29 @@ def test_cli_tune_bad_search_exits_2(tmp_path):
 
     (tmp_path / "search.yaml").write_text(yaml.safe_dump({"num_samples": 0, "space": {"epochs": 2}}))
     assert main(["tune", "--search", str(tmp_path / "search.yaml"), "--output", str(tmp_path / "out")]) == 2
+
+
+def test_a_trial_stopped_early_is_published_from_the_checkpoint_its_run_kept(tiny_model, tmp_path):
+    """ASHA kills a stopped trial before its training publishes best/: its row points at the best epoch's Ray Train
+    checkpoint (Tune's `checkpoint_path`), which is published without its optimizer state."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from conftest import save_tiny_checkpoint
+
+    from bertclf.tuning.driver import _publish, trial_rows
+
+    kept = save_tiny_checkpoint(tmp_path / "ray_train" / "checkpoint_1", tiny_model, "multi_class")
+    (kept / "train_state.json").write_text("{}")
+    frame = pd.DataFrame({"epoch": [1, 2], "f1_macro": [0.6, 0.4], "checkpoint_path": [str(kept), None]})
+    result = SimpleNamespace(config={"learning_rate": 1e-3}, metrics={"trial_id": "abcde_00001", "time_total_s": 9.0},
+                             metrics_dataframe=frame, error=None, path=str(tmp_path / "tune" / "run_trial_abcde_00001"))
+    base = TrainConfig(output=str(tmp_path / "search"), epochs=3)
+    (row,) = trial_rows([result], base, SearchSpec(space={"learning_rate": {"choice": [1e-3]}}))
+    assert (row.status, row.best, row.best_epoch, row.epochs_run) == ("stopped early", 0.6, 1, 2)
+    assert row.kept_checkpoint == str(kept)
+
+    best_uri = _publish(base, row)
+    assert (Path(best_uri) / "bertclf.json").is_file() and (Path(best_uri) / "model.safetensors").is_file()
+    assert not (Path(best_uri) / "train_state.json").exists()
+    assert (kept / "train_state.json").exists(), "Ray Train's own checkpoint is left as it was"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertclf.config import TrainConfig, as_dict
-from bertclf.labels import LabelSpace
+from bertclf.labels import LabelSpace, probabilities
 from bertclf.metrics import classification_metrics, tune_thresholds
 from bertclf.records import CheckpointMeta, EpochRecord, TuningInfo
 from bertclf.training.data import TrainingData
@@ -48,9 +48,8 @@ def epoch_record(epoch: int, space: LabelSpace, logits: np.ndarray, targets: np.
     """The epoch's record from all validation logits; multi-label thresholds are tuned on them."""
     import torch
 
-    probs = space.probabilities(logits)
-    if space.class_bias:  # the loss of the posteriors the checkpoint will output
-        logits = logits + np.asarray(space.class_bias, dtype=logits.dtype)
+    logits = space.adjusted_logits(logits)  # loss and metrics of the posteriors the checkpoint will output
+    probs = probabilities(space.task, logits)
     t_logits = torch.from_numpy(logits)
     thresholds = at_half = None
     if space.task == "multi_label":

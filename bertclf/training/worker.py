@@ -97,8 +97,8 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
 
     head_lr = cfg.head_learning_rate or 20 * cfg.learning_rate
     # fused: one kernel per step instead of a loop of element-wise ops
-    encoder_lr = cfg.learning_rate if cfg.method == "full" else adapters.adapter_learning_rate(cfg)
-    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, encoder_lr, head_lr),
+    optimizer = torch.optim.AdamW(_param_groups(raw_model, cfg.weight_decay, adapters.encoder_learning_rate(cfg),
+                                                head_lr),
                                   fused=device.type in ("cpu", "cuda"))
     steps_per_epoch = max(1, math.ceil((data.n_train // world) / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs

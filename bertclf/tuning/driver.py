@@ -28,7 +28,7 @@ from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.driver import prepare
-from bertclf.tuning.space import SearchSpec, check_space, param_space, trial_config
+from bertclf.tuning.space import SearchSpec, check_space, max_epochs, param_space, trial_config
 
 log = logging.getLogger("bertclf")
 
@@ -49,6 +49,7 @@ class TrialRow:
     epochs_run: int
     seconds: float
     output: str
+    kept_checkpoint: str | None = None  # the best epoch's Ray Train checkpoint, for a trial stopped early
 
 
 @dataclass
@@ -78,7 +79,7 @@ def run(base: TrainConfig, spec: SearchSpec) -> TuneResult:
         errors = "; ".join(f"{r.trial_id}: {r.status}" for r in rows) or "no trial ran"
         raise RuntimeError(f"no trial reported a validation {base.best_metric}: {errors}")
     best = sorted(finished, key=lambda r: r.best, reverse=base.best_mode == "max")[0]
-    best_uri = _publish(base, best, grid)
+    best_uri = _publish(base, best)
     log.info("tune: best trial %s (%s=%.4f at epoch %s, %s) committed to %s", best.trial_id, best.metric,
              best.best, best.best_epoch, best.values, best_uri)
     return TuneResult(best_uri=best_uri, best=best, trials=rows, table_uri=table_uri)
@@ -146,10 +147,9 @@ def _tuner(base: TrainConfig, spec: SearchSpec, concurrent: int):
                  storage.join(base.output, EXPERIMENT))
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=fs)
-    max_epochs = max(_epoch_choices(spec, base))
     # stop_last_trials=False: a trial that reaches max_t ends on its own, after publishing its best (stopping it
     # there killed it between its last report and the publish)
-    scheduler = (ASHAScheduler(max_t=max_epochs, grace_period=spec.grace_period,
+    scheduler = (ASHAScheduler(max_t=max_epochs(spec, base), grace_period=spec.grace_period,
                                reduction_factor=spec.reduction_factor, stop_last_trials=False)
                  if spec.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(
@@ -162,35 +162,32 @@ def _tuner(base: TrainConfig, spec: SearchSpec, concurrent: int):
     )
 
 
-def _epoch_choices(spec: SearchSpec, base: TrainConfig) -> list[int]:
-    value = spec.space.get("epochs", base.epochs)
-    if isinstance(value, dict):
-        kind, args = next(iter(value.items()))
-        return [int(a) for a in args]
-    return [int(value)]
-
-
 def trial_rows(grid, base: TrainConfig, spec: SearchSpec) -> list[TrialRow]:
     """The results table from Tune's results: each trial's values, best epoch, epochs run, time and fate."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    fs, _ = storage.resolve(base.output)
     rows = []
     for result in grid:
         values = {k: result.config[k] for k in spec.space if k in (result.config or {})}
         trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_dir(result.path)
         frame = result.metrics_dataframe
         reported = frame is not None and base.best_metric in frame and frame[base.best_metric].notna().any()
-        best = best_epoch = None
+        best = best_epoch = kept = None
         epochs_run = 0
         if reported:
             scores = frame[base.best_metric]
             at = scores.idxmax() if base.best_mode == "max" else scores.idxmin()
             best, best_epoch, epochs_run = float(scores[at]), int(frame["epoch"][at]), int(frame["epoch"].max())
+            path = frame[CHECKPOINT_PATH_KEY][at] if CHECKPOINT_PATH_KEY in frame else None
+            kept = storage.to_uri(fs, str(path)) if isinstance(path, str) else None
         planned = int(values.get("epochs", base.epochs))
         status = (f"error: {type(result.error).__name__}: {str(result.error).splitlines()[0][:200]}" if result.error
                   else "completed" if epochs_run >= planned else "stopped early")
         rows.append(TrialRow(trial_id=str(trial_id), status=status, values=values, metric=base.best_metric,
                              best=best, best_epoch=best_epoch, epochs_run=epochs_run,
                              seconds=round(float((result.metrics or {}).get("time_total_s", 0.0)), 1),
-                             output=storage.join(base.output, "trials", str(trial_id))))
+                             output=storage.join(base.output, "trials", str(trial_id)), kept_checkpoint=kept))
     return sorted(rows, key=lambda r: (r.best is None, -(r.best or 0) if base.best_mode == "max" else (r.best or 0)))
 
 
@@ -217,12 +214,15 @@ def _write_table(output: str, rows: list[TrialRow]) -> str:
     return table_uri
 
 
-def _publish(base: TrainConfig, best: TrialRow, grid) -> str:
+def _publish(base: TrainConfig, best: TrialRow) -> str:
     """The best trial's best checkpoint at <output>/best/: its own best/ when it finished, else (stopped early)
     the best checkpoint its Ray Train run kept."""
     source = storage.join(best.output, "best")
     if not storage.exists(storage.join(source, checkpoint.MARKER)):
-        source = _kept_checkpoint(base, best, grid)
+        if best.kept_checkpoint is None:
+            raise RuntimeError(f"trial {best.trial_id} published no best/ and kept no checkpoint of its best epoch "
+                               f"{best.best_epoch}")
+        source = best.kept_checkpoint
     best_uri = storage.join(base.output, "best")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "ckpt"
@@ -230,17 +230,3 @@ def _publish(base: TrainConfig, best: TrialRow, grid) -> str:
         checkpoint.strip_training_state(local)
         checkpoint.publish(local, best_uri)
     return best_uri
-
-
-def _kept_checkpoint(base: TrainConfig, best: TrialRow, grid) -> str:
-    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-
-    fs, _ = storage.resolve(base.output)
-    for result in grid:
-        frame = result.metrics_dataframe
-        if frame is None or CHECKPOINT_PATH_KEY not in frame or (result.metrics or {}).get("trial_id") != best.trial_id:
-            continue
-        kept = frame[(frame["epoch"] == best.best_epoch) & frame[CHECKPOINT_PATH_KEY].notna()]
-        if len(kept):
-            return storage.to_uri(fs, str(kept[CHECKPOINT_PATH_KEY].iloc[-1]))
-    raise RuntimeError(f"trial {best.trial_id} kept no checkpoint of its best epoch {best.best_epoch}")

@@ -75,9 +75,14 @@ def check_space(spec: SearchSpec, base: TrainConfig) -> None:
                 dataclasses.replace(base, **{name: coerce(name, candidate, hints[name])}).validate()
             except ConfigError as exc:
                 raise ConfigError(f"search space key {name!r}: {exc}") from None
-    epochs = spec.space.get("epochs", base.epochs)
-    if spec.scheduler == "asha" and spec.grace_period > max(_candidates("epochs", epochs)):
-        raise ConfigError(f"grace_period {spec.grace_period} is longer than every trial ({epochs} epochs)")
+    if spec.scheduler == "asha" and spec.grace_period > max_epochs(spec, base):
+        raise ConfigError(f"grace_period {spec.grace_period} is longer than every trial "
+                          f"({spec.space.get('epochs', base.epochs)} epochs)")
+
+
+def max_epochs(spec: SearchSpec, base: TrainConfig) -> int:
+    """The longest a trial can train: the largest epochs the space allows (ASHA's max_t)."""
+    return max(int(e) for e in _candidates("epochs", spec.space.get("epochs", base.epochs)))
 
 
 def _candidates(name: str, value: Any) -> list[Any]:
