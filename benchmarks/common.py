@@ -50,35 +50,9 @@ def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def cpu_flags() -> tuple[str, set[str]]:
-    """(model name, feature flags) of the first CPU in /proc/cpuinfo ("flags" on x86, "Features" on ARM)."""
-    model, flags = "unknown", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":", 1)[0].strip()
-            if key in ("model name", "Model") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if key in ("flags", "Features") and not flags:
-                flags = line.split(":", 1)[1]
-    except OSError:
-        pass
-    return model, set(flags.split())
-
-
-def cpu_class(flags: set[str], arch: str | None = None) -> str:
-    """The class of CPU a result was measured on, by its best matmul instructions; the arch off x86."""
-    arch = arch or platform.machine()
-    if arch not in ("x86_64", "AMD64", "i386", "i686"):
-        return arch
-    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
-        if flag in flags:
-            return name
-    return arch
-
-
 def machine_info() -> dict:
     """CPU model, class, flags, cores and memory of the machine this runs on, and how busy it was at start."""
-    from bertclf.resources import cpu_has_native_bf16
+    from bertclf.resources import cpu_class, cpu_flags, cpu_has_native_bf16
 
     model, flags = cpu_flags()
     psutil = import_psutil()

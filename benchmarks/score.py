@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens-per-batch", type=int, help="bertclf ScoreConfig.max_tokens_per_batch (default: its)")
     p.add_argument("--max-batch-rows", type=int, help="bertclf ScoreConfig.max_batch_rows (default: its)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="bertclf ScoreConfig.precision")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="bertclf ScoreConfig.compile; unless off, the compile cache starts empty, so the first run "
+                        "at N compiles, and one extra eager run at N measures what the compiled graph gained")
     p.add_argument("--internal-baseline", help=argparse.SUPPRESS)  # subprocess mode: path of a spec JSON
     args = p.parse_args(argv)
     if not args.internal_baseline and args.rows is None:
@@ -202,14 +205,16 @@ def run_baseline(args: argparse.Namespace, workdir: Path, ckpt, corpus: Path, pe
 # ------------------------------------------------------------------------------------------------ bertclf
 
 
-def score_config(args: argparse.Namespace, ckpt_uri: str, corpus: str, output: str):
+def score_config(args: argparse.Namespace, ckpt_uri: str, corpus: str, output: str, compile: str):
     from bertclf.config import ScoreConfig
 
     knobs = {k: getattr(args, k) for k in ("max_tokens_per_batch", "max_batch_rows", "precision") if getattr(args, k)}
-    return ScoreConfig(checkpoint=ckpt_uri, input=corpus, output=output, overwrite=True, id_column="id", **knobs)
+    return ScoreConfig(checkpoint=ckpt_uri, input=corpus, output=output, overwrite=True, id_column="id",
+                       compile=compile, **knobs)
 
 
-def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Path, session_dir: str | None) -> dict:
+def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Path, session_dir: str | None,
+               compile: str | None = None) -> dict:
     """One bertclf.scoring.run, timed around the call, with the benchmark's memory sampled throughout."""
     import ray
 
@@ -224,7 +229,7 @@ def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Pa
         session_dir, ray_start_s = bc.start_ray()
         sampler.session_dir = session_dir
     warmup_s = bc.warm_ray_data()
-    cfg = score_config(args, ckpt_uri, str(corpus), str(output))
+    cfg = score_config(args, ckpt_uri, str(corpus), str(output), compile or args.compile)
     t0 = time.perf_counter()
     scoring.run(cfg)
     wall = time.perf_counter() - t0
@@ -243,7 +248,8 @@ def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Pa
             "manifest_rows_per_s": manifest.rows_per_s, "timings": manifest.timings,
             "units": manifest.units.to_dict(), "tokens": tokens, "memory": memory, "session_dir": session_dir,
             "cluster": cluster, "plan": plan.describe(), "torch_threads_per_actor": plan.torch_threads,
-            "actors_used": min(plan.num_actors, manifest.units.total), "parts": [str(p) for p in parts]}
+            "actors_used": min(plan.num_actors, manifest.units.total), "compile": cfg.compile,
+            "parts": [str(p) for p in parts]}
 
 
 def compare(baseline: dict, parts: list[str], space) -> dict:
@@ -325,6 +331,19 @@ def summarize(n: int, precision: str, baseline: dict, runs_n: list[dict], run_n:
     }
 
 
+def compiled_vs_eager(n: int, run_n: dict, run_eager: dict | None, baseline: dict) -> dict:
+    """What the compiled graph gained: the reported run against one eager run at N, in the same benchmark."""
+    if run_eager is None:
+        return {"compile": run_n["compile"]}
+    eager_rps = n / run_eager["wall_seconds"]
+    return {"compile": run_n["compile"], "eager_wall_seconds": run_eager["wall_seconds"],
+            "eager_rows_per_s": eager_rps, "speedup_eager": eager_rps / (n / baseline["seconds"]),
+            "compiled_vs_eager": run_eager["wall_seconds"] / run_n["wall_seconds"],
+            "compile_note": "the compile cache starts empty: the first run at N compiled the graph (its wall time is "
+                            "bertclf_wall_seconds_runs[0]); later runs and the 10N run loaded it; eager_*: one run "
+                            "at N with compile=off"}
+
+
 NOTES = {
     "bertclf_timing": "wall time around bertclf.scoring.run (planning, actor start + model load, read, score, write, "
                       "manifest); Ray startup is apart (ray_start_seconds); Ray Data's detached helper actors are "
@@ -361,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] WARNING: {warnings[-1]}", flush=True)
     n = args.rows
     existing = bc.in_existing_cluster()
+    compile_cache = workdir / "compile_cache"  # empty: the first run pays the compile, as a new checkpoint's does
+    shutil.rmtree(compile_cache, ignore_errors=True)
+    os.environ["BERTCLF_COMPILE_CACHE"] = str(compile_cache)  # before Ray starts, so its workers inherit it
     try:
         ckpt_uri, ckpt_source, ckpt_train_s = ensure_checkpoint(args, workdir)
         ckpt = checkpoint.load(ckpt_uri)
@@ -377,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
             runs_n.append(score_once(args, ckpt_uri, corpus, workdir / f"scores_{n}", session))
         run_n = sorted(runs_n, key=lambda r: r["wall_seconds"])[len(runs_n) // 2]
         quality = compare(baseline, run_n["parts"], ckpt.space)
+        run_eager = None
+        if args.compile != "off":
+            if not existing:
+                bc.stop_ray()
+            run_eager = score_once(args, ckpt_uri, corpus, workdir / f"scores_{n}_eager", session, compile="off")
         run_10n = None
         if not args.skip_memory:
             if not existing:
@@ -406,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         **quality,
         "run_N": {k: v for k, v in run_n.items() if k != "parts"},
         "run_10N": {k: v for k, v in run_10n.items() if k != "parts"} if run_10n else None,
+        **compiled_vs_eager(n, run_n, run_eager, baseline),
         **NOTES,
     }
     bc.write_json(bc.result_path("score", machine, started, args.json), result)

@@ -24,6 +24,7 @@ PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 
 Task = Literal["auto", "multi_label", "multi_class"]
 Precision = Literal["auto", "bf16", "fp32"]
+CompileSetting = Literal["auto", "on", "off"]
 Method = Literal["full", "lora", "prefix"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 
@@ -132,6 +133,8 @@ class ScoreConfig:
     num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
     cpus_per_actor: float | None = key(None, help="CPUs per scoring actor; none: 1 on CPU clusters")
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")
+    compile: CompileSetting = key("auto", help="run the model as a graph compiled once per checkpoint and node "
+                                               "(AOTInductor, cached); auto: on CPUs for models of 5M+ parameters")
     max_tokens_per_batch: int = key(2048, help="token budget of one micro-batch (raise it for GPUs)", flag=False)
     max_batch_rows: int = key(64, help="rows in one micro-batch at most", flag=False)
     rows_per_unit: int = key(20_000, help="rows per unit of work (and per output part)", flag=False)

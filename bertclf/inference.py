@@ -6,7 +6,8 @@ all of them compute the same probabilities the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertclf import compiled
+from bertclf.compiled import CompiledGraph
 from bertclf.labels import LabelSpace
+
+log = logging.getLogger("bertclf")
 
 
 def plan_microbatches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[np.ndarray]:
@@ -57,13 +62,17 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 
 def logits_for_token_ids(model, token_ids: list[list[int]], pad_id: int, *, max_tokens: int, max_rows: int,
-                         bf16: bool, device: torch.device) -> np.ndarray:
-    """float32 logits in the input order, computed in length-sorted micro-batches under inference_mode."""
+                         bf16: bool, device: torch.device,
+                         compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """float32 logits in the input order, computed in length-sorted micro-batches under inference_mode, by the
+    model or by its compiled graph (bertclf.compiled: same inputs, logits out, precision built in)."""
     out: np.ndarray | None = None
-    with torch.inference_mode(), autocast(device.type, bf16):
+    with torch.inference_mode(), autocast(device.type, bf16 and compiled is None):
         for idx in plan_microbatches([len(t) for t in token_ids], max_tokens, max_rows):
             ids, mask = pad_batch([token_ids[i] for i in idx], pad_id)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
+            ids, mask = ids.to(device), mask.to(device)
+            logits = (compiled(ids, mask) if compiled is not None
+                      else model(input_ids=ids, attention_mask=mask).logits).float().cpu().numpy()
             if out is None:
                 out = np.empty((len(token_ids), logits.shape[1]), dtype=np.float32)
             out[idx] = logits
@@ -91,10 +100,12 @@ class Predictor:
     bf16: bool = False
     max_tokens: int = 8192
     max_rows: int = 256
+    graph: CompiledGraph | None = None
 
     @classmethod
     def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
-             max_rows: int = 256) -> Predictor:
+             max_rows: int = 256, compile: str = "off") -> Predictor:
+        """`compile` (on / off / auto): run the checkpoint's graph compiled once per node (bertclf.compiled)."""
         from bertclf import checkpoint
         from bertclf.modeling import load_for_inference
         from bertclf.resources import use_bf16
@@ -102,15 +113,31 @@ class Predictor:
         ckpt = checkpoint.load(checkpoint_uri)
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_for_inference(ckpt.local_dir, target, ckpt.meta.tuning.adapter)
-        return cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
-                   max_tokens, max_rows)
+        predictor = cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
+                        max_tokens, max_rows)
+        if compiled.wanted(compile, model, target.type):
+            predictor.graph = _compiled_graph(predictor, ckpt.fingerprint())
+        return predictor
+
+    def _compiled_forward(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The compiled graph once it is there; eager before that, and for good if loading it fails."""
+        if self.graph is None:
+            return None
+        try:
+            return self.graph.load_if_ready()
+        except Exception as exc:  # noqa: BLE001 - a broken cache entry must not stop scoring: eager still works
+            log.warning("compiled graph %s could not be loaded (%s: %s): eager from now on", self.graph.path,
+                        type(exc).__name__, exc)
+            self.graph = None
+            return None
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return tokenize(self.tokenizer, texts, self.max_length)
 
     def probabilities_for_ids(self, token_ids: list[list[int]]) -> np.ndarray:
         logits = logits_for_token_ids(self.model, token_ids, self.tokenizer.pad_token_id, max_tokens=self.max_tokens,
-                                      max_rows=self.max_rows, bf16=self.bf16, device=self.device)
+                                      max_rows=self.max_rows, bf16=self.bf16, device=self.device,
+                                      compiled=self._compiled_forward())
         return self.space.probabilities(logits)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
@@ -125,6 +152,18 @@ class Predictor:
         return [{"text": t, "predicted": predicted[i],
                  "probabilities": dict(sorted(zip(names, map(float, probs[i]), strict=True), key=lambda kv: -kv[1]))}
                 for i, t in enumerate(texts)]
+
+
+def _compiled_graph(predictor: Predictor, fingerprint: str) -> CompiledGraph | None:
+    """Build (or wait for another process to build) the checkpoint's compiled graph in this node's cache."""
+    graph = CompiledGraph(compiled.cache_key(fingerprint, predictor.bf16, predictor.max_rows, predictor.max_length))
+    try:
+        graph.build_or_wait(predictor.model, bf16=predictor.bf16, max_rows=predictor.max_rows,
+                            max_length=predictor.max_length, pad_id=predictor.tokenizer.pad_token_id)
+    except Exception as exc:  # noqa: BLE001 - any model torch.export can't take still scores, eagerly
+        log.warning("compiling the checkpoint's graph failed (%s: %s): scoring eagerly", type(exc).__name__, exc)
+        return None
+    return graph
 
 
 def predict_texts(checkpoint_uri: str, texts: list[str]) -> list[dict]:

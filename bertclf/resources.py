@@ -151,14 +151,41 @@ def plan_scoring(cluster: dict[str, float], num_actors: int | None = None,
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX, where bf16 matmuls run several times faster than fp32."""
+def cpu_flags() -> tuple[str, frozenset[str]]:
+    """(model name, feature flags) of the first CPU in /proc/cpuinfo ("flags" on x86, "Features" on ARM)."""
+    model, flags = "unknown", ""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            lines = f.read().splitlines()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        lines = []
+    for line in lines:
+        key = line.split(":", 1)[0].strip()
+        if key in ("model name", "Model") and model == "unknown":
+            model = line.split(":", 1)[1].strip()
+        if key in ("flags", "Features") and not flags:
+            flags = line.split(":", 1)[1]
+    return model, frozenset(flags.split())
+
+
+def cpu_class(flags: frozenset[str] | set[str] | None = None, arch: str | None = None) -> str:
+    """The CPU's class by its best matmul instructions (amx, avx512_bf16, avx512, avx2), the arch off x86:
+    what decides bf16 speed, and what code compiled for this CPU may use."""
+    import platform
+
+    flags = cpu_flags()[1] if flags is None else flags
+    arch = arch or platform.machine()
+    if arch not in ("x86_64", "AMD64", "i386", "i686"):
+        return arch
+    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return arch
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AVX512-BF16 or AMX, where bf16 matmuls run several times faster than fp32."""
+    return cpu_class() in ("amx", "avx512_bf16")
 
 
 def use_bf16(precision: str, device_type: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")  # a deadlock fails in 5 min, not 30
+# compiled graphs of the tests' random models go to a cache of this session, not the user's (Ray workers inherit it)
+os.environ.setdefault("BERTCLF_COMPILE_CACHE", tempfile.mkdtemp(prefix="bertclf-compiled-"))
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_WORDS = {

@@ -37,6 +37,7 @@ class ScoringSettings:
     passthrough: tuple[str, ...]
     empty_text: str
     precision: str
+    compile: str
     max_tokens_per_batch: int
     max_batch_rows: int
     read_batch_rows: int
@@ -63,7 +64,8 @@ class UnitScorer:
         torch.set_num_threads(settings.torch_threads)
         self.settings = settings
         self.predictor = Predictor.load(settings.checkpoint_uri, precision=settings.precision,
-                                        max_tokens=settings.max_tokens_per_batch, max_rows=settings.max_batch_rows)
+                                        max_tokens=settings.max_tokens_per_batch, max_rows=settings.max_batch_rows,
+                                        compile=settings.compile)
         self.space = self.predictor.space
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 

@@ -183,8 +183,9 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
              cluster.get("CPU", 0), cluster.get("GPU", 0), plan.describe(), size, len(todo))
     settings = ScoringSettings(
         checkpoint_uri=ckpt_uri, output_uri=output, text_column=cfg.text_column, passthrough=passthrough,
-        empty_text=cfg.empty_text, precision=cfg.precision, max_tokens_per_batch=cfg.max_tokens_per_batch,
-        max_batch_rows=cfg.max_batch_rows, read_batch_rows=cfg.read_batch_rows, torch_threads=plan.torch_threads)
+        empty_text=cfg.empty_text, precision=cfg.precision, compile=cfg.compile,
+        max_tokens_per_batch=cfg.max_tokens_per_batch, max_batch_rows=cfg.max_batch_rows,
+        read_batch_rows=cfg.read_batch_rows, torch_threads=plan.torch_threads)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress lines read better in `ray job submit` logs
     ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
