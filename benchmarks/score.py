@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens-per-batch", type=int, help="bertclf ScoreConfig.max_tokens_per_batch (default: its)")
     p.add_argument("--max-batch-rows", type=int, help="bertclf ScoreConfig.max_batch_rows (default: its)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="bertclf ScoreConfig.precision")
+    p.add_argument("--tokenize-stage", choices=["auto", "fused", "separate"],
+                   help="bertclf ScoreConfig.tokenize_stage (default: its)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="bertclf ScoreConfig.compile; unless off, the compile cache starts empty, so the first run "
                         "at N compiles, and one extra eager run at N measures what the compiled graph gained")
@@ -187,13 +189,17 @@ def run_baseline(args: argparse.Namespace, workdir: Path, ckpt, corpus: Path, pe
     out = workdir / f"baseline_{args.rows}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    from bertclf.resources import plan_scoring
+
     cfg = score_config(args, "", "", "")
+    budget = plan_scoring({"CPU": os.cpu_count() or 1}, max_tokens_per_batch=cfg.max_tokens_per_batch,
+                          max_batch_rows=cfg.max_batch_rows)  # bertclf's micro-batches on this machine
     spec = {"threads": args.baseline_threads, "corpus": str(corpus), "ckpt_dir": str(ckpt.local_dir),
             "max_length": ckpt.max_length, "task": ckpt.space.task, "names": list(ckpt.space.names),
             "batch_size": args.baseline_batch_size, "out": str(out), "peak_precisions": peak_precisions,
             "text_column": cfg.text_column, "rows_per_unit": cfg.rows_per_unit,
-            "read_batch_rows": cfg.read_batch_rows, "max_tokens_per_batch": cfg.max_tokens_per_batch,
-            "max_batch_rows": cfg.max_batch_rows}
+            "read_batch_rows": cfg.read_batch_rows, "max_tokens_per_batch": budget.max_tokens_per_batch,
+            "max_batch_rows": budget.max_batch_rows}
     (out / "spec.json").write_text(json.dumps(spec))
     bc.run_python([str(Path(__file__).resolve()), "--internal-baseline", str(out / "spec.json")])
     result = json.loads((out / "result.json").read_text())
@@ -205,12 +211,13 @@ def run_baseline(args: argparse.Namespace, workdir: Path, ckpt, corpus: Path, pe
 # ------------------------------------------------------------------------------------------------ bertclf
 
 
-def score_config(args: argparse.Namespace, ckpt_uri: str, corpus: str, output: str, compile: str):
+def score_config(args: argparse.Namespace, ckpt_uri: str, corpus: str, output: str, compile: str | None = None):
     from bertclf.config import ScoreConfig
 
-    knobs = {k: getattr(args, k) for k in ("max_tokens_per_batch", "max_batch_rows", "precision") if getattr(args, k)}
+    knobs = {k: getattr(args, k) for k in ("max_tokens_per_batch", "max_batch_rows", "precision", "tokenize_stage")
+             if getattr(args, k)}
     return ScoreConfig(checkpoint=ckpt_uri, input=corpus, output=output, overwrite=True, id_column="id",
-                       compile=compile, **knobs)
+                       compile=compile or args.compile, **knobs)
 
 
 def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Path, session_dir: str | None,
@@ -229,7 +236,7 @@ def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Pa
         session_dir, ray_start_s = bc.start_ray()
         sampler.session_dir = session_dir
     warmup_s = bc.warm_ray_data()
-    cfg = score_config(args, ckpt_uri, str(corpus), str(output), compile or args.compile)
+    cfg = score_config(args, ckpt_uri, str(corpus), str(output), compile)
     t0 = time.perf_counter()
     scoring.run(cfg)
     wall = time.perf_counter() - t0
@@ -238,13 +245,15 @@ def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Pa
     parts = sorted(output.glob("*.parquet"))
     tokens = sum(read_part_stats(str(p)).tokens for p in parts)
     cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
-    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor)  # what scoring.run planned on this cluster
+    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor, cfg.tokenize_stage, cfg.max_tokens_per_batch,
+                        cfg.max_batch_rows)  # what scoring.run planned on this cluster
     rows = manifest.rows_out
     print(f"[bench] bertclf: {rows} rows in {wall:.2f}s around scoring.run ({rows / wall:.1f} rows/s; manifest "
           f"{manifest.rows_per_s:.1f} rows/s); peak RSS {memory['peak_rss_mb']:.0f} MB, "
           f"PSS {memory['peak_pss_mb']:.0f} MB", flush=True)
-    return {"rows": rows, "wall_seconds": wall, "max_tokens_per_batch": cfg.max_tokens_per_batch,
-            "max_batch_rows": cfg.max_batch_rows, "ray_start_seconds": ray_start_s, "ray_data_warmup_seconds": warmup_s,
+    return {"rows": rows, "wall_seconds": wall, "max_tokens_per_batch": plan.max_tokens_per_batch,
+            "max_batch_rows": plan.max_batch_rows, "tokenize_stage": cfg.tokenize_stage,
+            "ray_start_seconds": ray_start_s, "ray_data_warmup_seconds": warmup_s,
             "manifest_rows_per_s": manifest.rows_per_s, "timings": manifest.timings,
             "units": manifest.units.to_dict(), "tokens": tokens, "memory": memory, "session_dir": session_dir,
             "cluster": cluster, "plan": plan.describe(), "torch_threads_per_actor": plan.torch_threads,
@@ -331,17 +340,24 @@ def summarize(n: int, precision: str, baseline: dict, runs_n: list[dict], run_n:
     }
 
 
-def compiled_vs_eager(n: int, run_n: dict, run_eager: dict | None, baseline: dict) -> dict:
-    """What the compiled graph gained: the reported run against one eager run at N, in the same benchmark."""
-    if run_eager is None:
-        return {"compile": run_n["compile"]}
-    eager_rps = n / run_eager["wall_seconds"]
-    return {"compile": run_n["compile"], "eager_wall_seconds": run_eager["wall_seconds"],
-            "eager_rows_per_s": eager_rps, "speedup_eager": eager_rps / (n / baseline["seconds"]),
-            "compiled_vs_eager": run_eager["wall_seconds"] / run_n["wall_seconds"],
-            "compile_note": "the compile cache starts empty: the first run at N compiled the graph (its wall time is "
-                            "bertclf_wall_seconds_runs[0]); later runs and the 10N run loaded it; eager_*: one run "
-                            "at N with compile=off"}
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["wall_seconds"])[len(runs) // 2]
+
+
+def compiled_vs_eager(n: int, runs_n: list[dict], runs_eager: list[dict], baseline: dict) -> dict:
+    """What the compiled graph gained: the compiled runs against the eager runs paired with them."""
+    if not runs_eager:
+        return {"compile": runs_n[0]["compile"]}
+    eager = median_run(runs_eager)
+    ratios = sorted(e["wall_seconds"] / c["wall_seconds"] for c, e in zip(runs_n, runs_eager, strict=True))
+    return {"compile": runs_n[0]["compile"], "eager_wall_seconds_runs": [r["wall_seconds"] for r in runs_eager],
+            "eager_rows_per_s": n / eager["wall_seconds"],
+            "speedup_eager": n / eager["wall_seconds"] / (n / baseline["seconds"]),
+            "compiled_vs_eager": ratios[len(ratios) // 2], "compiled_vs_eager_pairs": ratios,
+            "compile_note": "the compile cache starts empty: the first compiled run at N compiled the graph (its wall "
+                            "time is bertclf_wall_seconds_runs[0]); later runs and the 10N run loaded it. Each "
+                            "repeat is a (compiled, eager) pair in alternating order; compiled_vs_eager is the median "
+                            "of the pairs' eager/compiled wall-time ratios"}
 
 
 NOTES = {
@@ -392,18 +408,18 @@ def main(argv: list[str] | None = None) -> int:
         baseline = run_baseline(args, workdir, ckpt, corpus, peak_precisions)
 
         session = bc.start_ray()[0] if existing else None
-        runs_n = []
+        runs_n, runs_eager = [], []
+        # with compile on, each repeat is a pair (compiled, eager) in alternating order: the host's speed drifts by
+        # more than the difference over a few minutes, so the two are compared pair by pair
+        modes = [None] if args.compile == "off" else [None, "off"]
         for i in range(max(1, args.repeats)):
-            if i and not existing:
-                bc.stop_ray()
-            runs_n.append(score_once(args, ckpt_uri, corpus, workdir / f"scores_{n}", session))
-        run_n = sorted(runs_n, key=lambda r: r["wall_seconds"])[len(runs_n) // 2]
+            for mode in modes if i % 2 == 0 else modes[::-1]:
+                if not existing:
+                    bc.stop_ray()
+                out = workdir / f"scores_{n}{'_eager' if mode else ''}"
+                (runs_eager if mode else runs_n).append(score_once(args, ckpt_uri, corpus, out, session, mode))
+        run_n = median_run(runs_n)
         quality = compare(baseline, run_n["parts"], ckpt.space)
-        run_eager = None
-        if args.compile != "off":
-            if not existing:
-                bc.stop_ray()
-            run_eager = score_once(args, ckpt_uri, corpus, workdir / f"scores_{n}_eager", session, compile="off")
         run_10n = None
         if not args.skip_memory:
             if not existing:
@@ -433,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         **quality,
         "run_N": {k: v for k, v in run_n.items() if k != "parts"},
         "run_10N": {k: v for k, v in run_10n.items() if k != "parts"} if run_10n else None,
-        **compiled_vs_eager(n, run_n, run_eager, baseline),
+        **compiled_vs_eager(n, runs_n, runs_eager, baseline),
         **NOTES,
     }
     bc.write_json(bc.result_path("score", machine, started, args.json), result)

@@ -34,10 +34,11 @@ def cache_dir() -> Path:
 
 
 def wanted(setting: str, model, device_type: str) -> bool:
-    """compile: on / off / auto (CPU, and a model big enough for the compile to pay back)."""
-    if setting != "auto":
-        return setting == "on"
-    return device_type == "cpu" and sum(p.numel() for p in model.parameters()) >= MIN_PARAMETERS_FOR_AUTO
+    """compile: on / off / auto (a model big enough for the compile to pay back); CPU actors only: the graph is
+    compiled for this CPU, and GPUs run their own fused kernels (SDPA, bf16) eagerly."""
+    if device_type != "cpu" or setting == "off":
+        return False
+    return setting == "on" or sum(p.numel() for p in model.parameters()) >= MIN_PARAMETERS_FOR_AUTO
 
 
 def cache_key(fingerprint: str, bf16: bool, max_rows: int, max_length: int) -> str:

@@ -25,6 +25,7 @@ PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 Task = Literal["auto", "multi_label", "multi_class"]
 Precision = Literal["auto", "bf16", "fp32"]
 CompileSetting = Literal["auto", "on", "off"]
+TokenizeStage = Literal["auto", "fused", "separate"]
 Method = Literal["full", "lora", "prefix"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 
@@ -135,8 +136,13 @@ class ScoreConfig:
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")
     compile: CompileSetting = key("auto", help="run the model as a graph compiled once per checkpoint and node "
                                                "(AOTInductor, cached); auto: on CPUs for models of 5M+ parameters")
-    max_tokens_per_batch: int = key(2048, help="token budget of one micro-batch (raise it for GPUs)", flag=False)
-    max_batch_rows: int = key(64, help="rows in one micro-batch at most", flag=False)
+    tokenize_stage: TokenizeStage = key("auto", help="where texts are tokenized: fused (in each scoring actor), "
+                                                     "separate (CPU actors feeding token ids); auto: separate on "
+                                                     "GPU clusters, fused on CPU-only ones", flag=False)
+    max_tokens_per_batch: int | None = key(None, help="token budget of one micro-batch; none: 2048 on CPU, 65536 on "
+                                                      "GPU", flag=False)
+    max_batch_rows: int | None = key(None, help="rows in one micro-batch at most; none: 64 on CPU, 1024 on GPU",
+                                     flag=False)
     rows_per_unit: int = key(20_000, help="rows per unit of work (and per output part)", flag=False)
     read_batch_rows: int = key(2048, help="rows read from Parquet at a time", flag=False)
     drift_psi_threshold: float = key(0.2, help="alert when a label's probability PSI against the previous "
@@ -148,7 +154,8 @@ class ScoreConfig:
 
     def validate(self) -> None:
         _check_choices(self)
-        _at_least_one(self, "max_tokens_per_batch", "max_batch_rows", "rows_per_unit", "read_batch_rows")
+        _at_least_one(self, "rows_per_unit", "read_batch_rows")
+        _at_least_one(self, *(n for n in ("max_tokens_per_batch", "max_batch_rows") if getattr(self, n) is not None))
         for name in ("drift_psi_threshold", "drift_share_threshold"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")

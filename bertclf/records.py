@@ -159,6 +159,8 @@ class UnitResult(Record):
     seconds: float = 0.0
     actor_ready_seconds: float = 0.0
     actor_pid: int = 0
+    tokenizer_pid: int = 0  # the process that read and tokenized the unit: the actor itself, or the CPU stage
+    gpu_ids: list[str] = field(default_factory=list)  # the GPUs Ray gave the scoring actor (none on CPU)
 
     @property
     def ok(self) -> bool:

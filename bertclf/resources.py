@@ -40,17 +40,29 @@ class TrainPlan:
                 f"{self.torch_threads} torch thread(s)); Ray Data tasks {self.data_cpus:g} CPU each")
 
 
+# Micro-batch token budgets (tokens, rows): a CPU core is saturated by small batches, a GPU wants large ones.
+CPU_BATCH_BUDGET = (2048, 64)
+GPU_BATCH_BUDGET = (65536, 1024)
+TOKENIZERS_PER_GPU = 2  # CPU tokenizer actors feeding each GPU actor in the separate tokenize stage
+
+
 @dataclass(frozen=True)
 class ScorePlan:
     num_actors: int
     use_gpu: bool
     cpus_per_actor: float
     torch_threads: int
+    max_tokens_per_batch: int = CPU_BATCH_BUDGET[0]
+    max_batch_rows: int = CPU_BATCH_BUDGET[1]
+    tokenizers: int = 0  # CPU actors of a separate tokenize stage; 0: each scoring actor tokenizes its own units
 
     def describe(self) -> str:
         device = "1 GPU + " if self.use_gpu else ""
+        stage = (f"; tokenize stage: {self.tokenizers} CPU actor(s) x 1 CPU sending token ids" if self.tokenizers
+                 else "; each actor reads and tokenizes its own units")
         return (f"{self.num_actors} scoring actor(s) x ({device}{self.cpus_per_actor:g} CPU, "
-                f"{self.torch_threads} torch thread(s))")
+                f"{self.torch_threads} torch thread(s)), micro-batches of <= {self.max_tokens_per_batch} tokens / "
+                f"{self.max_batch_rows} rows{stage}")
 
 
 def connect(address: str | None = None) -> dict[str, float]:
@@ -131,23 +143,37 @@ def plan_training(cluster: dict[str, float], num_workers: int, use_gpu: bool | N
     return TrainPlan(num_workers, gpu, cpus_per_worker, threads, round(data_cpus, 2))
 
 
-def plan_scoring(cluster: dict[str, float], num_actors: int | None = None,
-                 cpus_per_actor: float | None = None) -> ScorePlan:
-    """One actor per GPU; on CPU-only clusters, actors that together use every CPU."""
+def plan_scoring(cluster: dict[str, float], num_actors: int | None = None, cpus_per_actor: float | None = None,
+                 tokenize_stage: str = "auto", max_tokens_per_batch: int | None = None,
+                 max_batch_rows: int | None = None) -> ScorePlan:
+    """Scoring actors, their micro-batch budget and where tokenizing runs, from what the cluster has.
+
+    GPUs: one actor per GPU with 1 CPU to feed it, and (tokenize_stage auto or separate) CPU tokenizer actors,
+    TOKENIZERS_PER_GPU per GPU as the CPUs allow, so the GPU never waits on the tokenizer. CPU-only clusters:
+    actors that together use every CPU, each tokenizing its own units (fused), unless tokenize_stage is separate.
+    """
     cpus = float(cluster.get("CPU", 0))
     gpus = int(cluster.get("GPU", 0))
+    separate = tokenize_stage == "separate" or (tokenize_stage == "auto" and gpus >= 1)
     if gpus >= 1:
         n = num_actors or gpus
-        per = cpus_per_actor or max(0.25, math.floor(min(4.0, cpus / n) * 4) / 4)
-        if n > gpus or n * per > cpus:
-            raise ConfigError(f"{n} GPU scoring actor(s) x {per:g} CPU do not fit a cluster with {gpus} GPU(s) and "
-                             f"{cpus:g} CPU(s)")
-        return ScorePlan(n, True, per, max(1, int(per)))
-    per = cpus_per_actor or 1.0
-    n = num_actors or max(1, int(cpus // per))
-    if n * per > cpus:
-        raise ConfigError(f"{n} scoring actor(s) x {per:g} CPU does not fit a cluster with {cpus:g} CPU(s)")
-    return ScorePlan(n, False, per, max(1, int(per)))
+        per = cpus_per_actor or (1.0 if separate else max(0.25, math.floor(min(4.0, cpus / n) * 4) / 4))
+        tokenizers = min(TOKENIZERS_PER_GPU * n, int(cpus - n * per)) if separate else 0
+        if n > gpus or n * per > cpus or (separate and tokenizers < 1):
+            spare = " and a CPU for the tokenize stage" if separate else ""
+            raise ConfigError(f"{n} GPU scoring actor(s) x {per:g} CPU{spare} do not fit a cluster with {gpus} GPU(s) "
+                              f"and {cpus:g} CPU(s)")
+        budget = GPU_BATCH_BUDGET
+    else:
+        tokenizers = max(1, int(cpus // 8)) if separate else 0
+        per = cpus_per_actor or 1.0
+        n = num_actors or max(1, int((cpus - tokenizers) // per))
+        if n * per + tokenizers > cpus:
+            spare = f" and {tokenizers} tokenizer actor(s)" if tokenizers else ""
+            raise ConfigError(f"{n} scoring actor(s) x {per:g} CPU{spare} do not fit a cluster with {cpus:g} CPU(s)")
+        budget = CPU_BATCH_BUDGET
+    return ScorePlan(n, gpus >= 1, per, max(1, int(per)), max_tokens_per_batch or budget[0],
+                     max_batch_rows or budget[1], tokenizers)
 
 
 @functools.cache

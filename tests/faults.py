@@ -45,11 +45,11 @@ def _patch_training_worker(module: ModuleType) -> None:
 def _patch_scoring_actor(module: ModuleType) -> None:
     original = module.UnitScorer.score_unit
 
-    def score_unit(self, unit):
+    def score_unit(self, unit, batches):
         armed = _armed(FAIL_UNIT)
         if armed and armed in os.path.basename(unit.uri):
             raise RuntimeError(f"injected failure for {unit.uri}")
-        return original(self, unit)
+        return original(self, unit, batches)
 
     module.UnitScorer.score_unit = score_unit
 

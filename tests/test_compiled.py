@@ -115,6 +115,7 @@ def test_auto_compiles_only_models_worth_it_on_cpu(compiled_predictor):
     tiny = compiled_predictor.model
     assert not compiled.wanted("auto", tiny, "cpu")  # a compile would cost more than a tiny model's forwards
     assert compiled.wanted("on", tiny, "cpu") and not compiled.wanted("off", tiny, "cpu")
+    assert not compiled.wanted("on", tiny, "cuda")
     big = torch.nn.Linear(2500, 2500)  # 6.25M parameters
     assert compiled.wanted("auto", big, "cpu") and not compiled.wanted("auto", big, "cuda")
 

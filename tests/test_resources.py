@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bertclf.resources import plan_scoring, plan_training, use_bf16
+from bertclf.resources import CPU_BATCH_BUDGET, GPU_BATCH_BUDGET, plan_scoring, plan_training, use_bf16
 
 
 def _fits(plan, cpus):
@@ -99,6 +99,30 @@ def test_scoring_gpu_one_actor_per_gpu():
     assert plan.use_gpu and plan.num_actors == 4
     assert plan.num_actors * plan.cpus_per_actor <= 16 and plan.cpus_per_actor >= 1
     assert "scoring actor" in plan.describe()
+
+
+@pytest.mark.parametrize("cpus, gpus, tokenizers", [(16, 4, 8), (8, 1, 2), (3, 1, 2), (2, 1, 1), (6, 4, 2)])
+def test_gpu_plan_feeds_each_gpu_from_cpu_tokenizers_within_the_cpus(cpus, gpus, tokenizers):
+    plan = plan_scoring({"CPU": cpus, "GPU": gpus})
+    assert (plan.num_actors, plan.cpus_per_actor, plan.tokenizers) == (gpus, 1.0, tokenizers)
+    assert plan.num_actors * plan.cpus_per_actor + plan.tokenizers <= cpus
+    assert (plan.max_tokens_per_batch, plan.max_batch_rows) == GPU_BATCH_BUDGET
+    assert "tokenize stage" in plan.describe()
+
+
+def test_gpu_plan_without_a_spare_cpu_for_tokenizing():
+    with pytest.raises(ValueError, match="tokenize stage"):
+        plan_scoring({"CPU": 1, "GPU": 1})
+    fused = plan_scoring({"CPU": 1, "GPU": 1}, tokenize_stage="fused")  # the GPU actor tokenizes itself
+    assert fused.tokenizers == 0 and fused.use_gpu and fused.cpus_per_actor == 1
+
+
+def test_cpu_plan_is_fused_unless_asked_and_budgets_can_be_set():
+    plan = plan_scoring({"CPU": 2})
+    assert plan.tokenizers == 0 and (plan.max_tokens_per_batch, plan.max_batch_rows) == CPU_BATCH_BUDGET
+    separate = plan_scoring({"CPU": 16}, tokenize_stage="separate")
+    assert separate.tokenizers == 2 and separate.num_actors == 14
+    assert plan_scoring({"CPU": 2}, max_tokens_per_batch=512, max_batch_rows=8).max_tokens_per_batch == 512
 
 
 def test_use_bf16_explicit_choices():

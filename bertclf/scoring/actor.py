@@ -1,8 +1,9 @@
 """The scoring actor: loads a checkpoint once, then turns whole work units into committed output files.
 
-Each unit streams in read batches (only the needed columns), is tokenized, sorted by length, run in
-token-budget micro-batches, and written to a local Parquet file that is committed to the output
-in one piece under a deterministic name. A unit either lands whole or not at all.
+Each unit streams in read batches (only the needed columns), is tokenized (here, or by the CPU stage of
+bertclf.scoring.tokens on GPU clusters), sorted by length, run in token-budget micro-batches, and written to a
+local Parquet file that is committed to the output in one piece under a deterministic name. A unit either lands
+whole or not at all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bertclf import storage
-from bertclf.errors import DataError
 from bertclf.records import PartStats, UnitResult, WorkUnit
 from bertclf.scoring.drift import HIST_BINS, probability_histograms
-from bertclf.units import file_metadata, read_unit
+from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, tokenized_batches, unpack
+from bertclf.units import file_metadata
 
 PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
 
@@ -33,14 +35,11 @@ class ScoringSettings:
 
     checkpoint_uri: str
     output_uri: str
-    text_column: str
-    passthrough: tuple[str, ...]
-    empty_text: str
+    read: ReadSettings
     precision: str
     compile: str
     max_tokens_per_batch: int
     max_batch_rows: int
-    read_batch_rows: int
     torch_threads: int
 
 
@@ -57,6 +56,7 @@ class UnitScorer:
 
     def __init__(self, settings: ScoringSettings):
         t0 = time.perf_counter()
+        import ray
         import torch
 
         from bertclf.inference import Predictor
@@ -67,41 +67,50 @@ class UnitScorer:
                                         max_tokens=settings.max_tokens_per_batch, max_rows=settings.max_batch_rows,
                                         compile=settings.compile)
         self.space = self.predictor.space
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        """Units to score: {"unit": [...]}, or from the CPU stage also {"tokens", "rows_in", "empty", ...}."""
         results = []
-        for item in batch["unit"]:
+        for i, item in enumerate(batch["unit"]):
             unit = WorkUnit.from_json(item)
             t0 = time.perf_counter()
             try:
-                stats = self.score_unit(unit)
-                result = UnitResult(unit=unit.name, input=unit.uri, stats=stats)
+                if "tokens" not in batch:
+                    stats = self.score_unit(unit, tokenized_batches(unit, self.settings.read, self.predictor.token_ids))
+                    result = UnitResult(unit=unit.name, input=unit.uri, stats=stats)
+                elif batch["tokenize_error"][i]:  # reading or tokenizing failed in the CPU stage
+                    result = UnitResult(unit=unit.name, input=unit.uri, error=str(batch["tokenize_error"][i]))
+                else:
+                    packed = PackedUnit(batch["tokens"][i], int(batch["rows_in"][i]), int(batch["empty"][i]))
+                    result = UnitResult(unit=unit.name, input=unit.uri, stats=self.score_unit(unit, unpack(packed)))
             except Exception as exc:  # noqa: BLE001 - reported per unit; the driver fails the job naming the file
                 result = UnitResult(unit=unit.name, input=unit.uri, error=f"{type(exc).__name__}: {exc}")
             result.seconds = time.perf_counter() - t0
             result.actor_ready_seconds = self.ready_seconds
             result.actor_pid = os.getpid()
+            result.tokenizer_pid = int(batch["tokenizer_pid"][i]) if "tokenizer_pid" in batch else os.getpid()
+            result.gpu_ids = self.gpu_ids
             results.append(result.to_json())
         return {"result": results}
 
-    def score_unit(self, unit: WorkUnit) -> PartStats:
-        """Score one unit into a local Parquet file and commit it whole under the unit's name."""
+    def score_unit(self, unit: WorkUnit, batches: Iterator[TokenizedBatch]) -> PartStats:
+        """Score one unit's tokenized batches into a local Parquet file and commit it whole under the unit's name."""
         s = self.settings
         counts: Counter[str] = Counter()
         histograms = np.zeros((len(self.space.names), HIST_BINS), dtype=np.int64)
         rows_in = rows_out = empty = tokens = 0
-        columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
-            for record_batch in read_unit(unit, columns, s.read_batch_rows):
-                table = pa.Table.from_batches([record_batch])
-                rows_in += table.num_rows
-                table, n_empty = self._handle_empty(table, unit.uri)
-                empty += n_empty
-                out, probs, n_tokens = self._score_table(table)
-                tokens += n_tokens
+            for batch in batches:
+                rows_in += batch.rows_in
+                empty += batch.empty
+                if not batch.token_ids:
+                    continue
+                out, probs = self._score_batch(batch)
+                tokens += sum(len(i) for i in batch.token_ids)
                 histograms += probability_histograms(probs)
                 rows_out += out.num_rows
                 counts.update(pc.list_flatten(out["predicted"]).to_pylist())
@@ -120,36 +129,19 @@ class UnitScorer:
         return stats
 
     def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
-        fields = [input_schema.field(c) for c in self.settings.passthrough]
+        fields = [input_schema.field(c) for c in self.settings.read.passthrough]
         fields += [pa.field(f"prob_{name}", pa.float32()) for name in self.space.names]
         fields += [pa.field("predicted", pa.list_(pa.string())), pa.field("top_label", pa.string()),
                    pa.field("top_score", pa.float32())]
         return pa.schema(fields)
 
-    def _handle_empty(self, table: pa.Table, uri: str) -> tuple[pa.Table, int]:
-        text = table[self.settings.text_column]
-        is_empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), True)
-        n = int(pc.sum(is_empty).as_py() or 0)
-        if not n:
-            return table, 0
-        mode = self.settings.empty_text
-        if mode == "error":
-            raise DataError(f"{uri}: {n} null or empty text(s) in column {self.settings.text_column!r} "
-                             "(empty_text=error; use score or skip)")
-        if mode == "skip":
-            return table.filter(pc.invert(is_empty)), n
-        idx = table.schema.get_field_index(self.settings.text_column)
-        return table.set_column(idx, self.settings.text_column, pc.fill_null(text, "")), n
-
-    def _score_table(self, table: pa.Table) -> tuple[pa.Table, np.ndarray, int]:
-        s = self.settings
-        ids = self.predictor.token_ids(table[s.text_column].to_pylist())
-        probs = self.predictor.probabilities_for_ids(ids)
+    def _score_batch(self, batch: TokenizedBatch) -> tuple[pa.Table, np.ndarray]:
+        probs = self.predictor.probabilities_for_ids(batch.token_ids)
         top = probs.argmax(axis=1)
-        columns = {c: table[c] for c in s.passthrough}
+        columns = {c: batch.passthrough[c] for c in self.settings.read.passthrough}
         for j, name in enumerate(self.space.names):
             columns[f"prob_{name}"] = pa.array(probs[:, j], pa.float32())
         columns["predicted"] = pa.array(self.space.predict(probs), pa.list_(pa.string()))
         columns["top_label"] = pa.array(np.asarray(self.space.names, dtype=object)[top], pa.string())
         columns["top_score"] = pa.array(probs[np.arange(len(top)), top], pa.float32())
-        return pa.table(columns), probs, sum(len(i) for i in ids)
+        return pa.table(columns), probs

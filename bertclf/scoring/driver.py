@@ -20,6 +20,7 @@ from bertclf.records import DriftReport, PartStats, UnitPlan, UnitResult, WorkUn
 from bertclf.resources import ScorePlan, connect, plan_scoring
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.manifest import SUCCESS, ScoreError, commit
+from bertclf.scoring.tokens import ReadSettings, UnitTokenizer
 from bertclf.units import balanced_rows_per_unit, cut_units, read_footers
 
 PLAN = "_plan.json"
@@ -43,6 +44,7 @@ class ScoreSummary:
     label_distribution: dict[str, float] = field(default_factory=dict)
     distribution_change: dict[str, float] | None = None
     drift: DriftReport | None = None
+    scored: list[UnitResult] = field(default_factory=list)  # this run's units: which processes did what, timings
 
     def one_line(self) -> str:
         if self.already_complete:
@@ -113,7 +115,8 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
                         units_scored=len(scored), units_skipped=len(units) - len(scored),
                         actors_used=len({r.actor_pid for r in scored.values()}),
                         label_distribution=manifest.predicted_label_distribution,
-                        distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift)
+                        distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift,
+                        scored=list(scored.values()))
 
 
 def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
@@ -146,14 +149,16 @@ def _unit_size(cfg: ScoreConfig, output: str, done: set[str], rows: int) -> int:
 def _actor_plan(cfg: ScoreConfig, units: int | None = None) -> ScorePlan:
     """The scoring actors for this cluster; with fewer units than actors, fewer actors with more threads each."""
     cluster = connect(cfg.ray_address)
-    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor)
+    knobs = dict(tokenize_stage=cfg.tokenize_stage, max_tokens_per_batch=cfg.max_tokens_per_batch,
+                 max_batch_rows=cfg.max_batch_rows)
+    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor, **knobs)
     if units is not None and units < plan.num_actors and not plan.use_gpu and cfg.cpus_per_actor is None:
         import ray
 
         # only CPUs free now: asking for CPUs another job (a Serve replica, a trainer) holds would wait forever
-        free = min(cluster.get("CPU", 1), ray.available_resources().get("CPU", 0))
+        free = min(cluster.get("CPU", 1), ray.available_resources().get("CPU", 0)) - plan.tokenizers
         per = max(1.0, float(int(free // max(1, units))))
-        plan = plan_scoring(cluster, units, per)
+        plan = plan_scoring(cluster, units, per, **knobs)
     return plan
 
 
@@ -181,14 +186,18 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     size = min(plan.num_actors, len(todo))
     log.info("resources: cluster has CPU=%s GPU=%s; plan: %s (using %d for %d unit(s))",
              cluster.get("CPU", 0), cluster.get("GPU", 0), plan.describe(), size, len(todo))
+    read = ReadSettings(text_column=cfg.text_column, passthrough=passthrough, empty_text=cfg.empty_text,
+                        read_batch_rows=cfg.read_batch_rows)
     settings = ScoringSettings(
-        checkpoint_uri=ckpt_uri, output_uri=output, text_column=cfg.text_column, passthrough=passthrough,
-        empty_text=cfg.empty_text, precision=cfg.precision, compile=cfg.compile,
-        max_tokens_per_batch=cfg.max_tokens_per_batch, max_batch_rows=cfg.max_batch_rows,
-        read_batch_rows=cfg.read_batch_rows, torch_threads=plan.torch_threads)
+        checkpoint_uri=ckpt_uri, output_uri=output, read=read, precision=cfg.precision, compile=cfg.compile,
+        max_tokens_per_batch=plan.max_tokens_per_batch, max_batch_rows=plan.max_batch_rows,
+        torch_threads=plan.torch_threads)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress lines read better in `ray job submit` logs
     ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
+    if plan.tokenizers:  # GPU-shaped: CPU actors read and tokenize whole units, the GPU actors get token ids
+        ds = ds.map_batches(UnitTokenizer, fn_constructor_args=(ckpt_uri, read), batch_size=1, num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(size=min(plan.tokenizers, len(todo))))
     ds = ds.map_batches(
         UnitScorer, fn_constructor_args=(settings,), batch_size=1,
         # one unit at a time per actor: a unit is seconds of work, and units queued on the first actor to

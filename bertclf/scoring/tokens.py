@@ -1,0 +1,136 @@
+"""The CPU half of scoring: read a unit's columns, apply the empty-text policy, tokenize.
+
+On CPU clusters the scoring actor does this itself between forwards (one fused stage). On GPU clusters it is a
+stage of its own: `UnitTokenizer` actors on CPUs read and tokenize whole units and hand the GPU actors token
+ids, packed as one Arrow IPC payload per unit so a unit still reaches exactly one scoring actor whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bertclf.errors import DataError
+from bertclf.records import WorkUnit
+from bertclf.units import read_unit
+
+TOKENS_COLUMN = "__bertclf_input_ids"
+Tokenize = Callable[[list[str]], list[list[int]]]
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """Which columns a unit is read with, how empty texts are treated, and the read batch size."""
+
+    text_column: str
+    passthrough: tuple[str, ...]
+    empty_text: str
+    read_batch_rows: int
+
+
+@dataclass
+class TokenizedBatch:
+    """Rows ready for the model: their pass-through columns and token ids, with what reading them counted."""
+
+    passthrough: pa.Table
+    token_ids: list[list[int]]
+    rows_in: int
+    empty: int
+
+
+def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize) -> Iterator[TokenizedBatch]:
+    """A unit's rows in read batches (only the needed columns), empty texts handled, tokenized."""
+    columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
+    for record_batch in read_unit(unit, columns, s.read_batch_rows):
+        table = pa.Table.from_batches([record_batch])
+        rows_in = table.num_rows
+        table, empty = _handle_empty(table, unit.uri, s)
+        texts = table[s.text_column].to_pylist()
+        yield TokenizedBatch(table.select(list(s.passthrough)), tokenize(texts) if texts else [], rows_in, empty)
+
+
+def _handle_empty(table: pa.Table, uri: str, s: ReadSettings) -> tuple[pa.Table, int]:
+    text = table[s.text_column]
+    is_empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), True)
+    n = int(pc.sum(is_empty).as_py() or 0)
+    if not n:
+        return table, 0
+    if s.empty_text == "error":
+        raise DataError(f"{uri}: {n} null or empty text(s) in column {s.text_column!r} "
+                        "(empty_text=error; use score or skip)")
+    if s.empty_text == "skip":
+        return table.filter(pc.invert(is_empty)), n
+    idx = table.schema.get_field_index(s.text_column)
+    return table.set_column(idx, s.text_column, pc.fill_null(text, "")), n
+
+
+@dataclass
+class PackedUnit:
+    """A whole tokenized unit for the GPU stage: one Arrow IPC stream of its rows, and what reading counted."""
+
+    payload: bytes
+    rows_in: int
+    empty: int
+
+
+def pack(batches: Iterator[TokenizedBatch]) -> PackedUnit:
+    """The unit's tokenized read batches as one Arrow IPC stream (token ids as list<int32>)."""
+    sink = pa.BufferOutputStream()
+    writer = None
+    rows_in = empty = 0
+    for b in batches:
+        rows_in, empty = rows_in + b.rows_in, empty + b.empty
+        table = b.passthrough.append_column(TOKENS_COLUMN, pa.array(b.token_ids, pa.list_(pa.int32())))
+        if writer is None:
+            writer = pa.ipc.new_stream(sink, table.schema)
+        writer.write_table(table)
+    if writer is not None:
+        writer.close()
+    return PackedUnit(sink.getvalue().to_pybytes(), rows_in, empty)
+
+
+def unpack(unit: PackedUnit) -> Iterator[TokenizedBatch]:
+    """The batches `pack` wrote, in order; the counts of rows read and of empty texts ride on the last one."""
+    rows = 0
+    if unit.payload:
+        for batch in pa.ipc.open_stream(unit.payload):
+            ids = batch.column(TOKENS_COLUMN)
+            offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
+            token_ids = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(ids))]
+            passthrough = pa.Table.from_batches([batch]).drop_columns([TOKENS_COLUMN])
+            rows += batch.num_rows
+            yield TokenizedBatch(passthrough, token_ids, batch.num_rows, 0)
+    if unit.rows_in > rows or unit.empty:  # rows skipped as empty, or no batch at all
+        yield TokenizedBatch(pa.table({}), [], unit.rows_in - rows, unit.empty)
+
+
+class UnitTokenizer:
+    """Ray Data actor of the CPU stage on GPU clusters: the checkpoint's tokenizer, loaded once."""
+
+    def __init__(self, checkpoint_uri: str, read: ReadSettings):
+        from bertclf import checkpoint
+        from bertclf.inference import tokenize
+        from bertclf.modeling import load_tokenizer
+
+        ckpt = checkpoint.load(checkpoint_uri)
+        tokenizer = load_tokenizer(str(ckpt.local_dir))
+        self.tokenize: Tokenize = lambda texts: tokenize(tokenizer, texts, ckpt.max_length)
+        self.read = read
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {"unit": [], "tokens": [], "rows_in": [], "empty": [], "tokenize_error": []}
+        for item in batch["unit"]:
+            try:
+                packed, error = pack(tokenized_batches(WorkUnit.from_json(item), self.read, self.tokenize)), ""
+            except Exception as exc:  # noqa: BLE001 - the scoring actor reports it as this unit's failure
+                packed, error = PackedUnit(b"", 0, 0), f"{type(exc).__name__}: {exc}"
+            for key, value in (("unit", item), ("tokens", packed.payload), ("rows_in", packed.rows_in),
+                               ("empty", packed.empty), ("tokenize_error", error)):
+                out[key].append(value)
+        out["tokenizer_pid"] = [os.getpid()] * len(out["unit"])
+        return out
