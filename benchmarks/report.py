@@ -111,10 +111,13 @@ def print_score(r: dict) -> None:
                  ["bertclf (scoring only)", r.get("bertclf_manifest_rows_per_s"), r.get("bertclf_scoring_tokens_per_s"),
                   r.get("speedup_scoring_only"), r.get("peak_fraction_scoring_only"), precision],
                  ["bertclf at 10 x N", r.get("bertclf_rows_per_s_10N"), None, r.get("speedup_10N"),
-                  r.get("peak_fraction_10N"), precision]])
+                  r.get("peak_fraction_10N"), precision],
+                 ["bertclf eager (compile=off)", r.get("eager_rows_per_s"), None, r.get("speedup_eager"), None,
+                  precision]])
     flops = r.get("flops_per_token")
     print_table("quality vs the fp32 baseline, memory", ["metric", "value"],
                 [["bertclf layout", r.get("bertclf_layout")],
+                 ["compile / compiled_vs_eager", f"{r.get('compile', '-')} / {fmt(r.get('compiled_vs_eager'), 2)}"],
                  ["agreement (label sets)", r.get("agreement")],
                  ["max_abs_dprob", r.get("max_abs_dprob")],
                  ["rows near a threshold", r.get("rows_with_a_prob_within_max_dprob_of_threshold")],
@@ -166,12 +169,14 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
     train = [r for (b, _), r in groups.items() if b == "train"]
     parts = ["Scoring (`benchmarks/score.py`: bertclf end to end against a one-process fp32 HF pipeline):", "",
              markdown_table(
-                 ["CPU class", "machine", "date", "rows", "precision", "baseline rows/s", "bertclf rows/s",
-                  "`speedup`", "`agreement`", "`max_abs_dprob`", "`memory_ratio_10x`", "`peak_fraction`"],
+                 ["CPU class", "machine", "date", "rows", "precision", "compile", "baseline rows/s", "bertclf rows/s",
+                  "`speedup`", "`compiled_vs_eager`", "`agreement`", "`max_abs_dprob`", "`memory_ratio_10x`",
+                  "`peak_fraction`"],
                  [[r["cpu_class"], machine_name(r), str(r.get("date", ""))[:10], num(r.get("rows"), 0),
-                   r.get("precision", "-"), num(r.get("baseline_rows_per_s"), 1), num(r.get("bertclf_rows_per_s"), 1),
-                   num(r.get("speedup"), 2), num(r.get("agreement"), 4), num(r.get("max_abs_dprob"), 4),
-                   num(r.get("memory_ratio_10x"), 2), num(r.get("peak_fraction"), 2)] for r in score]),
+                   r.get("precision", "-"), r.get("compile", "off"), num(r.get("baseline_rows_per_s"), 1),
+                   num(r.get("bertclf_rows_per_s"), 1), num(r.get("speedup"), 2), num(r.get("compiled_vs_eager"), 2),
+                   num(r.get("agreement"), 4), num(r.get("max_abs_dprob"), 4), num(r.get("memory_ratio_10x"), 2),
+                   num(r.get("peak_fraction"), 2)] for r in score]),
              "", "Training (`benchmarks/train.py`: bertclf Ray Train against HF `Trainer` in one process;",
              "each Trainer figure is the faster of its precisions):", "",
              markdown_table(

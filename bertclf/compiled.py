@@ -91,29 +91,33 @@ class CompiledGraph:
             log.info("compiled graph loaded from %s in %.1fs", self.path, time.perf_counter() - t0)
         return self.forward
 
-    def build_or_wait(self, model, **shapes) -> float | None:
-        """Compile into the cache unless another process on this node is doing it; seconds spent compiling.
+    def build_if_missing(self, model, **shapes) -> None:
+        """Compile into the cache unless it is there or another process on this node is building it.
 
         The lock is taken without waiting: an actor that finds it held scores eagerly meanwhile.
         """
+        failed = self.path.with_suffix(".failed")
         if self.path.exists():
-            return None
+            return
+        if failed.exists():  # compiling this graph failed on this node before: don't pay for it again each run
+            raise RuntimeError(f"an earlier compile failed ({failed}): {failed.read_text().strip()[:500]}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 log.info("compiled graph %s is being built by another process: eager until it lands", self.path.name)
-                return None
+                return
             if self.path.exists():  # finished while we were getting here
-                return None
+                return
             t0 = time.perf_counter()
             staging = self.path.with_name(f".{self.path.stem}.{os.getpid()}.pt2")
             try:
                 compile_package(model, staging, **shapes)
                 os.replace(staging, self.path)  # one name, committed whole: a half-written graph is never loaded
+            except Exception as exc:
+                failed.write_text(f"{type(exc).__name__}: {exc}\n")
+                raise
             finally:
                 staging.unlink(missing_ok=True)
-            seconds = time.perf_counter() - t0
-            log.info("compiled graph built in %.1fs: %s", seconds, self.path)
-            return seconds
+            log.info("compiled graph built in %.1fs: %s", time.perf_counter() - t0, self.path)

@@ -63,15 +63,15 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 def logits_for_token_ids(model, token_ids: list[list[int]], pad_id: int, *, max_tokens: int, max_rows: int,
                          bf16: bool, device: torch.device,
-                         compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+                         graph: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """float32 logits in the input order, computed in length-sorted micro-batches under inference_mode, by the
     model or by its compiled graph (bertclf.compiled: same inputs, logits out, precision built in)."""
     out: np.ndarray | None = None
-    with torch.inference_mode(), autocast(device.type, bf16 and compiled is None):
+    with torch.inference_mode(), autocast(device.type, bf16 and graph is None):
         for idx in plan_microbatches([len(t) for t in token_ids], max_tokens, max_rows):
             ids, mask = pad_batch([token_ids[i] for i in idx], pad_id)
             ids, mask = ids.to(device), mask.to(device)
-            logits = (compiled(ids, mask) if compiled is not None
+            logits = (graph(ids, mask) if graph is not None
                       else model(input_ids=ids, attention_mask=mask).logits).float().cpu().numpy()
             if out is None:
                 out = np.empty((len(token_ids), logits.shape[1]), dtype=np.float32)
@@ -137,7 +137,7 @@ class Predictor:
     def probabilities_for_ids(self, token_ids: list[list[int]]) -> np.ndarray:
         logits = logits_for_token_ids(self.model, token_ids, self.tokenizer.pad_token_id, max_tokens=self.max_tokens,
                                       max_rows=self.max_rows, bf16=self.bf16, device=self.device,
-                                      compiled=self._compiled_forward())
+                                      graph=self._compiled_forward())
         return self.space.probabilities(logits)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
@@ -155,10 +155,10 @@ class Predictor:
 
 
 def _compiled_graph(predictor: Predictor, fingerprint: str) -> CompiledGraph | None:
-    """Build (or wait for another process to build) the checkpoint's compiled graph in this node's cache."""
+    """The checkpoint's compiled graph in this node's cache: built here unless it is there or being built."""
     graph = CompiledGraph(compiled.cache_key(fingerprint, predictor.bf16, predictor.max_rows, predictor.max_length))
     try:
-        graph.build_or_wait(predictor.model, bf16=predictor.bf16, max_rows=predictor.max_rows,
+        graph.build_if_missing(predictor.model, bf16=predictor.bf16, max_rows=predictor.max_rows,
                             max_length=predictor.max_length, pad_id=predictor.tokenizer.pad_token_id)
     except Exception as exc:  # noqa: BLE001 - any model torch.export can't take still scores, eagerly
         log.warning("compiling the checkpoint's graph failed (%s: %s): scoring eagerly", type(exc).__name__, exc)

@@ -107,8 +107,16 @@ def test_a_model_export_refuses_still_scores_eagerly(checkpoint_dir, texts, tmp_
     monkeypatch.setattr(compiled, "compile_package", refuse)
     predictor = Predictor.load(checkpoint_dir, precision="fp32", max_rows=MAX_ROWS, compile="on")
     assert predictor.graph is None and "scoring eagerly" in caplog.text
-    assert list(tmp_path.glob("*.pt2")) == []
+    assert list(tmp_path.glob("*.pt2")) == [] and len(list(tmp_path.glob("*.failed"))) == 1
     assert predictor.probabilities(texts).shape == (len(texts), 3)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("compiled again after a failure on this node")
+
+    monkeypatch.setattr(compiled, "compile_package", must_not_run)
+    caplog.clear()
+    again = Predictor.load(checkpoint_dir, precision="fp32", max_rows=MAX_ROWS, compile="on")
+    assert again.graph is None and "an earlier compile failed" in caplog.text
 
 
 def test_auto_compiles_only_models_worth_it_on_cpu(compiled_predictor):

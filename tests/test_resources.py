@@ -90,7 +90,7 @@ def test_scoring_cpu_per_actor_setting():
     assert (plan.num_actors, plan.cpus_per_actor, plan.torch_threads) == (4, 4.0, 4)
     plan = plan_scoring({"CPU": 16}, cpus_per_actor=2)
     assert (plan.num_actors, plan.cpus_per_actor) == (8, 2)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="do not fit a cluster with 4 CPU"):
         plan_scoring({"CPU": 4}, num_actors=3, cpus_per_actor=2)
 
 
@@ -101,7 +101,8 @@ def test_scoring_gpu_one_actor_per_gpu():
     assert "scoring actor" in plan.describe()
 
 
-@pytest.mark.parametrize("cpus, gpus, tokenizers", [(16, 4, 8), (8, 1, 2), (3, 1, 2), (2, 1, 1), (6, 4, 2)])
+@pytest.mark.parametrize("cpus, gpus, tokenizers",
+                         [(48, 4, 16), (16, 4, 12), (8, 1, 4), (4, 1, 3), (2, 1, 1), (6, 4, 2)])
 def test_gpu_plan_feeds_each_gpu_from_cpu_tokenizers_within_the_cpus(cpus, gpus, tokenizers):
     plan = plan_scoring({"CPU": cpus, "GPU": gpus})
     assert (plan.num_actors, plan.cpus_per_actor, plan.tokenizers) == (gpus, 1.0, tokenizers)
