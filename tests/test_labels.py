@@ -182,3 +182,25 @@ def test_class_bias_moves_posteriors_to_the_validation_label_mix():
     assert LabelSpace.from_dict(biased.to_dict()) == biased
     assert class_prior_bias(data, "train") == []
     assert class_prior_bias(SimpleNamespace(**{**vars(data), "validation_files": None}), "validation") == []
+
+
+def test_positive_weights_lift_rare_labels_and_feed_the_loss():
+    import torch
+
+    from bertclf.training.data import MAX_POSITIVE_WEIGHT, positive_weights
+    from bertclf.training.worker import loss_function
+
+    data = SimpleNamespace(space=LabelSpace("multi_label", ["common", "rare", "never"]), n_train=10_000,
+                           label_counts={"common": 4_999, "rare": 99})
+    weights = positive_weights(data, "sqrt_inverse")
+    assert weights[0] == pytest.approx(1.0, abs=1e-3), "a label in half the rows keeps about weight 1"
+    assert weights[1] == pytest.approx(np.sqrt(9_902 / 100), rel=1e-3)
+    assert weights[2] == MAX_POSITIVE_WEIGHT, "a label with no positives is clipped"
+    assert positive_weights(data, "none") == []
+    assert positive_weights(SimpleNamespace(**{**vars(data), "space": LabelSpace("multi_class", ["a", "b"])}),
+                            "sqrt_inverse") == []
+
+    logits, target = torch.zeros(1, 3), torch.tensor([[0.0, 1.0, 0.0]])
+    weighted = loss_function(data, "sqrt_inverse", torch.device("cpu"))(logits, target)
+    plain = loss_function(data, "none", torch.device("cpu"))(logits, target)
+    assert float(weighted) == pytest.approx(float(plain) * (2 + weights[1]) / 3, rel=1e-5)

@@ -216,6 +216,7 @@ def test_two_scoring_runs_at_once_join_the_cluster_recorded_on_this_host(ray_tmp
     assert _check_scores(tmp_path / "out0", 300).equals(_check_scores(tmp_path / "out1", 300))
 
 
+@pytest.mark.slow  # a training and a scoring run at once, each starting its own Ray: about 75 s
 def test_a_training_and_a_scoring_run_at_once_each_start_a_private_ray(ray_tmpdir, tiny_model, tmp_path):
     """The record of a `ray start` cluster that died (ray.init() alone would try it for minutes): each run starts
     its own Ray. With two Rays on the host, Ray Train's placement-group cleaner (which looks its cluster up

@@ -23,6 +23,8 @@ from bertclf.labels import LabelFormat, LabelSpace, encode_targets, label_format
 from bertclf.records import DataSummary, WorkUnit
 from bertclf.units import plan_units, read_table, read_unit_table
 
+MAX_POSITIVE_WEIGHT = 30.0
+
 
 @dataclass
 class TrainingData:
@@ -64,6 +66,18 @@ def class_prior_bias(data: TrainingData, class_prior: str) -> list[float]:
     train = np.array([data.label_counts.get(n, 0) + 1.0 for n in names])
     val = np.array([data.validation_label_counts.get(n, 0) + 1.0 for n in names])
     return [round(float(b), 6) for b in np.log(val / val.sum()) - np.log(train / train.sum())]
+
+
+def positive_weights(data: TrainingData, how: str) -> list[float]:
+    """Multi-label loss weights for each label's positive rows: sqrt(negatives / positives) in the training data,
+    clipped to [1, MAX_POSITIVE_WEIGHT] (add-one smoothed). The square root rather than the full ratio: a label
+    in 1% of rows gets about 10, not 99, which lifts its recall without flooding it with false positives. Empty
+    when not asked for or multi-class."""
+    if how != "sqrt_inverse" or data.space.task != "multi_label":
+        return []
+    pos = np.array([data.label_counts.get(n, 0) + 1.0 for n in data.space.names])
+    neg = np.maximum(data.n_train - pos + 1.0, 1.0)
+    return [round(float(w), 4) for w in np.clip(np.sqrt(neg / pos), 1.0, MAX_POSITIVE_WEIGHT)]
 
 
 def in_validation_split(texts: list[str], fraction: float) -> np.ndarray:

@@ -23,7 +23,7 @@ from bertclf.config import TrainConfig
 from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
 from bertclf.training.batching import length_grouped_batches
-from bertclf.training.data import TrainingData, validation_rows
+from bertclf.training.data import TrainingData, positive_weights, validation_rows
 from bertclf.training.epochs import EpochTotals, checkpoint_meta, epoch_record, log_epoch, should_checkpoint
 
 log = logging.getLogger("bertclf")
@@ -112,7 +112,7 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
         if rank == 0:
             log.info(f"resumed from checkpoint after epoch {start_epoch}")
 
-    loss_fn = torch.nn.BCEWithLogitsLoss() if data.space.task == "multi_label" else torch.nn.CrossEntropyLoss()
+    loss_fn = loss_function(data, cfg.positive_weight, device)
     val_texts, val_targets = validation_rows(data, rank, world)
     if rank == 0:
         log.info(f"{world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
@@ -122,6 +122,16 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
                   model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
                   shard=ray.train.get_dataset_shard("train"), val_texts=val_texts, val_targets=val_targets,
                   steps_per_epoch=steps_per_epoch, tuning=tuning, start_epoch=start_epoch, history=history)
+
+
+def loss_function(data: TrainingData, positive_weight: str, device: Any) -> Any:
+    """BCE over labels (optionally weighting rare labels' positives) for multi-label; cross-entropy for multi-class."""
+    import torch
+
+    if data.space.task != "multi_label":
+        return torch.nn.CrossEntropyLoss()
+    weights = positive_weights(data, positive_weight)
+    return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weights, device=device) if weights else None)
 
 
 def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
