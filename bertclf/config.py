@@ -65,9 +65,10 @@ class TrainConfig:
         "validation", help="multi-class: validation: correct the predictions for the validation data's label mix "
                            "where it differs from the training data's (e.g. balanced training data); train: as trained")
     positive_weight: Literal["none", "sqrt_inverse"] = key(
-        "none", help="multi-label: weight each label's positive rows in the loss; sqrt_inverse: "
+        "sqrt_inverse", help="multi-label: weight each label's positive rows in the loss; sqrt_inverse: "
                      "sqrt(negatives / positives) in the training data, clipped to [1, 30], so rare labels are "
-                     "learned instead of always predicted absent")
+                     "learned instead of always predicted absent (probabilities then lean high: thresholds are tuned "
+                     "on validation); none: plain BCE, calibrated probabilities")
     validation_fraction: float = key(0.1, help="share of rows held out when no validation data is given",
                                      flag=False)
     method: Method = key("full", help="full: every weight trains; lora: low-rank adapters (merged into the weights "
