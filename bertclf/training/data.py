@@ -62,22 +62,26 @@ def class_prior_bias(data: TrainingData, class_prior: str) -> list[float]:
     train (the same mix by construction)."""
     if class_prior != "validation" or data.space.task != "multi_class" or data.validation_files is None:
         return []
-    names = data.space.names
-    train = np.array([data.label_counts.get(n, 0) + 1.0 for n in names])
-    val = np.array([data.validation_label_counts.get(n, 0) + 1.0 for n in names])
+    train = _counts(data.label_counts, data.space.names) + 1.0
+    val = _counts(data.validation_label_counts, data.space.names) + 1.0
     return [round(float(b), 6) for b in np.log(val / val.sum()) - np.log(train / train.sum())]
 
 
 def positive_weights(data: TrainingData, how: str) -> list[float]:
     """Multi-label loss weights for each label's positive rows: sqrt(negatives / positives) in the training data,
-    clipped to [1, MAX_POSITIVE_WEIGHT] (add-one smoothed). The square root rather than the full ratio: a label
-    in 1% of rows gets about 10, not 99, which lifts its recall without flooding it with false positives. Empty
-    when not asked for or multi-class."""
+    clipped to [1, MAX_POSITIVE_WEIGHT] (both counts add-one smoothed). The square root rather than the full
+    ratio: a label in 1% of rows gets about 10, not 99, which lifts its recall without flooding it with false
+    positives. Empty when not asked for or multi-class."""
     if how != "sqrt_inverse" or data.space.task != "multi_label":
         return []
-    pos = np.array([data.label_counts.get(n, 0) + 1.0 for n in data.space.names])
-    neg = np.maximum(data.n_train - pos + 1.0, 1.0)
-    return [round(float(w), 4) for w in np.clip(np.sqrt(neg / pos), 1.0, MAX_POSITIVE_WEIGHT)]
+    positives = _counts(data.label_counts, data.space.names)
+    ratio = (data.n_train - positives + 1.0) / (positives + 1.0)
+    return [round(float(w), 4) for w in np.clip(np.sqrt(ratio), 1.0, MAX_POSITIVE_WEIGHT)]
+
+
+def _counts(label_counts: dict[str, int], names: list[str]) -> np.ndarray:
+    """Rows per label in the label space's order (0 for a label never seen)."""
+    return np.array([label_counts.get(n, 0) for n in names], dtype=np.float64)
 
 
 def in_validation_split(texts: list[str], fraction: float) -> np.ndarray:
