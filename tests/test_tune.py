@@ -101,7 +101,8 @@ def test_search_writes_the_table_publishes_the_best_and_resumes_after_the_driver
     ({"space": {"learning_rat": {"loguniform": [1e-5, 1e-4]}}}, "'learning_rat' is not a training config key"),
     ({"space": {"learning_rate": {"loguniform": [1e-4, 1e-5]}}}, r"range \[0.0001, 1e-05\] is empty"),
     ({"space": {"lora_rank": {"choice": []}}}, "choice needs a non-empty list"),
-    ({"space": {"lora_rank": {"between": [1, 2]}}}, "give one of choice, uniform, loguniform, randint"),
+    ({"space": {"lora_rank": {"grid": []}}}, "grid needs a non-empty list"),
+    ({"space": {"lora_rank": {"between": [1, 2]}}}, "give one of choice, grid, uniform, loguniform, randint"),
     ({"space": {"output": {"choice": ["a", "b"]}}}, "'output' can't be searched"),
     ({"num_samples": 0, "space": {"epochs": 2}}, "num_samples must be >= 1"),
     ({"time_budget_s": 0, "space": {"epochs": 2}}, "time_budget_s must be > 0"),
@@ -117,6 +118,18 @@ def test_bad_search_is_refused_before_any_trial(tmp_path, search, message):
         spec = load_config(SearchSpec, tmp_path / "search.yaml")
         tuning.run(TrainConfig(output=str(tmp_path / "out")), spec)
     assert not (tmp_path / "out").exists()
+
+
+def test_grid_keys_try_every_value_num_samples_times():
+    from bertclf.tuning.space import check_space, param_space, trial_count
+
+    spec = SearchSpec(num_samples=2, space={"learning_rate": {"grid": [5e-5, 2e-4]},
+                                            "batch_size": {"grid": [16, 32, 64]},
+                                            "warmup_ratio": {"uniform": [0.0, 0.1]}, "epochs": 3})
+    check_space(spec, TrainConfig())
+    space = param_space(spec)
+    assert space["learning_rate"] == {"grid_search": [5e-5, 2e-4]} and space["epochs"] == 3
+    assert trial_count(spec) == 12
 
 
 def test_cli_tune_bad_search_exits_2(tmp_path):

@@ -28,7 +28,7 @@ from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.driver import prepare
-from bertclf.tuning.space import SearchSpec, check_space, max_epochs, param_space, trial_config
+from bertclf.tuning.space import SearchSpec, check_space, max_epochs, param_space, trial_config, trial_count
 
 log = logging.getLogger("bertclf")
 
@@ -70,7 +70,7 @@ def run(base: TrainConfig, spec: SearchSpec) -> TuneResult:
     cluster = connect(base.ray_address)
     concurrent, plan = plan_trials(cluster, base, spec.max_concurrent_trials)
     base = dataclasses.replace(base, cpus_per_worker=plan.cpus_per_worker, use_gpu=plan.use_gpu)
-    log.info("tune: %d trial(s), %d at a time, each %s", spec.num_samples, concurrent, plan.describe())
+    log.info("tune: %d trial(s), %d at a time, each %s", trial_count(spec), concurrent, plan.describe())
     grid = _tuner(base, spec, concurrent).fit()
     rows = trial_rows(grid, base, spec)
     table_uri = _write_table(base.output, rows)

@@ -7,6 +7,7 @@
     space:
       learning_rate: {loguniform: [3.0e-5, 3.0e-4]}
       method: {choice: [full, lora]}
+      batch_size: {grid: [16, 32]}       # every value, num_samples times each
       epochs: {choice: [3, 4]}
       warmup_ratio: {uniform: [0.0, 0.1]}
       lora_rank: {randint: [4, 16]}      # both ends included
@@ -28,18 +29,18 @@ from bertclf.errors import ConfigError
 # Keys that say where data and results live or which resources a trial gets: set them in the base config.
 NOT_SEARCHABLE = {"train", "validation", "output", "ray_address", "num_workers", "cpus_per_worker", "use_gpu",
                   "best_metric", "best_mode", "max_failures", "checkpoint_every"}
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
 @dataclass
 class SearchSpec:
     """What `bertclf tune --search FILE` reads."""
 
-    space: dict[str, Any] = key(factory=dict, help="training key -> {choice|uniform|loguniform|randint: ...} "
+    space: dict[str, Any] = key(factory=dict, help="training key -> {choice|grid|uniform|loguniform|randint: ...} "
                                                    "or a fixed value")
     metric: str | None = key(None, help="validation metric to optimize; none: the base config's best_metric")
     mode: Literal["max", "min"] | None = key(None, help="none: the base config's best_mode")
-    num_samples: int = key(8, help="trials to run")
+    num_samples: int = key(8, help="trials to run (with grid keys: repeats of the whole grid)")
     time_budget_s: float | None = key(None, help="stop the search after this many seconds")
     max_concurrent_trials: int | None = key(None, help="none: as many as fit the cluster (each gets a share)")
     scheduler: Literal["asha", "fifo"] = key("asha", help="asha: stop trials that trail the others early")
@@ -80,6 +81,15 @@ def check_space(spec: SearchSpec, base: TrainConfig) -> None:
                           f"({spec.space.get('epochs', base.epochs)} epochs)")
 
 
+def trial_count(spec: SearchSpec) -> int:
+    """Trials the search runs: num_samples, times every grid key's number of values (Ray Tune's grid_search)."""
+    count = spec.num_samples
+    for value in spec.space.values():
+        if isinstance(value, dict) and "grid" in value:
+            count *= len(value["grid"])
+    return count
+
+
 def max_epochs(spec: SearchSpec, base: TrainConfig) -> int:
     """The longest a trial can train: the largest epochs the space allows (ASHA's max_t)."""
     return max(int(e) for e in _candidates("epochs", spec.space.get("epochs", base.epochs)))
@@ -93,9 +103,9 @@ def _candidates(name: str, value: Any) -> list[Any]:
         raise ConfigError(f"search space key {name!r}: give one of {', '.join(DISTRIBUTIONS)} (e.g. "
                           f"{{choice: [a, b]}}), got {value!r}")
     kind, args = next(iter(value.items()))
-    if kind == "choice":
+    if kind in ("choice", "grid"):
         if not isinstance(args, list) or not args:
-            raise ConfigError(f"search space key {name!r}: choice needs a non-empty list, got {args!r}")
+            raise ConfigError(f"search space key {name!r}: {kind} needs a non-empty list, got {args!r}")
         return list(args)
     if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, int | float) for a in args)):
         raise ConfigError(f"search space key {name!r}: {kind} needs [low, high], got {args!r}")
@@ -119,7 +129,8 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
             out[name] = value
             continue
         kind, args = next(iter(value.items()))
-        out[name] = {"choice": lambda a: tune.choice(a), "uniform": lambda a: tune.uniform(*a),
+        out[name] = {"choice": lambda a: tune.choice(a), "grid": lambda a: tune.grid_search(a),
+                     "uniform": lambda a: tune.uniform(*a),
                      "loguniform": lambda a: tune.loguniform(*a),
                      "randint": lambda a: tune.randint(a[0], a[1] + 1)}[kind](args)
     return out
