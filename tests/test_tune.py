@@ -56,9 +56,11 @@ def test_asha_stops_trailing_trials_and_publishes_the_best(tiny_model, tmp_path,
 
 def test_search_writes_the_table_publishes_the_best_and_resumes_after_the_driver_is_killed(
         tiny_model, tmp_path, s3_server):
+    """Paths relative to where the command runs, as users write them (trials run in other directories)."""
     output = tmp_path / "search"
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**_data(tmp_path), "model": str(tiny_model),
-                                                        "output": str(output), "epochs": 2}))
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**_data(tmp_path), "train": "t.parquet",
+                                                        "validation": "v.parquet", "model": str(tiny_model),
+                                                        "output": "search", "epochs": 2}))
     (tmp_path / "search.yaml").write_text(yaml.safe_dump({
         "num_samples": 2, "scheduler": "fifo", "seed": 3,
         "space": {"learning_rate": {"loguniform": [5e-4, 5e-3]}, "method": {"choice": ["full", "lora"]}}}))

@@ -51,9 +51,11 @@ def run(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     """Every check that needs no cluster, before any long work: config, output, model, data, metric, method.
-    Returns the config with absolute paths and what the data holds."""
+    Returns the config with absolute paths (Tune trials and Ray workers run in other directories) and what the
+    data holds."""
     cfg.validate()
-    cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output),
+    cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output), train=_absolute_inputs(cfg.train),
+                              validation=_absolute_inputs(cfg.validation),
                               model=cfg.model if not os.path.isdir(cfg.model) else os.path.abspath(cfg.model))
     storage.check_writable(cfg.output)
     model_dir = resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
@@ -67,6 +69,12 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     _check_best_metric(cfg, data)
     _check_method(cfg, model_dir, data)
     return cfg, data
+
+
+def _absolute_inputs(inputs: str | list[str] | None) -> str | list[str] | None:
+    if inputs is None or isinstance(inputs, str):
+        return inputs and storage.absolute(inputs)
+    return [storage.absolute(uri) for uri in inputs]
 
 
 def _check_best_metric(cfg: TrainConfig, data: TrainingData) -> None:
