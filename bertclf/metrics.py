@@ -16,31 +16,22 @@ from bertclf.labels import LabelSpace
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 
-THRESHOLD_SHRINK = 20.0
-
-
-def tune_thresholds(targets: np.ndarray, probs: np.ndarray, grid: np.ndarray = THRESHOLD_GRID,
-                    shrink: float = THRESHOLD_SHRINK) -> list[float]:
-    """Each label's best-F1 threshold on validation, pulled toward the one threshold best for macro-F1 over all
-    labels with weights n / (n + shrink), n the label's validation positives: a rare label's own best threshold
-    rests on a handful of rows and is mostly noise. A label without a positive to judge by gets the shared
-    threshold; 0.5 when no label has one. Ties: the lowest threshold."""
-    y = targets > 0.5
-    f1 = np.stack([_f1_by_threshold(y[:, j], probs[:, j], grid) for j in range(y.shape[1])])  # (labels, grid)
-    positives = y.sum(axis=0)
-    if not positives.any():
-        return [0.5] * targets.shape[1]
-    shared = float(grid[int(np.argmax(f1.mean(axis=0)))])
-    own = np.where(f1.max(axis=1) > 0, grid[np.argmax(f1, axis=1)], shared)
-    weight = positives / np.maximum(positives + shrink, 1e-12)  # 0 for a label without positives, even at shrink 0
-    return [round(float(t), 4) for t in weight * own + (1 - weight) * shared]
-
-
-def _f1_by_threshold(y: np.ndarray, probs: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    pred = probs[None, :] >= grid[:, None]  # (grid, rows)
-    tp = (pred & y).sum(axis=1)
-    fp = (pred & ~y).sum(axis=1)
-    return 2 * tp / np.maximum(tp + fp + y.sum(), 1)
+def tune_thresholds(targets: np.ndarray, probs: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> list[float]:
+    """Each label's threshold with the best validation F1; 0.5 where validation has no positive to judge by."""
+    thresholds = []
+    for j in range(targets.shape[1]):
+        y = targets[:, j] > 0.5
+        if not y.any():
+            thresholds.append(0.5)
+            continue
+        pred = probs[:, j][None, :] >= grid[:, None]  # (grid, rows)
+        tp = (pred & y).sum(axis=1)
+        fp = (pred & ~y).sum(axis=1)
+        fn = (~pred & y).sum(axis=1)
+        f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+        best = int(np.argmax(f1))  # ties: the lowest threshold, first in the grid
+        thresholds.append(float(grid[best]) if f1[best] > 0 else 0.5)
+    return thresholds
 
 
 def predictions(space: LabelSpace, probs: np.ndarray, thresholds: list[float] | None = None) -> np.ndarray:
