@@ -21,6 +21,7 @@ from bertclf.config import TrainConfig
 from bertclf.errors import DataError, LabelError
 from bertclf.labels import LabelFormat, LabelSpace, encode_targets, label_format, labels_in_column, task_for_format
 from bertclf.records import DataSummary, WorkUnit
+from bertclf.training.lengths import text_sample
 from bertclf.units import plan_units, read_table, read_unit_table
 
 MAX_POSITIVE_WEIGHT = 30.0
@@ -42,6 +43,7 @@ class TrainingData:
     n_validation: int
     fingerprint: str
     label_counts: dict[str, int] = field(default_factory=dict)
+    text_sample: list[str] = field(default_factory=list)  # spread over every training file: for max_length auto
     validation_label_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -148,6 +150,7 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
     counts: dict[str, int] = {}
     val_counts: dict[str, int] = {}
     train_labels: set[str] = set()
+    sample: list[str] = []
     n_train = n_val = 0
     digest = hashlib.sha256()
     val_tables: list[tuple[str, pa.Table]] = []
@@ -162,6 +165,7 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
             val_tables.append((uri, table.filter(pa.array(mask))))
             table = table.filter(pa.array(~mask))
         n_train += table.num_rows
+        sample += text_sample(table[cfg.text_column].to_pylist(), len(train_files))
         if fmt != "wide":
             for label in labels_in_column(table[label_column], fmt):
                 train_labels.add(label)
@@ -203,7 +207,7 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
         text_column=cfg.text_column, label_format=fmt, label_column=label_column,
         label_columns=list(cfg.label_columns), space=LabelSpace(task=task, names=names),
         n_train=n_train, n_validation=n_val, fingerprint=digest.hexdigest()[:16], label_counts=counts,
-        validation_label_counts=val_counts,
+        validation_label_counts=val_counts, text_sample=sample,
     )
 
 

@@ -21,6 +21,7 @@ from bertclf.modeling import resolve_model_dir
 from bertclf.records import EpochRecord
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
+from bertclf.training.lengths import LENGTH_QUANTILE, auto_max_length, model_length_limit
 from bertclf.training.worker import METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger("bertclf")
@@ -62,6 +63,9 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     data = inspect_training_data(cfg)
     log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
              data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
+    if cfg.max_length == "auto":
+        cfg = dataclasses.replace(cfg, max_length=_auto_max_length(model_dir, data.text_sample))
+    data = dataclasses.replace(data, text_sample=[])  # every worker gets `data`: don't ship the sample
     data.space = dataclasses.replace(data.space, class_bias=class_prior_bias(data, cfg.class_prior))
     if data.space.class_bias:
         log.info("class prior: the validation label mix differs from training; logit bias per class %s",
@@ -69,6 +73,16 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     _check_best_metric(cfg, data)
     _check_method(cfg, model_dir, data)
     return cfg, data
+
+
+def _auto_max_length(model_dir: str, texts: list[str]) -> int:
+    from transformers import AutoTokenizer
+
+    limit = model_length_limit(model_dir)
+    length, at_quantile = auto_max_length(AutoTokenizer.from_pretrained(model_dir), texts, limit)
+    log.info("max_length auto: %d (%.0f%% of %d sampled training texts fit in %d tokens; the model takes %d)",
+             length, 100 * LENGTH_QUANTILE, len(texts), at_quantile, limit)
+    return length
 
 
 def _absolute_inputs(inputs: str | list[str] | None) -> str | list[str] | None:
