@@ -17,7 +17,7 @@ def _texts(words: int, n: int) -> list[str]:
 
 def test_the_99th_percentile_rounded_up_to_16_within_the_model_limit(tiny_model):
     tok = load_tokenizer(str(tiny_model))
-    assert model_length_limit(str(tiny_model)) == 64  # position embeddings; the tokenizer states no limit
+    assert model_length_limit(str(tiny_model), tok) == 64  # position embeddings; the tokenizer states no limit
     # 980 texts of 10 words (12 tokens with [CLS] and [SEP]), 20 of 30 words (32 tokens): the 99th percentile is 32
     assert auto_max_length(tok, _texts(10, 980) + _texts(30, 20), limit=64) == (32, 32)
     # 995 short, 5 long: the long 0.5% are truncated; 12 tokens round up to 16

@@ -17,7 +17,7 @@ from pathlib import Path
 from bertclf import checkpoint, storage
 from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
-from bertclf.modeling import resolve_model_dir
+from bertclf.modeling import load_tokenizer, resolve_model_dir
 from bertclf.records import EpochRecord
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
@@ -76,10 +76,9 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
 
 
 def _auto_max_length(model_dir: str, texts: list[str]) -> int:
-    from transformers import AutoTokenizer
-
-    limit = model_length_limit(model_dir)
-    length, at_quantile = auto_max_length(AutoTokenizer.from_pretrained(model_dir), texts, limit)
+    tokenizer = load_tokenizer(model_dir)
+    limit = model_length_limit(model_dir, tokenizer)
+    length, at_quantile = auto_max_length(tokenizer, texts, limit)
     log.info("max_length auto: %d (%.0f%% of %d sampled training texts fit in %d tokens; the model takes %d)",
              length, 100 * LENGTH_QUANTILE, len(texts), at_quantile, limit)
     return length

@@ -14,13 +14,12 @@ LENGTH_STEP = 16        # lengths rounded up to a multiple of this: fewer distin
 SAMPLE_ROWS = 8_000     # texts sampled over all training files
 
 
-def model_length_limit(model_dir: str) -> int:
+def model_length_limit(model_dir: str, tokenizer) -> int:
     """The longest input the model takes: its position embeddings, and the tokenizer's limit where it sets one."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
-    limits = [getattr(config, "max_position_embeddings", None),
-              AutoTokenizer.from_pretrained(model_dir).model_max_length]
+    limits = [getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None),
+              tokenizer.model_max_length]
     limits = [int(n) for n in limits if isinstance(n, int) and 0 < n < 100_000]  # tokenizers say 1e30 for none
     if not limits:
         raise ModelError(f"model {model_dir} states no maximum input length: set max_length to a number")
