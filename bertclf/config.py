@@ -84,7 +84,7 @@ class TrainConfig:
     epochs: int = key(3, help="training epochs")
     num_workers: int = key(2, help="Ray Train workers (GPUs on GPU clusters)")
     batch_size: int = key(32, help="rows per batch, per worker")
-    learning_rate: float = key(5e-5, help="encoder learning rate")
+    learning_rate: float = key(1e-4, help="encoder learning rate (1e-4 suits the packaged 6-layer model)")
     head_learning_rate: float | None = key(None, help="classifier + pooler learning rate; none: 20 x learning_rate")
     reinit_pooler: bool | None = key(None, help="re-initialize the pooler; auto: for sentence-transformers models, "
                                                 "whose pooler was never trained")
