@@ -43,7 +43,6 @@ class TrainingData:
     n_validation: int
     fingerprint: str
     label_counts: dict[str, int] = field(default_factory=dict)
-    text_sample: list[str] = field(default_factory=list)  # spread over every training file: for max_length auto
     validation_label_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -140,8 +139,10 @@ def _check_labels(table: pa.Table, fmt: LabelFormat, label_column: str | None, l
                 raise DataError(f"{uri}: wide label column {col!r} has {bad} value(s) other than 0/1")
 
 
-def inspect_training_data(cfg: TrainConfig) -> TrainingData:
-    """List, read and check every input file once; return the label space and counts."""
+def inspect_training_data(cfg: TrainConfig, length_sample: list[str] | None = None) -> TrainingData:
+    """List, read and check every input file once; return the label space and counts. Given `length_sample`,
+    a sample of the training texts is appended to it for `max_length: auto` (kept off TrainingData, which every
+    worker receives)."""
     train_files = storage.list_parquet_files(cfg.train)
     validation_files = storage.list_parquet_files(cfg.validation) if cfg.validation else None
     label_column, fmt = _resolve_label_layout(cfg, train_files[0])
@@ -150,7 +151,6 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
     counts: dict[str, int] = {}
     val_counts: dict[str, int] = {}
     train_labels: set[str] = set()
-    sample: list[str] = []
     n_train = n_val = 0
     digest = hashlib.sha256()
     val_tables: list[tuple[str, pa.Table]] = []
@@ -165,7 +165,8 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
             val_tables.append((uri, table.filter(pa.array(mask))))
             table = table.filter(pa.array(~mask))
         n_train += table.num_rows
-        sample += text_sample(table[cfg.text_column].to_pylist(), len(train_files))
+        if length_sample is not None:
+            length_sample += text_sample(table[cfg.text_column], len(train_files))
         if fmt != "wide":
             for label in labels_in_column(table[label_column], fmt):
                 train_labels.add(label)
@@ -207,7 +208,7 @@ def inspect_training_data(cfg: TrainConfig) -> TrainingData:
         text_column=cfg.text_column, label_format=fmt, label_column=label_column,
         label_columns=list(cfg.label_columns), space=LabelSpace(task=task, names=names),
         n_train=n_train, n_validation=n_val, fingerprint=digest.hexdigest()[:16], label_counts=counts,
-        validation_label_counts=val_counts, text_sample=sample,
+        validation_label_counts=val_counts,
     )
 
 

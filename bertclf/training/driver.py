@@ -60,12 +60,12 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
                               model=cfg.model if not os.path.isdir(cfg.model) else os.path.abspath(cfg.model))
     storage.check_writable(cfg.output)
     model_dir = resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
-    data = inspect_training_data(cfg)
+    length_sample: list[str] | None = [] if cfg.max_length == "auto" else None
+    data = inspect_training_data(cfg, length_sample)
     log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
              data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
-    if cfg.max_length == "auto":
-        cfg = dataclasses.replace(cfg, max_length=_auto_max_length(model_dir, data.text_sample))
-    data = dataclasses.replace(data, text_sample=[])  # every worker gets `data`: don't ship the sample
+    if length_sample is not None:
+        cfg = dataclasses.replace(cfg, max_length=_auto_max_length(model_dir, length_sample))
     data.space = dataclasses.replace(data.space, class_bias=class_prior_bias(data, cfg.class_prior))
     if data.space.class_bias:
         log.info("class prior: the validation label mix differs from training; logit bias per class %s",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 
 from bertclf.errors import ModelError
 
@@ -35,7 +36,8 @@ def auto_max_length(tokenizer, texts: list[str], limit: int) -> tuple[int, int]:
     return max(min(LENGTH_STEP, limit), min(rounded, limit)), at_quantile
 
 
-def text_sample(texts: list[str], files: int) -> list[str]:
-    """One file's share of SAMPLE_ROWS, spread over the file (a file sorted by length stays represented)."""
+def text_sample(texts: pa.ChunkedArray, files: int) -> list[str]:
+    """One file's share of SAMPLE_ROWS, spread over the file (a file sorted by length stays represented); only
+    the sampled rows become Python strings."""
     take = min(len(texts), max(1, SAMPLE_ROWS // files))
-    return [texts[i] for i in np.linspace(0, len(texts) - 1, take).round().astype(int)] if take else []
+    return texts.take(np.linspace(0, len(texts) - 1, take).round().astype(np.int64)).to_pylist() if take else []
