@@ -227,6 +227,8 @@ class ServeConfig:
     batch_wait_timeout_s: float = key(0.005, help="how long a batch waits to fill before it runs")
     max_texts_per_request: int = key(256, help="texts one request may send; more get 413")
     max_text_chars: int = key(10_000, help="characters one text may have; longer get 413")
+    auth_token_env: str | None = key(None, help="name of the environment variable holding a bearer token that "
+                                                "requests must send (never the token itself); none: no auth")
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:

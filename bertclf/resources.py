@@ -74,15 +74,22 @@ def connect(address: str | None = None) -> dict[str, float]:
     Workers are told which cluster is theirs: Ray's state API, which Ray Train's placement-group cleaner polls
     from a worker, looks the cluster up afresh (RAY_ADDRESS, the record, any Ray on the host) and, pointed at
     another cluster, finds no controller there and removes the run's placement group.
-    Driver-only environment variables don't reach workers of a `ray start` cluster, so the AWS and HF
-    settings of this process go to the workers through runtime_env (unless a job already set one).
+    Driver-only environment variables don't reach workers of a `ray start` cluster, so the non-secret AWS settings
+    (endpoint, region) and the HF settings of this process go to the workers through runtime_env (unless a job
+    already set one). AWS credentials never do: Ray writes a runtime_env into its session logs. Workers take them
+    from their node, as AWS tools do: a private Ray's raylet inherits this process's environment, a `ray start`
+    cluster the environment it was started with (cluster/local.py), a cluster its instance profile or IRSA.
     """
     import ray
 
     if not ray.is_initialized():
         in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
         address = address or os.environ.get("RAY_ADDRESS") or _running_local_cluster()
-        env = {**storage.aws_env(), **{k: os.environ[k] for k in WORKER_ENV_VARS if k in os.environ}}
+        env = storage.without_credentials(
+            {**storage.aws_env(), **{k: os.environ[k] for k in WORKER_ENV_VARS if k in os.environ}})
+        if address and not in_job and any(os.environ.get(k) for k in storage.AWS_CREDENTIAL_VARS):
+            log.info("ray: this process's AWS credentials are not sent to the cluster's workers; they use their "
+                     "node's (the `ray start` environment, a profile, an instance profile or IRSA)")
         kwargs: dict = {"address": address or "local", "log_to_driver": True}
         if not address:
             log.info("ray: no RAY_ADDRESS and no running `ray start` cluster on this host: starting a private Ray")

@@ -5,15 +5,26 @@ POST /predict {"texts": [...]} -> each text's predicted labels and per-label pro
 (`serve.batch`) and each batch runs length-sorted, token-budget micro-batches. Bad requests get a 4xx with a
 message and never reach the model; GET /healthz and GET /labels answer without it.
 
+One client can't fail another's request: each text is checked (a string, within the limits, encodable as UTF-8)
+before it joins a batch, a batch that still fails is scored again text by text so only the request holding the
+failing text fails, the body limit holds from Content-Length and while reading, and any JSON that doesn't parse
+(including nesting deep enough to exhaust the parser) is a 400. With `auth_token_env` every request but a bare
+/healthz must send `Authorization: Bearer <token>`; the token is read from that environment variable where the
+replicas run, never from a flag or a config.
+
 For KubeRay's RayService (cluster/kuberay/rayservice.yaml): `import_path: bertclf.serve:build_app`.
 """
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoint annotations (Request) at runtime
 import asyncio
 import dataclasses
+import hmac
+import ipaddress
 import json
 import logging
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +32,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from bertclf.config import ServeConfig, load_config
+from bertclf.errors import ConfigError
 
 log = logging.getLogger("bertclf")
 
@@ -36,13 +48,42 @@ class RequestError(Exception):
         self.status = status
 
 
+def max_body_bytes(cfg: ServeConfig) -> int:
+    """The largest body a valid request can need: every text at its limit, each character JSON-escaped
+    (\\uXXXX, 6 bytes: what json.dumps sends for non-ASCII text by default), plus quotes, commas and the object."""
+    return cfg.max_texts_per_request * (cfg.max_text_chars * 6 + 16) + 1024
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over `limit`: from Content-Length before
+    reading anything, else while reading (a chunked body stops at the limit, the rest is never read)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise RequestError(400, f"Content-Length {length!r} is not a number") from None
+        if declared > limit:
+            raise RequestError(413, f"request body of {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_texts(body: bytes, cfg: ServeConfig) -> list[str]:
     """The texts of a /predict body, or a RequestError that says what is wrong with it."""
-    if len(body) > cfg.max_texts_per_request * (cfg.max_text_chars * 4 + 16) + 1024:
-        raise RequestError(413, "request body too large")
+    if len(body) > max_body_bytes(cfg):
+        raise RequestError(413, f"request body of {len(body)} bytes; the limit is {max_body_bytes(cfg)}")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise RequestError(400, "body is not valid JSON: nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the body is the client's fault
         raise RequestError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict) or "texts" not in payload:
         raise RequestError(422, 'expected a JSON object {"texts": ["...", ...]}')
@@ -58,7 +99,85 @@ def parse_texts(body: bytes, cfg: ServeConfig) -> list[str]:
             raise RequestError(422, f"texts[{i}] is {type(text).__name__}, not a string")
         if len(text) > cfg.max_text_chars:
             raise RequestError(413, f"texts[{i}] has {len(text)} characters; the limit is {cfg.max_text_chars}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800") would fail the tokenizer's whole batch
+            raise RequestError(400, f"texts[{i}] is not valid Unicode: {exc.reason} at character {exc.start}") from None
     return texts
+
+
+class TextFailed:
+    """One text of a batch that could not be scored even alone (its request answers 500, the others don't)."""
+
+    def __init__(self, error: BaseException):
+        self.message = f"{type(error).__name__}: {error}"
+
+
+def predict_each_alone(predict: Callable[[list[str]], list[dict]], texts: list[str]) -> list[dict | TextFailed]:
+    """A batch whose forward pass failed, scored again one text at a time: every text that scores alone gets
+    its result, only a text that fails alone gets a TextFailed, so one bad text fails only its own request."""
+    results: list[dict | TextFailed] = []
+    for text in texts:
+        try:
+            results.append(predict([text])[0])
+        except Exception as exc:  # noqa: BLE001 - reported to this text's request only
+            results.append(TextFailed(exc))
+    return results
+
+
+def predict_batch(predict: Callable[[list[str]], list[dict]], texts: list[str]) -> list[dict | TextFailed]:
+    """The batch in one pass; when that fails, text by text (predict_each_alone)."""
+    try:
+        return predict(texts)
+    except Exception as exc:  # noqa: BLE001 - which text caused it is found by scoring them alone
+        log.warning("a batch of %d text(s) failed (%s: %s): scoring them one at a time", len(texts),
+                    type(exc).__name__, exc)
+        return predict_each_alone(predict, texts)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(cfg: ServeConfig) -> str | None:
+    """The start-up warning for an endpoint without a token that others can reach, else None."""
+    if cfg.auth_token_env or is_loopback(cfg.host):
+        return None
+    return (f"serving on {cfg.host}:{cfg.port} without authentication: anyone who can reach this port can call the "
+            "model and read its labels; set --auth-token-env NAME (a variable holding a bearer token) or bind "
+            "127.0.0.1")
+
+
+def auth_token(cfg: ServeConfig) -> str | None:
+    """The bearer token from the variable `auth_token_env` names; None without auth. A named but unset or empty
+    variable is an error: an endpoint meant to be protected never starts open."""
+    if not cfg.auth_token_env:
+        return None
+    token = os.environ.get(cfg.auth_token_env, "")
+    if not token:
+        raise ConfigError(f"auth_token_env names {cfg.auth_token_env}, but that environment variable is unset or "
+                          "empty here; set it to the bearer token (where the replicas run, too)")
+    return token
+
+
+def authorized(request: Request, token: str | None) -> bool:
+    """No token configured, or the request's `Authorization: Bearer <token>` matches it (compared in constant
+    time)."""
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def unauthorized() -> JSONResponse:
+    return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer <token>)"}, status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"})
 
 
 @serve.deployment
@@ -73,31 +192,44 @@ class Classifier:
 
         torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         self.cfg = cfg
+        self.token = auth_token(cfg)  # from this replica's environment; fails closed when the variable is missing
         self.predictor = Predictor.load(cfg.checkpoint, precision=cfg.precision)
         self._predict_one.set_max_batch_size(cfg.max_batch_size)
         self._predict_one.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.started = time.time()
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def _predict_one(self, texts: list[str]) -> list[dict]:
+    async def _predict_one(self, texts: list[str]) -> list[dict | TextFailed]:
         # in a thread: /healthz keeps answering while a batch runs
-        return await asyncio.to_thread(self.predictor.predict, texts)
+        return await asyncio.to_thread(predict_batch, self.predictor.predict, texts)
 
     @api.post("/predict")
     async def predict(self, request: Request) -> Any:
+        if not authorized(request, self.token):
+            return unauthorized()
         try:
-            texts = parse_texts(await request.body(), self.cfg)
+            texts = parse_texts(await read_body(request, max_body_bytes(self.cfg)), self.cfg)
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        rows = await asyncio.gather(*(self._predict_one(t) for t in texts))
+        rows = await asyncio.gather(*(self._predict_one(t) for t in texts), return_exceptions=True)
+        failed = [(i, r) for i, r in enumerate(rows) if isinstance(r, (TextFailed, BaseException))]
+        if failed:
+            i, r = failed[0]
+            why = r.message if isinstance(r, TextFailed) else f"{type(r).__name__}: {r}"
+            log.error("request of %d text(s): texts[%d] could not be scored: %s", len(texts), i, why)
+            return JSONResponse({"error": f"texts[{i}] could not be scored: {why}"}, status_code=500)
         return {"predictions": [{"predicted": r["predicted"], "probabilities": r["probabilities"]} for r in rows]}
 
     @api.get("/healthz")
-    async def healthz(self) -> dict:
+    async def healthz(self, request: Request) -> dict:
+        if not authorized(request, self.token):  # liveness without a token; what is served only with it
+            return {"status": "ok"}
         return {"status": "ok", "checkpoint": self.cfg.checkpoint, "uptime_s": round(time.time() - self.started, 1)}
 
     @api.get("/labels")
-    async def labels(self) -> dict:
+    async def labels(self, request: Request) -> Any:
+        if not authorized(request, self.token):
+            return unauthorized()
         space = self.predictor.space
         return {"task": space.task, "labels": space.names,
                 "thresholds": dict(zip(space.names, space.thresholds, strict=True))}
@@ -124,13 +256,18 @@ def start(cfg: ServeConfig) -> str:
     from bertclf.resources import connect
 
     cfg = dataclasses.replace(cfg, checkpoint=storage.absolute(cfg.checkpoint))  # replicas run elsewhere
+    cfg.validate()
+    auth_token(cfg)  # a named token variable that is unset fails here, not in every replica
     load(cfg.checkpoint)  # a bad checkpoint fails here, by name, not in a replica
+    if warning := exposure_warning(cfg):
+        log.warning(warning)
     connect(cfg.ray_address)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(application(cfg), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.host}:{cfg.port}"
-    log.info("serving %s at %s (%d replica(s)); POST %s/predict, GET %s/healthz, GET %s/labels", cfg.checkpoint,
-             url, cfg.replicas, url, url, url)
+    log.info("serving %s at %s (%d replica(s)%s); POST %s/predict, GET %s/healthz, GET %s/labels", cfg.checkpoint,
+             url, cfg.replicas, f", bearer token from ${cfg.auth_token_env}" if cfg.auth_token_env else ", no auth",
+             url, url, url)
     return url
 
 

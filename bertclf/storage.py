@@ -27,16 +27,20 @@ from bertclf.errors import InputError
 
 T = TypeVar("T")
 
+# AWS settings that may travel to Ray workers (runtime_env): where and how to reach S3, never who we are.
 AWS_ENV_VARS = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
 )
+# Credentials: never copied anywhere (runtime_env, configs, logs, outputs). Ray records a runtime_env in its
+# session logs, so workers take these from their own node (the `ray start` process's environment, a profile,
+# an instance profile or IRSA), exactly as AWS tools do.
+AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 class StorageError(RuntimeError):
@@ -309,8 +313,14 @@ def replace_dir(local_src: str | Path, uri: str, marker: str) -> None:
 
 
 def aws_env() -> dict[str, str]:
-    """The AWS settings of this process, to hand to Ray workers through runtime_env."""
+    """The non-secret AWS settings of this process (endpoint, region, profile, retries), to hand to Ray workers
+    through runtime_env. Credentials are left out on purpose: see AWS_CREDENTIAL_VARS."""
     return {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k)}
+
+
+def without_credentials(env: dict[str, str]) -> dict[str, str]:
+    """`env` less every AWS credential variable: what may go into a runtime_env or a log line."""
+    return {k: v for k, v in env.items() if k not in AWS_CREDENTIAL_VARS}
 
 
 def local_copy(uri: str, key_file: str) -> Path:

@@ -1,11 +1,16 @@
 """The online endpoint on a real local Ray Serve: answers equal `bertclf predict` and `bertclf score`, every bad
-request gets its 4xx, and the replica keeps answering after them."""
+request gets its 4xx, and the replica keeps answering after them; a bad text fails only its own request, bodies
+over the limit stop at it, and the bearer token is required where one is set."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +20,28 @@ import yaml
 from conftest import REPO, free_port, make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf.config import ScoreConfig, ServeConfig
+from bertclf.errors import ConfigError
 from bertclf.inference import predict_texts
 from bertclf.scoring import run as score
+from bertclf.serve import (
+    TextFailed,
+    auth_token,
+    exposure_warning,
+    max_body_bytes,
+    parse_texts,
+    predict_batch,
+)
 
 TEXTS = ["happy glad day", "scared panic work", "angry mad hate furious", "", "the day"]
+# the replicas read the token from their environment: set before this module's Ray starts, which they inherit
+TOKEN_ENV = "BERTCLF_TEST_SERVE_TOKEN"
+TOKEN = os.environ.setdefault(TOKEN_ENV, "tok-" + os.urandom(8).hex())
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _call(url: str, body: bytes | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"},
+def _call(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json",
+                                                              **(AUTH if headers is None else headers)},
                                      method="POST" if body is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -39,7 +58,7 @@ def endpoint(ray_local, tiny_model, tmp_path_factory):
 
     ckpt = save_tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt"), tiny_model, "multi_label", [0.45, 0.5, 0.55])
     url = start(ServeConfig(checkpoint=str(ckpt), port=free_port(), precision="fp32", max_texts_per_request=8,
-                            max_text_chars=200))
+                            max_text_chars=200, auth_token_env=TOKEN_ENV))
     yield url, ckpt
     serve.shutdown()
 
@@ -66,8 +85,6 @@ def test_predict_equals_bertclf_predict_and_score(endpoint, tmp_path):
 
 
 def test_many_concurrent_requests_are_all_answered(endpoint):
-    from concurrent.futures import ThreadPoolExecutor
-
     url, _ = endpoint
     rows = make_rows(40, 5, True)
     with ThreadPoolExecutor(8) as pool:
@@ -92,10 +109,133 @@ def test_bad_requests_get_their_4xx_and_the_replica_keeps_answering(endpoint, bo
     assert _call(f"{url}/predict", b'{"texts": ["happy"]}')[0] == 200
 
 
+def test_a_bad_text_fails_only_its_own_request_among_concurrent_valid_ones(endpoint):
+    """Lone surrogates (which crash the tokenizer for a whole batch) sent amid valid requests from other clients:
+    each bad request gets its 400, every valid one its 200."""
+    url, _ = endpoint
+    valid = [json.dumps({"texts": [r["text"]]}).encode() for r in make_rows(60, 7, True)]
+    bad = [json.dumps({"texts": ["happy", "sad \ud800 day"]}).encode(), json.dumps({"texts": ["\udfff"]}).encode()]
+    bodies = [b for i, v in enumerate(valid) for b in ([v, bad[i % 2]] if i % 6 == 0 else [v])]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda b: (b, *_call(f"{url}/predict", b)), bodies))
+    bad_answers = [(status, body) for b, status, body in answers if b in bad]
+    good_answers = [(status, body) for b, status, body in answers if b not in bad]
+    assert len(bad_answers) == 10 and len(good_answers) == 60
+    assert all(status == 400 and "is not valid Unicode" in body["error"] for status, body in bad_answers), bad_answers
+    assert [status for status, _ in good_answers] == [200] * 60
+
+
+def test_json_nested_deep_enough_to_exhaust_the_parser_is_a_400(endpoint):
+    url, _ = endpoint
+    depth = 5000  # far past the parser's recursion limit, inside this endpoint's body limit
+    status, answer = _call(f"{url}/predict", b'{"texts": ' + b"[" * depth + b"]" * depth + b"}")
+    assert status == 400 and "nested too deeply" in answer["error"]
+    assert _call(f"{url}/predict", b'{"texts": ["happy"]}')[0] == 200
+
+
+def _raw_post(url: str, head: list[str], chunks, timeout: float = 30) -> tuple[int, int, float]:
+    """POST by hand: send the head, then body chunks until the server answers; (status, bytes sent, seconds)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sent, t0 = 0, time.monotonic()
+    try:
+        sock.sendall(("\r\n".join(["POST /predict HTTP/1.1", f"Host: {host}", f"Authorization: Bearer {TOKEN}",
+                                     "Content-Type: application/json", *head]) + "\r\n\r\n").encode())
+        sock.setblocking(False)
+        answer = b""
+        for chunk in chunks:
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            if answer or time.monotonic() - t0 > timeout:
+                break
+            try:
+                sock.sendall(chunk)
+                sent += len(chunk)
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.002)
+        sock.setblocking(True)
+        while b"\r\n" not in answer:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    finally:
+        sock.close()
+    return int(answer.split(b" ", 2)[1]), sent, time.monotonic() - t0
+
+
+def test_a_body_over_the_limit_is_refused_from_its_content_length_before_it_is_sent(endpoint):
+    url, _ = endpoint
+    declared = 300 << 20  # 300 MB announced; only the first KB is ever sent
+    status, sent, seconds = _raw_post(url, [f"Content-Length: {declared}"], iter(lambda: b"x" * 1024, None))
+    assert status == 413 and sent < 4 << 20 and seconds < 20, (status, sent, seconds)
+
+
+def test_a_streamed_body_stops_at_the_limit(endpoint):
+    url, _ = endpoint
+    limit = max_body_bytes(ServeConfig(max_texts_per_request=8, max_text_chars=200))
+    chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"  # chunked transfer: no Content-Length to refuse up front
+    status, sent, seconds = _raw_post(url, ["Transfer-Encoding: chunked"], (chunk for _ in range(20_000)))
+    assert status == 413, status
+    assert sent < 20_000 * len(chunk) / 10 and seconds < 20, f"{sent} bytes sent (limit {limit}) in {seconds:.1f}s"
+    assert _call(f"{url}/predict", b'{"texts": ["happy"]}')[0] == 200
+
+
+def test_the_bearer_token_is_required_where_one_is_set(endpoint):
+    url, _ = endpoint
+    body = b'{"texts": ["happy"]}'
+    assert _call(f"{url}/predict", body, headers={})[0] == 401
+    assert _call(f"{url}/predict", body, headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert _call(f"{url}/predict", body, headers={"Authorization": TOKEN})[0] == 401, "the scheme is required"
+    assert _call(f"{url}/labels", headers={})[0] == 401
+    assert _call(f"{url}/predict", body)[0] == 200
+    status, health = _call(f"{url}/healthz", headers={})
+    assert status == 200 and health == {"status": "ok"}, "without the token /healthz says only that it is up"
+
+
+def test_a_batch_that_fails_is_scored_text_by_text_so_only_the_bad_text_fails():
+    def predict(texts):
+        if "boom" in texts:
+            raise RuntimeError("tokenizer crashed")
+        return [{"text": t} for t in texts]
+
+    results = predict_batch(predict, ["a", "boom", "b"])
+    assert results[0] == {"text": "a"} and results[2] == {"text": "b"}
+    assert isinstance(results[1], TextFailed) and "tokenizer crashed" in results[1].message
+    assert predict_batch(predict, ["a", "b"]) == [{"text": "a"}, {"text": "b"}]
+
+
+def test_parse_errors_of_any_kind_are_400():
+    cfg = ServeConfig()
+    for body in (b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"\xff\xfe\x00garbage", b'{"texts": ["a"',
+                 b"", b"\x80abc"):
+        with pytest.raises(Exception) as info:
+            parse_texts(body, cfg)
+        assert getattr(info.value, "status", None) == 400, (body[:20], info.value)
+    assert parse_texts(json.dumps({"texts": ["ok", "caf\u00e9"]}).encode(), cfg) == ["ok", "caf\u00e9"]
+
+
+def test_start_up_warns_beyond_loopback_without_a_token_and_a_named_token_must_be_set(monkeypatch):
+    assert exposure_warning(ServeConfig(host="127.0.0.1")) is None
+    assert exposure_warning(ServeConfig(host="::1")) is None
+    assert exposure_warning(ServeConfig(host="0.0.0.0", auth_token_env="X")) is None
+    assert "anyone who can reach" in exposure_warning(ServeConfig(host="0.0.0.0"))
+    assert "without authentication" in exposure_warning(ServeConfig(host="10.1.2.3"))
+    monkeypatch.delenv("BERTCLF_TEST_UNSET_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="BERTCLF_TEST_UNSET_TOKEN"):
+        auth_token(ServeConfig(auth_token_env="BERTCLF_TEST_UNSET_TOKEN"))
+    monkeypatch.setenv("BERTCLF_TEST_UNSET_TOKEN", "s3cr3t")
+    assert auth_token(ServeConfig(auth_token_env="BERTCLF_TEST_UNSET_TOKEN")) == "s3cr3t"
+    assert auth_token(ServeConfig()) is None
+
+
 def test_health_and_labels(endpoint):
     url, _ = endpoint
     status, health = _call(f"{url}/healthz")
-    assert status == 200 and health["status"] == "ok"
+    assert status == 200 and health["status"] == "ok" and "checkpoint" in health
     status, labels = _call(f"{url}/labels")
     assert status == 200 and labels["labels"] == ["anger", "fear", "joy"] and labels["task"] == "multi_label"
     assert labels["thresholds"] == {"anger": 0.45, "fear": 0.5, "joy": 0.55}
