@@ -159,6 +159,8 @@ class ScoreConfig:
     drift_share_threshold: float = key(0.1, help="alert when a label's predicted share moves by more than this "
                                                  "(0.1 = 10 percentage points) against the previous partition")
     drift_fails_job: bool = key(False, help="exit with code 3 after committing the scores when drift is alerted")
+    allow_empty: bool = key(False, help="commit an input with 0 rows (default: exit 2, an empty nightly partition "
+                                        "is usually an upstream failure)")
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:

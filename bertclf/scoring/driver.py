@@ -1,7 +1,7 @@
 """Bulk scoring with Ray Data: plan units from the input footers, score the missing ones, commit last.
 
 `run(ScoreConfig)` (bertclf.scoring.run) is what `bertclf score` and `jobs/score.py` call. The output holds
-one Parquet part per unit (deterministic names), then `manifest.json`, then `_SUCCESS`. A re-run scores only
+one Parquet part per unit (deterministic names), then `_manifest.json`, then `_SUCCESS`. A re-run scores only
 the units whose part is missing, so a crash anywhere costs at most the units in flight.
 """
 
@@ -25,9 +25,14 @@ from bertclf.units import balanced_rows_per_unit, cut_units, read_footers
 
 PLAN = "_plan.json"
 
+
+class EmptyInputError(DataError):
+    """A scoring input with 0 rows (exit 2) where allow_empty is off."""
+
+
 log = logging.getLogger("bertclf")
 
-__all__ = ["ScoreError", "ScoreSummary", "run"]
+__all__ = ["EmptyInputError", "ScoreError", "ScoreSummary", "run"]
 
 
 @dataclass
@@ -63,7 +68,7 @@ class ScoreSummary:
 
 
 def run(cfg: ScoreConfig) -> ScoreSummary:
-    """Validate inputs and checkpoint, score what is missing, then write manifest.json and _SUCCESS."""
+    """Validate inputs and checkpoint, score what is missing, then write _manifest.json and _SUCCESS."""
     t_start = time.perf_counter()
     cfg.validate()
     date = resolve_date(cfg.date)
@@ -82,6 +87,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
     footers, unreadable = read_footers(files)
     passthrough = _check_columns(cfg, {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()})
+    _check_not_empty(cfg, footers, unreadable)
     storage.check_writable(output)
 
     done = storage.list_names(output)
@@ -163,14 +169,41 @@ def _actor_plan(cfg: ScoreConfig, units: int | None = None) -> ScorePlan:
 
 
 def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
-    """The text, id and pass-through columns must be in every input file; errors name the file."""
+    """The text, id and pass-through columns must be in every input file, the id and pass-through columns of one
+    type in all of them (parts of mixed types make one output no reader can load whole); errors name the files."""
     wanted = [c for c in [cfg.id_column, *cfg.passthrough_columns] if c]
+    first: dict[str, tuple[str, object]] = {}  # column -> (the first file, its type there)
     for uri, schema in schemas.items():
         for col in [cfg.text_column, *wanted]:
+            role = "text" if col == cfg.text_column else "id" if col == cfg.id_column else "pass-through"
             if col not in schema.names:
-                role = "text" if col == cfg.text_column else "id" if col == cfg.id_column else "pass-through"
                 raise DataError(f"{uri}: {role} column {col!r} not found; columns are {schema.names}")
+            if col == cfg.text_column:
+                continue
+            kind = _comparable_type(schema.field(col).type)
+            seen_uri, seen = first.setdefault(col, (uri, kind))
+            if kind != seen:
+                raise DataError(f"{role} column {col!r} is {seen} in {seen_uri} but {kind} in {uri}: the output would "
+                                "hold parts of both types; cast the column to one type in every input file")
     return tuple(dict.fromkeys(wanted))
+
+
+def _comparable_type(arrow_type):
+    """A column's type with the Arrow encodings that read back alike (large_string/string, dictionary) made equal."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}.get(arrow_type, arrow_type)
+
+
+def _check_not_empty(cfg: ScoreConfig, footers: dict, unreadable: dict[str, str]) -> None:
+    """An input of 0 rows is refused unless allowed: for a nightly partition it is usually an upstream failure."""
+    if unreadable or cfg.allow_empty or any(meta.num_rows for meta in footers.values()):
+        return
+    names = ", ".join(sorted(footers)[:5]) + (f" and {len(footers) - 5} more" if len(footers) > 5 else "")
+    raise EmptyInputError(f"the input has 0 rows ({len(footers)} file(s): {names}); an empty partition is usually an "
+                          "upstream failure. Nothing was scored; pass --allow-empty to commit an empty output")
 
 
 def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tuple[str, ...],

@@ -1,6 +1,7 @@
-"""Committing a scoring output: check the row counts, write manifest.json, then _SUCCESS, last.
+"""Committing a scoring output: check the row counts, write _manifest.json, then _SUCCESS, last.
 
-Consumers read only outputs with _SUCCESS, so nothing here may run before every part has landed.
+Consumers read only outputs with _SUCCESS, so nothing here may run before every part has landed. Both names start
+with "_", which Parquet readers (pandas, pyarrow datasets, Spark) skip, so `pd.read_parquet(output)` reads the parts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from bertclf.records import (
 from bertclf.scoring.drift import add_histograms, compare
 
 SUCCESS = "_SUCCESS"
-MANIFEST = "manifest.json"
+MANIFEST = "_manifest.json"
+LEGACY_MANIFEST = "manifest.json"  # the name before 2026-12: still read, never written
 
 
 class ScoreError(RuntimeError):
@@ -37,7 +39,7 @@ class ScoreError(RuntimeError):
 def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str],
            units: list[WorkUnit], stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
            score_seconds: float, total_seconds: float, rows_per_unit: int | None = None) -> Manifest:
-    """Check rows in == rows out (+ skipped empties), then write manifest.json and, last, _SUCCESS."""
+    """Check rows in == rows out (+ skipped empties), then write _manifest.json and, last, _SUCCESS."""
     rows_in = sum(s.rows_in for s in stats)
     rows_out = sum(s.rows_out for s in stats)
     empties = sum(s.empty_texts for s in stats)
@@ -83,9 +85,18 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
     return manifest
 
 
+def manifest_uri(output: str) -> str:
+    """Where a scoring output's manifest is: _manifest.json, or manifest.json in outputs written before the rename
+    (the new name when neither exists)."""
+    uri = storage.join(output, MANIFEST)
+    if not storage.exists(uri) and storage.exists(legacy := storage.join(output, LEGACY_MANIFEST)):
+        return legacy
+    return uri
+
+
 def read_manifest(output: str) -> Manifest:
-    """The manifest of a scoring output (any format this bertclf reads)."""
-    return Manifest.from_json(storage.read_bytes(storage.join(output, MANIFEST)))
+    """The manifest of a scoring output (any format this bertclf reads, under either name)."""
+    return Manifest.from_json(storage.read_bytes(manifest_uri(output)))
 
 
 def previous_manifest(cfg: ScoreConfig, date: dt.date) -> Manifest | None:
@@ -106,4 +117,5 @@ def _share_change(distribution: dict[str, float], previous: Manifest | None) -> 
     return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(distribution))}
 
 
-__all__ = ["MANIFEST", "SUCCESS", "ScoreError", "commit", "previous_manifest", "read_manifest"]
+__all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "ScoreError", "commit", "manifest_uri", "previous_manifest",
+           "read_manifest"]
