@@ -45,20 +45,58 @@ class PrefixTuned(torch.nn.Module):
                                     cache=self.peft.get_prompt(rows), **kwargs)
 
 
+# peft's LoRA targets per model type, with the encoders it lacks; used when lora_target_modules is left at its default
+LORA_TARGETS_FILLED = {"distilbert": ["q_lin", "v_lin"], "mpnet": ["q", "v"],
+                       "deberta-v2": ["query_proj", "value_proj"], "electra": ["query", "value"]}
+PREFIX_ALTERNATIVES = "use method lora (adapters on the attention layers) or full"
+
+
+def default_lora_targets(model_type: str) -> list[str] | None:
+    """The linear layers LoRA adapts by default for this model type: peft's choice, or ours where peft has none."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    targets = PEFT_TARGETS.get(model_type) or LORA_TARGETS_FILLED.get(model_type)
+    return list(targets) if isinstance(targets, (list, tuple)) else None
+
+
+def lora_targets(model, cfg: TrainConfig) -> list[str]:
+    """cfg.lora_target_modules, or, left at its default (BERT's query,value), the model type's own names."""
+    if list(cfg.lora_target_modules) != list(TrainConfig().lora_target_modules):
+        return list(cfg.lora_target_modules)
+    return default_lora_targets(getattr(model.config, "model_type", "")) or list(cfg.lora_target_modules)
+
+
+def takes_prefix(model) -> bool:
+    """Whether the encoder takes a prefix the way PrefixTuned gives it: a `cache` argument of its forward (BERT,
+    RoBERTa, XLM-R, ELECTRA do under transformers 5; DistilBERT, MPNet, DeBERTa don't)."""
+    import inspect
+
+    return "cache" in inspect.signature(model.base_model.forward).parameters
+
+
+def check_method_fits(model, cfg: TrainConfig) -> None:
+    """Refuse a method the model's architecture can't train with, naming what it can."""
+    if cfg.method == "prefix" and not takes_prefix(model):
+        raise ConfigError(f"method prefix doesn't work with {type(model.base_model).__name__} (model type "
+                          f"{model.config.model_type!r}): prefix-tuning passes the prefix to every layer as the "
+                          f"encoder's `cache` argument, which this encoder doesn't take; {PREFIX_ALTERNATIVES}")
+
+
 def apply_method(model, cfg: TrainConfig):
     """The model to train for `cfg.method`: as it is (full), or wrapped by peft with only adapter + head trainable."""
     if cfg.method == "full":
         return model
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 
+    check_method_fits(model, cfg)
     heads = list(head_modules(model))
     if cfg.method == "lora":
+        targets = lora_targets(model, cfg)
         peft_config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                 lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_target_modules),
-                                 modules_to_save=heads)
+                                 lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=heads)
         available = sorted({name.rsplit(".", 1)[-1] for name, module in model.base_model.named_modules()
                             if isinstance(module, torch.nn.Linear)})
-        missing = sorted(set(cfg.lora_target_modules) - set(available))
+        missing = sorted(set(targets) - set(available))
         if missing:
             raise ConfigError(f"lora_target_modules {missing} are not linear layers of this model; "
                               f"it has: {', '.join(available)}")
@@ -93,7 +131,7 @@ def tuning_info(model, cfg: TrainConfig) -> TuningInfo:
     settings: dict[str, Any] = {}
     if cfg.method == "lora":
         settings = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                    "target_modules": list(cfg.lora_target_modules)}
+                    "target_modules": lora_targets(hf_model(model), cfg)}
     elif cfg.method == "prefix":
         settings = {"prefix_length": cfg.prefix_length}
     if cfg.method != "full":

@@ -56,34 +56,73 @@ def load_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def attention_for(device_type: str) -> str:
-    """The attention kernel per device: SDPA's fused kernels on GPUs; plain (eager) attention on CPUs, where
-    PyTorch's CPU flash-attention backward is slower than eager for short texts (benchmarks/results/NOTES.md)."""
-    return "sdpa" if device_type == "cuda" else "eager"
+def load_model_config(model: str | Path):
+    """The model's transformers config (config.json) from its directory."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model))
+
+
+def classifier_class(config):
+    """The transformers class AutoModelForSequenceClassification builds for `config`; None where transformers has
+    none for its model type (custom code)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    try:
+        return MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return None
+
+
+def attention_for(device_type: str, model=None) -> str:
+    """The attention kernel per device and model class: SDPA's fused kernels on GPUs where the class supports them
+    (transformers 5 refuses SDPA for MPNet and DeBERTa-v2, among others), else eager; eager on CPUs, where
+    PyTorch's CPU flash-attention backward is slower than eager for short texts (benchmarks/results/NOTES.md).
+
+    `model`: a model directory or its config; without one, the answer for a class that supports SDPA."""
+    if device_type != "cuda":
+        return "eager"
+    if model is None:
+        return "sdpa"
+    config = model if hasattr(model, "model_type") else load_model_config(model)
+    return "sdpa" if getattr(classifier_class(config), "_supports_sdpa", False) else "eager"
+
+
+def _from_pretrained(model_dir: str, attention: str, **kwargs):
+    """AutoModelForSequenceClassification.from_pretrained with `attention`, falling back to eager where a class
+    refuses SDPA after all (custom code the class lookup can't see)."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation=attention, **kwargs)
+    except ValueError as exc:
+        if attention == "eager" or "attention" not in str(exc):
+            raise
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager", **kwargs)
 
 
 def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: bool | None = False,
                      device_type: str = "cpu"):
-    """The encoder with a fresh (or matching) classification head for this label space, attention per device.
+    """The encoder with a fresh (or matching) classification head for this label space, attention per device
+    and model class (attention_for).
 
     Sentence-transformers checkpoints (like the packaged all-MiniLM-L6-v2) were trained with mean pooling:
     their BERT pooler is untrained and squashes every text to nearly the same vector, so fine-tuning through
     it barely moves. `reinit_pooler=None` (auto) re-initializes it for them, keeping the checkpoint a plain
     BertForSequenceClassification.
     """
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected when fine-tuning
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = _from_pretrained(
             model_dir,
+            attention_for(device_type, model_dir),
             num_labels=len(space.names),
             id2label=dict(enumerate(space.names)),
             label2id={n: i for i, n in enumerate(space.names)},
             problem_type="multi_label_classification" if space.task == "multi_label" else "single_label_classification",
-            attn_implementation=attention_for(device_type),
             ignore_mismatched_sizes=True,
         )
     finally:
@@ -144,13 +183,11 @@ def load_for_inference(model_dir: str | Path, device=None, adapter: str | None =
     """(model, tokenizer) from a checkpoint directory, in eval mode on `device` (default CPU), with the
     checkpoint's adapter applied when it has one (bertclf.json's tuning.adapter)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from bertclf.adapters import hf_model, load_adapter
 
     device = torch.device(device or "cpu")
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir),
-                                                               attn_implementation=attention_for(device.type))
+    model = _from_pretrained(str(model_dir), attention_for(device.type, model_dir))
     if adapter:
         model = load_adapter(model, Path(model_dir), adapter)
     model.eval()

@@ -21,7 +21,7 @@ from bertclf.modeling import load_tokenizer, resolve_model_dir
 from bertclf.records import EpochRecord
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
-from bertclf.training.lengths import LENGTH_QUANTILE, auto_max_length, model_length_limit
+from bertclf.training.lengths import LENGTH_QUANTILE, auto_max_length, check_max_length, model_length_limit
 from bertclf.training.worker import METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger("bertclf")
@@ -60,12 +60,13 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
                               model=cfg.model if not os.path.isdir(cfg.model) else os.path.abspath(cfg.model))
     storage.check_writable(cfg.output)
     model_dir = resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
+    check_max_length(cfg, model_dir)
     length_sample: list[str] | None = [] if cfg.max_length == "auto" else None
     data = inspect_training_data(cfg, length_sample)
     log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
              data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
     if length_sample is not None:
-        cfg = dataclasses.replace(cfg, max_length=_auto_max_length(model_dir, length_sample))
+        cfg = dataclasses.replace(cfg, max_length=_auto_max_length(model_dir, length_sample, cfg))
     data.space = dataclasses.replace(data.space, class_bias=class_prior_bias(data, cfg.class_prior))
     if data.space.class_bias:
         log.info("class prior: the validation label mix differs from training; logit bias per class %s",
@@ -75,9 +76,9 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     return cfg, data
 
 
-def _auto_max_length(model_dir: str, texts: list[str]) -> int:
+def _auto_max_length(model_dir: str, texts: list[str], cfg: TrainConfig) -> int:
     tokenizer = load_tokenizer(model_dir)
-    limit = model_length_limit(model_dir, tokenizer)
+    limit = model_length_limit(model_dir, tokenizer, cfg.prefix_length if cfg.method == "prefix" else 0)
     length, at_quantile = auto_max_length(tokenizer, texts, limit)
     log.info("max_length auto: %d (%.0f%% of %d sampled training texts fit in %d tokens; the model takes %d)",
              length, 100 * LENGTH_QUANTILE, len(texts), at_quantile, limit)
