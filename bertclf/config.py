@@ -28,6 +28,7 @@ CompileSetting = Literal["auto", "on", "off"]
 TokenizeStage = Literal["auto", "fused", "separate"]
 Method = Literal["full", "lora", "prefix"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
+LongText = Literal["auto", "truncate", "chunk"]
 
 __all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ReportConfig", "ScoreConfig", "ServeConfig",
            "TrainConfig", "load_config"]
@@ -94,6 +95,17 @@ class TrainConfig:
     max_length: int | Literal["auto"] = key(
         "auto", help="tokens per text, longer texts are truncated; auto: what 99 percent of the training texts need "
                      "(a sample of them), rounded up to 16, at most what the model takes")
+    max_tokens_per_batch: int | Literal["auto"] = key(
+        "auto", help="padded tokens in one training micro-batch; gradients accumulate over micro-batches so each "
+                     "step still sees batch_size rows; auto: planned from the model and the worker's memory share")
+    worker_memory_gb: float | None = key(None, help="memory share of one train worker in GiB; none: the node's "
+                                                    "memory less a reserve for Ray, split between its workers",
+                                         flag=False)
+    long_text: LongText = key(
+        "auto", help="texts longer than max_length: truncate, or chunk (score every window of max_length tokens, "
+                     "overlapping by chunk_stride, and pool them per text); auto: chunk when over 5 percent of "
+                     "the sampled training texts are longer than the model takes")
+    chunk_stride: int = key(64, help="tokens two neighbouring windows share under long_text chunk", flag=False)
     seed: int = key(42, help="random seed")
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")
     checkpoint_every: int = key(1, help="epochs between periodic checkpoints")
@@ -112,6 +124,12 @@ class TrainConfig:
                       "length_group_batches", "lora_rank", "prefix_length")
         if self.max_length != "auto":
             _at_least_one(self, "max_length")
+        if self.max_tokens_per_batch != "auto":
+            _at_least_one(self, "max_tokens_per_batch")
+        if self.worker_memory_gb is not None and self.worker_memory_gb <= 0:
+            raise ConfigError(f"worker_memory_gb must be > 0, got {self.worker_memory_gb}")
+        if self.chunk_stride < 0:
+            raise ConfigError(f"chunk_stride must be >= 0, got {self.chunk_stride}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.method == "lora" and not self.lora_target_modules:

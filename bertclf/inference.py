@@ -61,6 +61,59 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
 
+def encode_texts(tokenizer, texts: list[str], max_length: int, long_text: str = "truncate") -> list[list[int]]:
+    """Token ids per text as inference takes them: truncated to max_length with special tokens, or (long_text
+    chunk) the whole text's tokens without special tokens, cut into windows when the model runs (`windows`)."""
+    if long_text != "chunk":
+        return tokenize(tokenizer, texts, max_length)
+    return tokenizer(texts, add_special_tokens=False, truncation=False, padding=False, verbose=False,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def windows(content_ids: list[list[int]], tokenizer, max_length: int,
+            stride: int) -> tuple[list[list[int]], np.ndarray]:
+    """Each text's windows of at most max_length tokens, wrapped in the tokenizer's own special tokens ([CLS] ...
+    [SEP], <s> ... </s>), neighbours sharing `stride` tokens; and the index of the text each window belongs to.
+    An empty text is one window of special tokens only."""
+    prefix, suffix = special_tokens_around(tokenizer)
+    room = max(1, max_length - len(prefix) - len(suffix))
+    step = max(1, room - stride)
+    out: list[list[int]] = []
+    owner: list[int] = []
+    for i, ids in enumerate(content_ids):
+        start = 0
+        while True:
+            out.append([*prefix, *ids[start:start + room], *suffix])
+            owner.append(i)
+            if start + room >= len(ids):
+                break
+            start += step
+    return out, np.asarray(owner, dtype=np.int64)
+
+
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text's tokens, found by encoding one word with and
+    without them (transformers 5 tokenizers no longer expose build_inputs_with_special_tokens)."""
+    whole = tokenizer("x", verbose=False)["input_ids"]
+    content = tokenizer("x", add_special_tokens=False, verbose=False)["input_ids"]
+    for k in range(len(whole) - len(content) + 1):
+        if whole[k:k + len(content)] == content:
+            return whole[:k], whole[k + len(content):]
+    raise ValueError(f"{type(tokenizer).__name__}: cannot tell its special tokens from the text's")
+
+
+def pool_window_logits(logits: np.ndarray, owner: np.ndarray, texts: int, task: str) -> np.ndarray:
+    """One row of logits per text from its windows': the max for multi-label (a label present anywhere in the
+    text is present in it), the mean for multi-class (every window votes)."""
+    if task == "multi_label":
+        pooled = np.full((texts, logits.shape[1]), -np.inf, dtype=np.float32)
+        np.maximum.at(pooled, owner, logits)
+        return pooled
+    pooled = np.zeros((texts, logits.shape[1]), dtype=np.float32)
+    np.add.at(pooled, owner, logits)
+    return pooled / np.bincount(owner, minlength=texts)[:, None].astype(np.float32)
+
+
 def logits_for_token_ids(model, token_ids: list[list[int]], pad_id: int, *, max_tokens: int, max_rows: int,
                          bf16: bool, device: torch.device,
                          graph: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
@@ -82,10 +135,26 @@ def logits_for_token_ids(model, token_ids: list[list[int]], pad_id: int, *, max_
 
 
 def logits_for_texts(model, tokenizer, texts: list[str], *, max_length: int, max_tokens: int = 8192,
-                     max_rows: int = 256, bf16: bool = False, device: torch.device | None = None) -> np.ndarray:
+                     max_rows: int = 256, bf16: bool = False, device: torch.device | None = None,
+                     long_text: str = "truncate", chunk_stride: int = 0, task: str = "multi_label") -> np.ndarray:
+    """One row of logits per text; under long_text chunk, pooled over the text's windows."""
     device = device or torch.device("cpu")
-    return logits_for_token_ids(model, tokenize(tokenizer, texts, max_length), tokenizer.pad_token_id,
-                                max_tokens=max_tokens, max_rows=max_rows, bf16=bf16, device=device)
+    return logits_for_encoded(model, tokenizer, encode_texts(tokenizer, texts, max_length, long_text),
+                              max_length=max_length, long_text=long_text, chunk_stride=chunk_stride, task=task,
+                              max_tokens=max_tokens, max_rows=max_rows, bf16=bf16, device=device)
+
+
+def logits_for_encoded(model, tokenizer, token_ids: list[list[int]], *, max_length: int, long_text: str,
+                       chunk_stride: int, task: str, max_tokens: int, max_rows: int, bf16: bool,
+                       device: torch.device, graph: Callable | None = None) -> np.ndarray:
+    """Logits per text from `encode_texts` output: run as they are, or cut into windows and pooled back."""
+    if long_text != "chunk":
+        return logits_for_token_ids(model, token_ids, tokenizer.pad_token_id, max_tokens=max_tokens,
+                                    max_rows=max_rows, bf16=bf16, device=device, graph=graph)
+    parts, owner = windows(token_ids, tokenizer, max_length, chunk_stride)
+    logits = logits_for_token_ids(model, parts, tokenizer.pad_token_id, max_tokens=max_tokens, max_rows=max_rows,
+                                  bf16=bf16, device=device, graph=graph)
+    return pool_window_logits(logits, owner, len(token_ids), task)
 
 
 @dataclass
@@ -101,6 +170,8 @@ class Predictor:
     max_tokens: int = 8192
     max_rows: int = 256
     graph: CompiledGraph | None = None
+    long_text: str = "truncate"
+    chunk_stride: int = 0
 
     @classmethod
     def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
@@ -114,7 +185,7 @@ class Predictor:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_for_inference(ckpt.local_dir, target, ckpt.meta.tuning.adapter)
         predictor = cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
-                        max_tokens, max_rows)
+                        max_tokens, max_rows, long_text=ckpt.meta.long_text, chunk_stride=ckpt.meta.chunk_stride)
         if compiled.wanted(compile, model, target.type):
             predictor.graph = _compiled_graph(predictor, ckpt.fingerprint())
         return predictor
@@ -132,12 +203,14 @@ class Predictor:
             return None
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
-        return tokenize(self.tokenizer, texts, self.max_length)
+        """Per text: truncated ids, or under long_text chunk the whole text's (windows are cut when scoring)."""
+        return encode_texts(self.tokenizer, texts, self.max_length, self.long_text)
 
     def probabilities_for_ids(self, token_ids: list[list[int]]) -> np.ndarray:
-        logits = logits_for_token_ids(self.model, token_ids, self.tokenizer.pad_token_id, max_tokens=self.max_tokens,
-                                      max_rows=self.max_rows, bf16=self.bf16, device=self.device,
-                                      graph=self._compiled_forward())
+        logits = logits_for_encoded(self.model, self.tokenizer, token_ids, max_length=self.max_length,
+                                    long_text=self.long_text, chunk_stride=self.chunk_stride, task=self.space.task,
+                                    max_tokens=self.max_tokens, max_rows=self.max_rows, bf16=self.bf16,
+                                    device=self.device, graph=self._compiled_forward())
         return self.space.probabilities(logits)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Every payload that crosses a process or file boundary, as a typed record with a format version.
 
 Driver -> actor (WorkUnit), actor -> driver (UnitResult), a part's Parquet footer (PartStats), rank 0 ->
-metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta), manifest.json (Manifest, with its DriftReport).
+metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta), _manifest.json (Manifest, with its DriftReport).
 Each record writes `"format": N`; a reader takes any format up to its own (a file without the key is format 1)
 and refuses newer ones by name, so a file written by a later bertclf fails clearly instead of being misread.
 Records nested in another carry no format of their own: they follow their parent's.
@@ -17,7 +17,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from bertclf.errors import RecordError
 from bertclf.labels import LabelSpace
@@ -245,7 +245,7 @@ class DriftReport(Record):
 
 @dataclass
 class Manifest(Record):
-    """manifest.json of a scoring output: what went in, what came out, with which model, and how fast."""
+    """_manifest.json of a scoring output: what went in, what came out, with which model, and how fast."""
 
     output: str
     date: str
@@ -363,6 +363,8 @@ class CheckpointMeta(Record):
     data: DataSummary | None = None
     versions: dict[str, str] = field(default_factory=dict)
     tuning: TuningInfo = field(default_factory=TuningInfo)
+    long_text: Literal["truncate", "chunk"] = "truncate"  # chunk: windows of max_length, pooled per text
+    chunk_stride: int = 0  # tokens neighbouring windows share
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class TrainPlan:
     cpus_per_worker: float
     torch_threads: int
     data_cpus: float  # num_cpus of each Ray Data read/map task
+    max_tokens_per_batch: int | None = None  # a training micro-batch's padded tokens; None: the worker plans it
 
     def describe(self) -> str:
         device = "1 GPU + " if self.use_gpu else ""

@@ -82,7 +82,7 @@ def test_submit_train_then_score_on_the_local_cluster(local_cluster, tmp_path):
                          "--date", "2026-11-22", "--id-column", "id")
         assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
         assert "progress:" in scored.stdout and "scored 300/300 rows" in scored.stdout
-        manifest = storage.read_json("s3://e2e/scores/date=2026-11-22/manifest.json")
+        manifest = storage.read_json("s3://e2e/scores/date=2026-11-22/_manifest.json")
         assert manifest["rows_in"] == manifest["rows_out"] == 300
         assert storage.exists("s3://e2e/scores/date=2026-11-22/_SUCCESS")
 

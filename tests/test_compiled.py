@@ -138,7 +138,7 @@ def test_scoring_actors_load_the_node_cache_and_match_eager(ray_local, compiled_
         out = tmp_path / f"scores_{mode}"
         summary = run(ScoreConfig(checkpoint=checkpoint_dir, input=str(tmp_path / "in.parquet"), output=str(out),
                                   precision="fp32", max_batch_rows=MAX_ROWS, compile=mode))
-        assert summary.rows_out == 300 and json.loads((out / "manifest.json").read_text())["config"]["compile"] == mode
+        assert summary.rows_out == 300 and json.loads((out / "_manifest.json").read_text())["config"]["compile"] == mode
         outputs[mode] = pa.concat_tables(pq.read_table(p) for p in sorted(out.glob("*.parquet"))).sort_by("id")
     assert compiled_predictor.graph.path.stat().st_mtime_ns == before
     assert len(list(compiled_predictor.graph.path.parent.glob("*.pt2"))) == 1

@@ -9,7 +9,7 @@ from conftest import FILLER, make_rows, write_rows
 from bertclf.config import TrainConfig
 from bertclf.modeling import load_tokenizer
 from bertclf.training.driver import prepare
-from bertclf.training.lengths import auto_max_length, model_length_limit, text_sample
+from bertclf.training.lengths import auto_long_text, auto_max_length, model_length_limit, text_sample, token_counts
 
 
 def _texts(words: int, n: int) -> list[str]:
@@ -20,11 +20,11 @@ def test_the_99th_percentile_rounded_up_to_16_within_the_model_limit(tiny_model)
     tok = load_tokenizer(str(tiny_model))
     assert model_length_limit(str(tiny_model), tok) == 64  # position embeddings; the tokenizer states no limit
     # 980 texts of 10 words (12 tokens with [CLS] and [SEP]), 20 of 30 words (32 tokens): the 99th percentile is 32
-    assert auto_max_length(tok, _texts(10, 980) + _texts(30, 20), limit=64) == (32, 32)
+    assert auto_max_length(token_counts(tok, _texts(10, 980) + _texts(30, 20)), limit=64) == (32, 32)
     # 995 short, 5 long: the long 0.5% are truncated; 12 tokens round up to 16
-    assert auto_max_length(tok, _texts(10, 995) + _texts(30, 5), limit=64) == (16, 12)
-    assert auto_max_length(tok, _texts(100, 50), limit=64) == (64, 102)  # never past what the model takes
-    assert auto_max_length(tok, _texts(1, 50), limit=64) == (16, 3)
+    assert auto_max_length(token_counts(tok, _texts(10, 995) + _texts(30, 5)), limit=64) == (16, 12)
+    assert auto_max_length(token_counts(tok, _texts(100, 50)), limit=64) == (64, 102)  # never past what the model takes
+    assert auto_max_length(token_counts(tok, _texts(1, 50)), limit=64) == (16, 3)
 
 
 def test_the_sample_spreads_over_each_file_and_all_files_share_it():
@@ -59,3 +59,9 @@ def test_bad_max_length(value, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, overrides={"max_length": value})
+
+
+def test_long_text_auto_chunks_only_when_many_texts_would_be_cut():
+    assert auto_long_text([100] * 90 + [600] * 10, 512) == ("chunk", 0.1)
+    assert auto_long_text([100] * 97 + [600] * 3, 512) == ("truncate", 0.03)
+    assert auto_long_text([], 512) == ("truncate", 0.0)

@@ -148,7 +148,7 @@ def test_two_nodes_train_and_score_from_s3_and_score_as_one_node(ray_tmpdir, tin
     assert not list(driver_dir.iterdir()), "nothing written to the driver's working directory"
     assert MULTIPLE_RAYS not in "".join(capfd.readouterr()), "a worker looked for its cluster among the host's Rays"
     assert two.rows_out == one.rows_out == 400 and two.actors_used == one.actors_used == 2
-    manifests = [storage.read_json(f"{root}/scores/{name}/manifest.json") for name in ("two", "one")]
+    manifests = [storage.read_json(f"{root}/scores/{name}/_manifest.json") for name in ("two", "one")]
     assert manifests[0]["checkpoint"]["uri"] == result.best_uri, "the checkpoint was read from s3://"
     assert [p["name"] for p in manifests[0]["parts"]] == [p["name"] for p in manifests[1]["parts"]]
     assert all(storage.exists(f"{root}/scores/{name}/_SUCCESS") for name in ("two", "one"))
@@ -185,7 +185,7 @@ def _wait(procs: dict[str, subprocess.Popen], tmp_path: Path) -> dict[str, str]:
 
 
 def _check_scores(output: Path, rows: int) -> pa.Table:
-    manifest = storage.read_json(str(output / "manifest.json"))
+    manifest = storage.read_json(str(output / "_manifest.json"))
     assert manifest["rows_in"] == manifest["rows_out"] == rows and (output / "_SUCCESS").exists()
     return _read_scores(str(output))
 

@@ -188,7 +188,7 @@ def test_nightly_drift_is_recorded_alerted_and_rendered_without_blocking_the_sco
     assert code == cli.EXIT_DRIFT
     assert "DRIFT ALERT vs" in capsys.readouterr().out
     assert storage.exists(f"{day3}/_SUCCESS"), "a drift alert never blocks the scores"
-    manifest = json.loads(Path(day3, "manifest.json").read_text())
+    manifest = json.loads(Path(day3, "_manifest.json").read_text())
     drift = manifest["drift"]
     assert drift["alerts"] and all(drift["labels"][n]["psi"] > 0.2 for n in NAMES)
     assert sum(manifest["score_histograms"]["joy"]) == 120

@@ -72,7 +72,7 @@ def test_three_files_on_s3_scored_exactly_once_and_match_a_direct_forward_pass(
     out = "s3://" + f"{bucket}/scores/date=2026-11-22"
     assert summary.rows_in == summary.rows_out == 600 and summary.output == out
     assert storage.exists(f"{out}/_SUCCESS")
-    manifest = storage.read_json(f"{out}/manifest.json")
+    manifest = storage.read_json(f"{out}/_manifest.json")
     assert manifest["rows_in"] == manifest["rows_out"] == 600 and len(manifest["inputs"]) == 3
     assert manifest["labels"]["thresholds"] == THRESHOLDS and len(manifest["checkpoint"]["sha256"]) == 64
     # 600 rows for 2 actors: units of at most ceil(600 / (2 x 4)) = 75 rows, so each row group of 50 is a unit
@@ -106,7 +106,7 @@ def test_crash_then_rerun_equals_a_clean_run_and_a_finished_output_is_left_alone
             run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
     finally:
         (ray_local / "fail_unit").unlink()
-    assert not storage.exists(f"{crashed}/_SUCCESS") and not storage.exists(f"{crashed}/manifest.json")
+    assert not storage.exists(f"{crashed}/_SUCCESS") and not storage.exists(f"{crashed}/_manifest.json")
     left = storage.list_names(crashed)
     assert sum(n.startswith("part-1") for n in left) == 0 and sum(n.startswith("part-") for n in left) == 8
     assert "_plan.json" in left, "the unit plan is written before the first part"
@@ -129,7 +129,7 @@ def test_one_file_is_spread_over_every_actor(ray_local, tiny_checkpoint, tmp_pat
     write_rows(tmp_path / "one.parquet", rows, row_group_size=50)
     summary = run(ScoreConfig(checkpoint=str(tiny_checkpoint), input=str(tmp_path / "one.parquet"),
                               output=str(tmp_path / "out")))  # default rows_per_unit (20,000) as the ceiling
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["units"]["total"] == 8 and manifest["units"]["rows_per_unit"] == 50
     assert summary.actors_used == 2 and summary.rows_out == 400
 
@@ -150,7 +150,7 @@ def test_null_and_empty_texts_follow_the_configured_policy(ray_local, tiny_check
     write_rows(tmp_path / "in.parquet", rows)
     summary = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(tmp_path / "in.parquet"),
                        output=str(tmp_path / "out"), passthrough_columns=[], empty_text=policy))
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["empty_texts"] == {"count": 3, "policy": policy}
     assert summary.rows_in == 200 and summary.rows_out == rows_out
 
@@ -241,3 +241,39 @@ def test_each_unit_result_reaches_the_driver_before_the_next_unit_finishes(ray_l
         ray.get(gate.open.remote())
     assert sorted(r.unit for r in seen) == ["0", "1"]
     assert seen[0].unit == "0" and seen[1].input == "gate open"
+
+
+def test_long_texts_are_scored_in_windows_and_pooled_to_one_row_each(ray_local, tiny_model, tmp_path):
+    """long_text chunk: a text longer than max_length gives one output row whose probabilities are the max over
+    its windows' (multi-label), the windows cut here independently by the tokenizer's own overflow windows."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertclf import checkpoint
+    from bertclf.labels import LabelSpace
+    from bertclf.modeling import build_classifier, load_tokenizer
+    from bertclf.records import CheckpointMeta
+
+    space = LabelSpace("multi_label", ["anger", "fear", "joy"], THRESHOLDS)
+    ckpt = tmp_path / "chunk_ckpt"
+    checkpoint.save_model_dir(ckpt, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
+                              CheckpointMeta(labels=space, max_length=16, epoch=1, long_text="chunk", chunk_stride=4))
+    rows = make_rows(30, 21, True)
+    texts = [" ".join([r["text"]] * (1 + i % 6)) for i, r in enumerate(rows)]  # 1 to 6 times 10 words
+    write_rows(tmp_path / "long.parquet", [{"id": f"l{i:02d}", "text": t} for i, t in enumerate(texts)])
+    summary = run(_cfg(checkpoint=str(ckpt), input=str(tmp_path / "long.parquet"), output=str(tmp_path / "out"),
+                       passthrough_columns=[]))
+    assert summary.rows_out == 30
+    got = _read_scores(str(tmp_path / "out"))
+    probs = np.stack([got[f"prob_{n}"].to_numpy() for n in space.names], axis=1)
+
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    enc = tok(texts, truncation=True, max_length=16, stride=4, return_overflowing_tokens=True, padding=True,
+              return_tensors="pt")
+    owner = enc.pop("overflow_to_sample_mapping").numpy()
+    assert len(owner) > 2 * len(texts), "most texts are longer than one window"
+    with torch.no_grad():
+        window_probs = torch.sigmoid(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits)
+    expected = np.stack([window_probs.numpy()[owner == i].max(axis=0) for i in range(len(texts))])
+    np.testing.assert_allclose(probs, expected, atol=1e-5)

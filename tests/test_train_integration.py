@@ -43,7 +43,7 @@ def test_two_workers_train_from_s3_shards_a_killed_worker_resumes_and_best_lands
     train_uri, val_uri = _shards_to_s3(tmp_path, bucket, multi_label=True)
     output = f"s3://{bucket}/runs/tiny"
     result = run(_config(train=train_uri, validation=val_uri, output=output, model=str(tiny_model), epochs=3,
-                         max_failures=1, max_length="auto"))
+                         max_failures=1, max_length="auto", max_tokens_per_batch=64))
 
     assert not arm.exists(), "the injected failure never fired"
     assert result.epochs_run == 3
@@ -58,6 +58,7 @@ def test_two_workers_train_from_s3_shards_a_killed_worker_resumes_and_best_lands
     meta = json.loads((local / "bertclf.json").read_text())
     assert meta["format"] == 3 and "per_label" in meta["metrics"], "per-label scores inside metrics"
     assert meta["max_length"] == 16, "max_length auto: the synthetic texts need at most 16 tokens"
+    assert meta["training_config"]["max_tokens_per_batch"] == 64, "16-row steps, micro-batches of <= 4 x 16 tokens"
     assert meta["tuning"]["method"] == "full" and meta["tuning"]["loads_with_transformers"] is True
     assert meta["labels"]["task"] == "multi_label"
     assert len(meta["labels"]["thresholds"]) == 3

@@ -2,7 +2,7 @@
 
 Two signals per label, both cheap to keep for any corpus size: the share of rows predicted with the label,
 and the distribution of its probability over fixed bins (PSI and Jensen-Shannon distance between the two
-days' histograms). A drift alert never blocks or loses scores: it is recorded in manifest.json and logged.
+days' histograms). A drift alert never blocks or loses scores: it is recorded in _manifest.json and logged.
 """
 
 from __future__ import annotations

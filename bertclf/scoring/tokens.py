@@ -114,12 +114,12 @@ class UnitTokenizer:
 
     def __init__(self, checkpoint_uri: str, read: ReadSettings):
         from bertclf import checkpoint
-        from bertclf.inference import tokenize
+        from bertclf.inference import encode_texts
         from bertclf.modeling import load_tokenizer
 
         ckpt = checkpoint.load(checkpoint_uri)
         tokenizer = load_tokenizer(str(ckpt.local_dir))
-        self.tokenize: Tokenize = lambda texts: tokenize(tokenizer, texts, ckpt.max_length)
+        self.tokenize: Tokenize = lambda texts: encode_texts(tokenizer, texts, ckpt.max_length, ckpt.meta.long_text)
         self.read = read
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

@@ -21,7 +21,14 @@ from bertclf.modeling import load_tokenizer, resolve_model_dir
 from bertclf.records import EpochRecord
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
-from bertclf.training.lengths import LENGTH_QUANTILE, auto_max_length, check_max_length, model_length_limit
+from bertclf.training.lengths import (
+    LENGTH_QUANTILE,
+    auto_long_text,
+    auto_max_length,
+    check_max_length,
+    model_length_limit,
+    token_counts,
+)
 from bertclf.training.worker import METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger("bertclf")
@@ -46,6 +53,7 @@ def run(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     plan = plan_training(cluster, cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
     log.info("resources: cluster has %s; plan: %s", {k: v for k, v in cluster.items() if k in ("CPU", "GPU")},
              plan.describe())
+    plan = dataclasses.replace(plan, max_tokens_per_batch=_plan_worker_memory(cfg, data, plan))
     result = _fit(cfg, data, plan, callbacks or [])
     return _publish_best(cfg, result)
 
@@ -61,12 +69,12 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     storage.check_writable(cfg.output)
     model_dir = resolve_model_dir(cfg.model)  # fail now, not on a worker, when the model can't be found offline
     check_max_length(cfg, model_dir)
-    length_sample: list[str] | None = [] if cfg.max_length == "auto" else None
+    length_sample: list[str] | None = [] if "auto" in (cfg.max_length, cfg.long_text) else None
     data = inspect_training_data(cfg, length_sample)
     log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
              data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
     if length_sample is not None:
-        cfg = dataclasses.replace(cfg, max_length=_auto_max_length(model_dir, length_sample, cfg))
+        cfg = _lengths_from_sample(model_dir, length_sample, cfg)
     data.space = dataclasses.replace(data.space, class_bias=class_prior_bias(data, cfg.class_prior))
     if data.space.class_bias:
         log.info("class prior: the validation label mix differs from training; logit bias per class %s",
@@ -76,13 +84,53 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     return cfg, data
 
 
-def _auto_max_length(model_dir: str, texts: list[str], cfg: TrainConfig) -> int:
+def _plan_worker_memory(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> int | None:
+    """The training micro-batch's token budget, planned on the driver from the nodes' memory so a run that cannot
+    fit fails now (exit 2), not as a killed worker. GPU workers plan from their device's memory when they start."""
+    import ray
+
+    from bertclf.adapters import apply_method, hf_model
+    from bertclf.modeling import attention_for, build_classifier
+    from bertclf.resources import use_bf16
+    from bertclf.training.memory import GIB, ModelShape, plan_memory, train_workers_share
+
+    fixed = None if cfg.max_tokens_per_batch == "auto" else int(cfg.max_tokens_per_batch)
+    if plan.use_gpu and fixed is None and cfg.worker_memory_gb is None:
+        log.info("memory: micro-batches planned by each GPU worker from its device's memory")
+        return None
+    model = apply_method(build_classifier(resolve_model_dir(cfg.model), data.space, cfg.reinit_pooler), cfg)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = hf_model(model).config
+    shape = ModelShape.from_config(config, params, trainable)
+    device = "cuda" if plan.use_gpu else "cpu"
+    share = (int(cfg.worker_memory_gb * GIB) if cfg.worker_memory_gb is not None
+             else train_workers_share(ray.nodes(), plan.num_workers, plan.cpus_per_worker))
+    memory = plan_memory(shape, share_bytes=share, max_length=int(cfg.max_length), batch_size=cfg.batch_size,
+                         bf16=use_bf16(cfg.precision, device),
+                         eager_attention=attention_for(device, config) == "eager",
+                         max_tokens_per_batch=fixed)
+    log.info(memory.describe())
+    return memory.max_tokens_per_batch
+
+
+def _lengths_from_sample(model_dir: str, texts: list[str], cfg: TrainConfig) -> TrainConfig:
+    """max_length and long_text where they are auto, from the sampled training texts' token counts."""
     tokenizer = load_tokenizer(model_dir)
-    limit = model_length_limit(model_dir, tokenizer, cfg.prefix_length if cfg.method == "prefix" else 0)
-    length, at_quantile = auto_max_length(tokenizer, texts, limit)
-    log.info("max_length auto: %d (%.0f%% of %d sampled training texts fit in %d tokens; the model takes %d)",
-             length, 100 * LENGTH_QUANTILE, len(texts), at_quantile, limit)
-    return length
+    counts = token_counts(tokenizer, texts)
+    if cfg.max_length == "auto":
+        limit = model_length_limit(model_dir, tokenizer, cfg.prefix_length if cfg.method == "prefix" else 0)
+        length, at_quantile = auto_max_length(counts, limit)
+        log.info("max_length auto: %d (%.0f%% of %d sampled training texts fit in %d tokens; the model takes %d)",
+                 length, 100 * LENGTH_QUANTILE, len(texts), at_quantile, limit)
+        cfg = dataclasses.replace(cfg, max_length=length)
+    if cfg.long_text == "auto":
+        choice, share = auto_long_text(counts, int(cfg.max_length))
+        log.info("long_text auto: %s (%.1f%% of %d sampled training texts are longer than %d tokens%s)", choice,
+                 100 * share, len(texts), cfg.max_length,
+                 "; validation, scoring and every load pool windows of each text" if choice == "chunk" else "")
+        cfg = dataclasses.replace(cfg, long_text=choice)
+    return cfg
 
 
 def _absolute_inputs(inputs: str | list[str] | None) -> str | list[str] | None:

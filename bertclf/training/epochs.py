@@ -105,4 +105,5 @@ def checkpoint_meta(cfg: TrainConfig, data: TrainingData, record: EpochRecord, h
         space = dataclasses.replace(space, thresholds=[record.thresholds[n] for n in space.names])
     return CheckpointMeta(labels=space, max_length=cfg.max_length, epoch=record.epoch, metrics=record,
                           history=[h.without_per_label() for h in history], training_config=as_dict(cfg),
+                          long_text="chunk" if cfg.long_text == "chunk" else "truncate", chunk_stride=cfg.chunk_stride,
                           data=data.summary(), tuning=tuning)

@@ -13,6 +13,7 @@ from bertclf.errors import ConfigError, ModelError
 LENGTH_QUANTILE = 0.99  # share of the sampled training texts that fit whole
 LENGTH_STEP = 16        # lengths rounded up to a multiple of this: fewer distinct shapes for kernels and caches
 SAMPLE_ROWS = 8_000     # texts sampled over all training files
+CHUNK_WHEN_LONGER = 0.05  # long_text auto: chunk when more of the sampled texts than this exceed max_length
 
 
 # model types whose position ids start at padding_idx + 1 (RoBERTa's numbering): 514 position embeddings hold 512
@@ -104,10 +105,21 @@ def check_max_length(cfg, model_dir: str) -> None:
                           + f"). Set max_length to {limit} or less, or auto.")
 
 
-def auto_max_length(tokenizer, texts: list[str], limit: int) -> tuple[int, int]:
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Each text's tokens, special tokens included, untruncated."""
+    return [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
+
+def auto_long_text(counts: list[int], max_length: int) -> tuple[str, float]:
+    """(truncate or chunk, share of the sampled texts longer than max_length): chunk when more than
+    CHUNK_WHEN_LONGER of them would lose text to truncation."""
+    share = float(np.mean(np.asarray(counts) > max_length)) if counts else 0.0
+    return ("chunk" if share > CHUNK_WHEN_LONGER else "truncate"), share
+
+
+def auto_max_length(counts: list[int], limit: int) -> tuple[int, int]:
     """(max_length, tokens at LENGTH_QUANTILE): that quantile of the texts' token counts, special tokens included,
     rounded up to LENGTH_STEP and kept within [LENGTH_STEP, limit]."""
-    counts = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
     at_quantile = int(math.ceil(np.quantile(counts, LENGTH_QUANTILE))) if counts else limit
     rounded = LENGTH_STEP * math.ceil(at_quantile / LENGTH_STEP)
     return max(min(LENGTH_STEP, limit), min(rounded, limit)), at_quantile

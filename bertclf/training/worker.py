@@ -6,6 +6,7 @@ computes the epoch's metrics from everyone's validation logits, writes metrics.j
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -22,9 +23,10 @@ from bertclf import checkpoint, storage
 from bertclf.config import TrainConfig
 from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
-from bertclf.training.batching import length_grouped_batches
+from bertclf.training.batching import Batch, length_grouped_batches
 from bertclf.training.data import TrainingData, positive_weights, validation_rows
 from bertclf.training.epochs import EpochTotals, checkpoint_meta, epoch_record, log_epoch, should_checkpoint
+from bertclf.training.memory import micro_batch_rows
 
 log = logging.getLogger("bertclf")
 
@@ -52,6 +54,7 @@ class Worker:
     val_targets: np.ndarray
     steps_per_epoch: int
     tuning: TuningInfo
+    max_tokens_per_batch: int
     start_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
 
@@ -121,7 +124,27 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
     return Worker(cfg=cfg, data=data, rank=rank, world=world, device=device, bf16=bf16, tokenizer=tokenizer,
                   model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
                   shard=ray.train.get_dataset_shard("train"), val_texts=val_texts, val_targets=val_targets,
-                  steps_per_epoch=steps_per_epoch, tuning=tuning, start_epoch=start_epoch, history=history)
+                  steps_per_epoch=steps_per_epoch, tuning=tuning,
+                  max_tokens_per_batch=plan.max_tokens_per_batch or _gpu_token_budget(cfg, raw_model, device, bf16),
+                  start_epoch=start_epoch, history=history)
+
+
+def _gpu_token_budget(cfg: TrainConfig, model, device, bf16: bool) -> int:
+    """The micro-batch budget of a GPU worker, planned from its device's memory (the driver can't see it)."""
+    import torch
+
+    from bertclf.adapters import hf_model
+    from bertclf.modeling import attention_for
+    from bertclf.training.memory import ModelShape, plan_memory
+
+    share = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    params = sum(p.numel() for p in model.parameters())
+    shape = ModelShape.from_config(hf_model(model).config, params,
+                                   sum(p.numel() for p in model.parameters() if p.requires_grad))
+    memory = plan_memory(shape, share_bytes=share, max_length=int(cfg.max_length), batch_size=cfg.batch_size,
+                         bf16=bf16, eager_attention=attention_for(device.type, hf_model(model).config) == "eager")
+    log.info(memory.describe())
+    return memory.max_tokens_per_batch
 
 
 def loss_function(data: TrainingData, positive_weight: str, device: Any) -> Any:
@@ -148,20 +171,15 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
                                              local_shuffle_seed=cfg.seed + epoch))
     for batch in length_grouped_batches(batches, w.tokenizer, max_length=cfg.max_length,
                                         batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch):
-        enc = {"input_ids": batch.input_ids.to(w.device), "attention_mask": batch.attention_mask.to(w.device)}
-        target = torch.as_tensor(batch.target, device=w.device)
-        with torch.autocast(device_type=w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
-            logits = w.model(**enc).logits
-        loss = w.loss_fn(logits.float(), target)
-        loss.backward()
+        loss = accumulate_gradients(w, batch)
         torch.nn.utils.clip_grad_norm_(w.model.parameters(), cfg.max_grad_norm)
         w.optimizer.step()
         w.scheduler.step()
         w.optimizer.zero_grad(set_to_none=True)
         totals.steps += 1
-        totals.seen += len(target)
+        totals.seen += len(batch.target)
         totals.tokens += int(batch.attention_mask.sum())  # the CPU copy: no device sync per step
-        totals.loss_sum += float(loss.detach())
+        totals.loss_sum += loss
         if w.rank == 0 and (totals.steps % max(1, w.steps_per_epoch // 10) == 0):
             rate = totals.seen * w.world / (time.perf_counter() - t0)
             log.info(f"epoch {epoch + 1}/{cfg.epochs} step {totals.steps}/{w.steps_per_epoch} "
@@ -170,6 +188,30 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
     totals.first_batch_seconds = batches.first_seconds or 0.0
     totals.data_wait_seconds = batches.wait_seconds
     return totals
+
+
+def accumulate_gradients(w: Worker, batch: Batch) -> float:
+    """Forward and backward over the batch in micro-batches of at most `max_tokens_per_batch` padded tokens; each
+    micro-batch's mean loss is weighted by its share of the rows, so the gradients equal the whole batch's.
+    DDP all-reduces once, on the last micro-batch. Returns the batch's mean loss."""
+    import torch
+
+    parts = micro_batch_rows(len(batch.target), batch.input_ids.shape[1], w.max_tokens_per_batch)
+    total = 0.0
+    for i, rows in enumerate(parts):
+        mask = batch.attention_mask[rows]
+        longest = int(mask.sum(dim=1).max())  # a micro-batch pads only to its own longest row
+        enc = {"input_ids": batch.input_ids[rows, :longest].to(w.device),
+               "attention_mask": mask[:, :longest].to(w.device)}
+        target = torch.as_tensor(batch.target[rows], device=w.device)
+        sync = i == len(parts) - 1 or not hasattr(w.model, "no_sync")
+        with contextlib.nullcontext() if sync else w.model.no_sync():
+            with torch.autocast(device_type=w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
+                logits = w.model(**enc).logits
+            loss = w.loss_fn(logits.float(), target) * (len(target) / len(batch.target))
+            loss.backward()
+        total += float(loss.detach())
+    return total
 
 
 def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
@@ -181,7 +223,8 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
 
     w.model.eval()
     local_logits = logits_for_texts(w.raw_model, w.tokenizer, w.val_texts, max_length=w.cfg.max_length,
-                                    bf16=w.bf16, device=w.device)
+                                    bf16=w.bf16, device=w.device, long_text=w.cfg.long_text,
+                                    chunk_stride=w.cfg.chunk_stride, task=w.data.space.task)
     gathered: list = [(local_logits, w.val_targets)]
     summed = totals
     if w.world > 1:
