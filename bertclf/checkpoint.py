@@ -1,7 +1,9 @@
 """The checkpoint format: a Hugging Face model directory plus bertclf.json, weights only as safetensors.
 
-bertclf.json is written last and is what makes a directory a checkpoint: a half-written one has none.
-Optimizer state for resuming lives beside it in safetensors + JSON, so nothing is ever unpickled.
+bertclf.json is written last and is what makes a directory a checkpoint: a half-written one has none. It records
+each weights file's size and sha256 (`weights`), so a truncated or altered file is found on the driver, naming
+the file, before any actor loads it. Optimizer state for resuming lives beside it in safetensors + JSON, so
+nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import hashlib
 import json
 import platform
 import shutil
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertclf import storage
-from bertclf.errors import CheckpointError, RecordError
+from bertclf.errors import CheckpointError, InputError, RecordError, StorageError
 from bertclf.labels import LabelSpace
 from bertclf.records import CheckpointMeta, EpochRecord
 
@@ -24,6 +27,7 @@ TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
 ADAPTER_DIR = "adapter"  # peft's adapter files (bertclf.adapters)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+WEIGHTS_KEY = "weights"  # bertclf.json: {relative path: {"bytes": n, "sha256": hex}} of the weights it needs
 
 
 @dataclass
@@ -33,6 +37,8 @@ class LoadedCheckpoint:
     uri: str
     local_dir: Path
     meta: CheckpointMeta
+    recorded_weights: dict[str, dict] = field(default_factory=dict)  # bertclf.json's `weights` (none: older)
+    _sha256: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def space(self) -> LabelSpace:
@@ -45,15 +51,85 @@ class LoadedCheckpoint:
     def fingerprint(self) -> str:
         """sha256 of the weights (and the adapter's, when it has one), so scores can be traced to the exact model
         that made them."""
+        if len(self.weight_files()) == 1:
+            return self.sha256(self.weight_files()[0])  # the same as hashing the one file's bytes
         h = hashlib.sha256()
-        files = [self.local_dir / "model.safetensors"]
-        if self.meta.tuning.adapter:
-            files.append(self.local_dir / self.meta.tuning.adapter / ADAPTER_WEIGHTS)
-        for path in files:
-            with open(path, "rb") as f:
+        for name in self.weight_files():
+            with open(self.local_dir / name, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
                     h.update(block)
         return h.hexdigest()
+
+    def weight_files(self) -> list[str]:
+        """The weights this checkpoint loads, relative to its directory."""
+        files = ["model.safetensors"]
+        if self.meta.tuning.adapter:
+            files.append(f"{self.meta.tuning.adapter}/{ADAPTER_WEIGHTS}")
+        return files
+
+    def sha256(self, name: str) -> str:
+        """sha256 of one file of the checkpoint, computed once."""
+        if name not in self._sha256:
+            self._sha256[name] = file_sha256(self.local_dir / name)
+        return self._sha256[name]
+
+    def verify_weights(self) -> None:
+        """The weights' sha256 against what bertclf.json records (older checkpoints record nothing: their
+        safetensors headers were checked by `load`). A mismatch is CheckpointError naming the file."""
+        for name, want in self.recorded_weights.items():
+            if want.get("sha256") and (self.local_dir / name).is_file() and self.sha256(name) != want["sha256"]:
+                raise CheckpointError(
+                    f"checkpoint {self.uri}: {name} does not match {MARKER} (sha256 {self.sha256(name)[:12]}..., "
+                    f"recorded {str(want['sha256'])[:12]}...): the file was altered or damaged after the checkpoint "
+                    "was written; restore it or use another checkpoint")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_safetensors(path: Path, name: str, error: type[InputError] = CheckpointError) -> None:
+    """A safetensors file whose header parses and whose tensors' byte ranges end exactly at the end of the file.
+
+    Reads only the header, so it is cheap; a truncated or cut-off download fails here, naming `name`, instead of
+    inside a worker or actor."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes: too short to hold a safetensors header")
+            (header_len,) = struct.unpack("<Q", head)
+            if 8 + header_len > size:
+                raise ValueError(f"header of {header_len} bytes runs past the end of the file ({size} bytes)")
+            header = json.loads(f.read(header_len))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as exc:
+        raise error(f"{name} is not a valid safetensors file (truncated or corrupt): {exc}") from None
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        raise error(f"{name} is truncated or corrupt: {size} bytes, but its header describes {expected} bytes of "
+                    "tensors; copy or download it again")
+
+
+def check_model_weights(directory: str | Path, name: str) -> None:
+    """Every safetensors file of a model directory (e.g. `--model`) checked by its header (ModelError)."""
+    from bertclf.errors import ModelError
+
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        check_safetensors(path, f"model weights {path} (from --model {name})", ModelError)
+
+
+def _weights_record(directory: Path, meta: CheckpointMeta) -> dict[str, dict]:
+    files = ["model.safetensors"] + ([f"{meta.tuning.adapter}/{ADAPTER_WEIGHTS}"] if meta.tuning.adapter else [])
+    return {name: {"bytes": (directory / name).stat().st_size, "sha256": file_sha256(directory / name)}
+            for name in files if (directory / name).is_file()}
 
 
 def versions() -> dict[str, str]:
@@ -80,7 +156,9 @@ def save_model_dir(directory: Path, model, tokenizer, meta: CheckpointMeta) -> N
     directory.mkdir(parents=True, exist_ok=True)
     adapters.save(directory, model)
     tokenizer.save_pretrained(directory)
-    (directory / MARKER).write_text(dataclasses.replace(meta, versions=versions()).to_json(indent=2))
+    record = dataclasses.replace(meta, versions=versions()).to_dict()
+    record[WEIGHTS_KEY] = _weights_record(directory, meta)  # read back by `load`; older readers ignore it
+    (directory / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
 def save_train_state(directory: Path, optimizer, scheduler, state: dict) -> None:
@@ -123,7 +201,11 @@ def strip_training_state(directory: Path) -> None:
 
 
 def load(uri: str) -> LoadedCheckpoint:
-    """Open a checkpoint (local or s3://, downloaded once per node); errors say what is wrong with it."""
+    """Open a checkpoint (local or s3://, downloaded once per node); errors say what is wrong with it.
+
+    Storage that can't be reached is StorageError (exit 1: a retry may fix it); a checkpoint that is missing,
+    incomplete or damaged (weights whose size differs from bertclf.json's record or whose safetensors header
+    doesn't match the file) is CheckpointError naming the file (exit 2). The sha256 is `verify_weights`."""
     try:
         if not storage.exists(uri):
             raise CheckpointError(f"checkpoint {uri} does not exist")
@@ -132,16 +214,44 @@ def load(uri: str) -> LoadedCheckpoint:
         raise CheckpointError(
             f"{uri} is not a bertclf checkpoint: it has no {MARKER} (not a checkpoint, or one whose writing "
             "did not finish)") from None
-    except storage.StorageError as exc:
+    except storage.StorageInputError as exc:
         raise CheckpointError(f"checkpoint {uri} can't be read: {exc}") from None
+    except StorageError as exc:
+        raise StorageError(f"checkpoint {uri} can't be read: {exc}") from None
     missing = [n for n in ("config.json", "model.safetensors") if not (local / n).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {uri} is incomplete: missing {missing}")
+    text = (local / MARKER).read_text()
     try:
-        meta = CheckpointMeta.from_json((local / MARKER).read_text())
+        meta = CheckpointMeta.from_json(text)
+        recorded = json.loads(text).get(WEIGHTS_KEY) or {}
     except RecordError as exc:
         raise CheckpointError(f"checkpoint {uri}: {MARKER} can't be read: {exc}") from None
-    return LoadedCheckpoint(uri=uri, local_dir=local, meta=meta)
+    ckpt = LoadedCheckpoint(uri=uri, local_dir=local, meta=meta,
+                            recorded_weights=recorded if isinstance(recorded, dict) else {})
+    try:
+        _check_weight_files(ckpt)
+    except CheckpointError:
+        if not storage.is_s3(uri):
+            raise
+        shutil.rmtree(local, ignore_errors=True)  # a damaged download: fetch once more before blaming the source
+        ckpt.local_dir = storage.local_copy(uri, MARKER)
+        _check_weight_files(ckpt)
+    return ckpt
+
+
+def _check_weight_files(ckpt: LoadedCheckpoint) -> None:
+    """Sizes against bertclf.json's record and every safetensors header: cheap, so every load does it."""
+    for name in ckpt.weight_files():
+        path = ckpt.local_dir / name
+        label = f"checkpoint {storage.join(ckpt.uri, name)}"
+        if not path.is_file():
+            raise CheckpointError(f"{label} is missing")
+        want = ckpt.recorded_weights.get(name, {}).get("bytes")
+        if want is not None and path.stat().st_size != int(want):
+            raise CheckpointError(f"{label} is {path.stat().st_size} bytes but {MARKER} records {want}: truncated or "
+                                  "replaced after the checkpoint was written; restore it or use another checkpoint")
+        check_safetensors(path, label)
 
 
 def publish(local_dir: Path, uri: str) -> None:

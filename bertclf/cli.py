@@ -2,7 +2,9 @@
 
 Flags override the YAML given with --config, which overrides the built-in defaults; `--set key=value`
 reaches every config key. The flags are made from the config dataclasses' fields (bertclf.config), so a new
-key is declared once. Exit codes: 0 done, 1 failed, 2 bad input or config (don't retry), 3 scores committed
+key is declared once. Exit codes: 0 done; 1 failed: storage or the network (S3 unreachable, timeouts, 5xx after
+retries; the message says a retry may fix it) or a crash; 2 bad input, checkpoint or config (don't retry: the
+message names the file to fix; also a scoring run whose every failed file failed for its data); 3 scores committed
 but drift alerted (only with drift_fails_job).
 """
 
@@ -27,7 +29,7 @@ from bertclf.config import (
     load_config,
     parse_set_overrides,
 )
-from bertclf.errors import InputError
+from bertclf.errors import STORAGE_FAILURE, InputError, StorageError, is_input_failure
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -124,10 +126,30 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"bertclf {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    except StorageError as exc:
+        message = str(exc) if STORAGE_FAILURE in str(exc) else f"{STORAGE_FAILURE}: {exc}"
+        logging.getLogger("bertclf").error("failed: %s", message)
+        print(f"bertclf {args.command}: failed: {message}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a scheduler needs an exit code and one clear line
+        if failed_files_are_bad_input(exc):
+            print(f"bertclf {args.command}: error: bad input file(s), not retryable: {exc}", file=sys.stderr,
+                  flush=True)
+            return EXIT_BAD_INPUT
         logging.getLogger("bertclf").exception("failed")
         print(f"bertclf {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+
+
+def failed_files_are_bad_input(exc: BaseException) -> bool:
+    """A scoring run that failed per input file (ScoreError, "  <uri>: <Class>: <message>" per file) where every
+    file failed for its data (an InputError or invalid UTF-8 in the actor): exit 2, not 1, so a scheduler does not
+    retry what only fixing the files can fix. Any storage or unknown failure among them keeps exit 1."""
+    if type(exc).__name__ != "ScoreError":
+        return False
+    errors = [line.strip().split(": ", 1)[1] for line in str(exc).splitlines()
+              if line.startswith("  ") and ": " in line.strip()]
+    return bool(errors) and all(is_input_failure(err) for err in errors)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

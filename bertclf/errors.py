@@ -1,6 +1,13 @@
-"""Bad input gets one base class, so callers (the CLI's exit code 2, "don't retry") can tell it from bugs."""
+"""Two kinds of failure a scheduler must tell apart, each with one base class.
+
+`InputError`: the data, the checkpoint or the config can't be used (the CLI's exit code 2, "don't retry": fix the
+file it names). `StorageError`: object storage or the network failed (unreachable, timed out, 5xx after our
+retries; exit code 1, "a retry may fix it"). Anything else is a bug or a crash (exit 1).
+"""
 
 from __future__ import annotations
+
+import re
 
 
 class InputError(ValueError):
@@ -23,11 +30,11 @@ class LabelError(DataError):
 
 
 class UnreadableFileError(DataError):
-    """A Parquet file whose footer or pages can't be read."""
+    """A Parquet file whose footer or pages can't be parsed (corrupt or truncated; not a network failure)."""
 
 
 class CheckpointError(InputError):
-    """A checkpoint URI that doesn't exist or isn't a bertclf checkpoint."""
+    """A checkpoint URI that doesn't exist, isn't a bertclf checkpoint, or whose files are damaged."""
 
 
 class ModelError(InputError):
@@ -36,3 +43,30 @@ class ModelError(InputError):
 
 class RecordError(InputError):
     """A JSON record (checkpoint metadata, manifest, metrics line) that this version of bertclf can't read."""
+
+
+class StorageError(RuntimeError):
+    """A URI that can't be read or written because storage or the network failed; the message names the URI.
+
+    Exit code 1: a retry of the job may fix it. (`storage.StorageInputError`, a URI that is wrong rather than
+    unreachable, is also an InputError: exit 2.)"""
+
+
+STORAGE_FAILURE = "storage/network failure (a retry may fix it)"
+
+
+def _input_error_names() -> set[str]:
+    names: set[str] = set()
+    todo: list[type] = [InputError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names | {"UnicodeDecodeError"}  # text that is not UTF-8 is the data's fault
+
+
+def is_input_failure(error: str) -> bool:
+    """Whether a failure reported as text ("ClassName: message", as scoring actors report a unit's failure) is
+    about the input: the class is an InputError (or a UTF-8 decode error). Storage and unknown errors are not."""
+    match = re.match(r"\s*([A-Za-z_][\w.]*)\s*:", error)
+    return bool(match) and match.group(1).rsplit(".", 1)[-1] in _input_error_names()

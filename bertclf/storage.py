@@ -10,6 +10,7 @@ import fnmatch
 import glob as globlib
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import shutil
@@ -23,9 +24,10 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from bertclf.errors import InputError
+from bertclf.errors import STORAGE_FAILURE, InputError, StorageError  # StorageError: still importable from here
 
 T = TypeVar("T")
+log = logging.getLogger("bertclf")
 
 # AWS settings that may travel to Ray workers (runtime_env): where and how to reach S3, never who we are.
 AWS_ENV_VARS = (
@@ -43,12 +45,9 @@ AWS_ENV_VARS = (
 AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
-class StorageError(RuntimeError):
-    """A URI that can't be read or written; the message names the URI."""
-
-
 class StorageInputError(StorageError, InputError):
-    """A URI that is wrong rather than unreachable: it doesn't exist, matches nothing, or can't be written."""
+    """A URI that is wrong rather than unreachable: it doesn't exist, matches nothing, can't be written, or access
+    is denied (exit 2: retrying the same command can't help)."""
 
 
 def is_s3(uri: str) -> bool:
@@ -102,30 +101,72 @@ def to_uri(fs: pafs.FileSystem, path: str) -> str:
     return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
-    """Retry an I/O call on transient errors (connection, throttling, 5xx) with exponential backoff.
+def io_attempts() -> int:
+    """How many times one read or write is tried (BERTCLF_IO_ATTEMPTS, default 5); each try is itself retried by
+    pyarrow's S3 client (BERTCLF_S3_RETRIES)."""
+    return max(1, int(os.environ.get("BERTCLF_IO_ATTEMPTS", "5")))
 
-    A permanent error (missing key, access denied) is raised at once with `what` in the message.
+
+def retry_delay(attempt: int, base_delay: float | None = None) -> float:
+    """Seconds to wait after failed attempt `attempt` (0-based): BERTCLF_IO_RETRY_DELAY (0.5) doubled per attempt."""
+    base = float(os.environ.get("BERTCLF_IO_RETRY_DELAY", "0.5")) if base_delay is None else base_delay
+    return base * 2**attempt
+
+
+def retry_or_raise(exc: OSError, attempt: int, attempts: int, what: str, base_delay: float | None = None) -> None:
+    """After a failed attempt: log one line and wait when the error is transient and attempts are left; otherwise
+    raise StorageError (transient, out of attempts), StorageInputError (permanent: denied, no such bucket) or
+    StorageError naming `what`."""
+    if is_permanent(exc):
+        raise StorageInputError(f"{what}: {exc} (permanent: check the URI, bucket and permissions)") from exc
+    if not is_transient(exc):
+        raise StorageError(f"{what}: {exc}") from exc
+    if attempt >= attempts - 1:
+        raise StorageError(f"{what}: {STORAGE_FAILURE}; gave up after {attempts} attempt(s): {exc}") from exc
+    wait = retry_delay(attempt, base_delay)
+    log.warning("%s: attempt %d of %d failed (%s): %s; retrying in %.1fs", what, attempt + 1, attempts,
+                STORAGE_FAILURE, _one_line(exc), wait)
+    time.sleep(wait)
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None, base_delay: float | None = None) -> T:
+    """Retry an I/O call on transient errors (connection, timeout, throttling, 5xx) with exponential backoff,
+    logging one line per failed attempt (attempt n of N, what and where, the error, the wait).
+
+    A missing file (or a local permission error) is raised as it is; a permanent error (access denied, no such
+    bucket) at once as StorageInputError; transient errors that outlast the attempts as StorageError saying a retry
+    may help; other errors at once as StorageError naming `what`.
     """
+    attempts = attempts or io_attempts()
     for attempt in range(attempts):
         try:
             return fn()
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
             raise
         except OSError as exc:
-            if not _is_transient(exc) or attempt == attempts - 1:
-                raise StorageError(f"{what}: {exc}") from exc
-            time.sleep(base_delay * 2**attempt)
+            retry_or_raise(exc, attempt, attempts, what, base_delay)
     raise AssertionError("unreachable")
 
 
-def _is_transient(exc: BaseException) -> bool:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+_PERMANENT = ("access denied", "access_denied", "nosuchbucket", "no such bucket", "invalidaccesskeyid",
+              "signaturedoesnotmatch", "forbidden", "403")
+_TRANSIENT = ("timeout", "timed out", "connection", "connect", "network", "throttl", "slow down", "503", "500",
+              "502", "504", "reset", "curl", "broken pipe", "temporarily", "unavailable", "internal error")
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """A storage error no retry can fix: access denied, no such bucket, bad credentials."""
     text = str(exc).lower()
-    permanent = ("access denied", "nosuchbucket", "no such bucket", "invalidaccesskeyid", "forbidden", "403")
-    if any(word in text for word in permanent):
-        return False
-    transient = ("timeout", "timed out", "connection", "throttl", "slow down", "503", "500", "reset", "curl")
-    return any(word in text for word in transient)
+    return any(word in text for word in _PERMANENT)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error worth retrying: the network or the store failed, not the request or the data."""
+    return not is_permanent(exc) and any(word in str(exc).lower() for word in _TRANSIENT)
 
 
 def exists(uri: str) -> bool:

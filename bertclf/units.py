@@ -10,8 +10,10 @@ listing task wants a whole CPU and starves next to train workers on small nodes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +21,59 @@ import pyarrow.parquet as pq
 from bertclf import storage
 from bertclf.errors import DataError, UnreadableFileError
 from bertclf.records import WorkUnit
+
+T = TypeVar("T")
+
+
+def is_storage_failure(uri: str, exc: BaseException) -> bool:
+    """Whether an error reading `uri` is object storage or the network failing (retry, exit 1) rather than the
+    file's bytes (corrupt, truncated, not Parquet: exit 2). pyarrow raises OSError for both (a corrupt footer is
+    "Couldn't deserialize thrift"), so only an s3:// error that reads like the network or the store counts."""
+    return isinstance(exc, OSError) and storage.is_s3(uri) and (storage.is_transient(exc) or storage.is_permanent(exc))
+
+
+def _unreadable(uri: str, exc: BaseException, where: str = "") -> UnreadableFileError:
+    return UnreadableFileError(f"{uri}{where} is not a readable Parquet file (corrupt or truncated): "
+                               f"{' '.join(str(exc).split())[:500]}; replace or remove the file")
+
+
+def read_parquet_part(uri: str, fn: Callable[[], T], where: str = "") -> T:
+    """Run a whole read of `uri`: storage failures retried (logged per attempt) and then StorageError; anything
+    wrong with the bytes UnreadableFileError naming the file. A missing file stays FileNotFoundError."""
+    def _once() -> T:
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            if is_storage_failure(uri, exc):
+                raise  # with_retries retries it, or says it is a storage failure
+            raise _unreadable(uri, exc, where) from None
+
+    return storage.with_retries(_once, f"reading {uri}{where}")
+
+
+def is_text_type(arrow_type: pa.DataType) -> bool:
+    """string, large_string, string_view, or a dictionary of one of them: what can be read as text."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+            or pa.types.is_string_view(arrow_type))
+
+
+def check_utf8(col: pa.ChunkedArray | pa.Array, column: str, uri: str, first_row: int = 0) -> None:
+    """Text that is valid UTF-8, checked in Arrow (Parquet readers don't; the tokenizer would fail on a worker).
+    Raises DataError naming the file, column and first bad row."""
+    offset = first_row
+    for chunk in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            found = re.search(r"index (\d+)", str(exc))
+            row = f"row {offset + int(found.group(1))}" if found else f"a row in {offset}-{offset + len(chunk) - 1}"
+            raise DataError(f"{uri}: text column {column!r} holds invalid UTF-8 ({row}); re-encode the text as UTF-8 "
+                            "or drop the row") from None
+        offset += len(chunk)
 
 
 def file_metadata(uri: str) -> pq.FileMetaData:
@@ -29,8 +84,8 @@ def file_metadata(uri: str) -> pq.FileMetaData:
             return pq.ParquetFile(f).metadata
 
     try:
-        return storage.with_retries(_read, f"reading {uri}")
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        return read_parquet_part(uri, _read)
+    except FileNotFoundError as exc:
         raise UnreadableFileError(f"{uri} is not a readable Parquet file: {exc}") from None
 
 
@@ -39,8 +94,8 @@ def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, pq.File
     def _one(uri: str):
         try:
             return uri, file_metadata(uri), None
-        except UnreadableFileError as exc:
-            return uri, None, str(exc)
+        except UnreadableFileError as exc:  # storage failures are raised: the whole run is worth retrying
+            return uri, None, f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=min(threads, max(1, len(files)))) as pool:
         results = list(pool.map(_one, files))
@@ -88,40 +143,50 @@ def plan_units(files: list[str], rows_per_unit: int, threads: int = 16
 
 
 def read_unit(unit: WorkUnit, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Stream a unit's rows in batches, reading only `columns`; errors name the file."""
+    """Stream a unit's rows in batches, reading only `columns`. A storage failure mid-stream is retried like a
+    write (logged per attempt; the batches already handed over are skipped on the next try); a corrupt or
+    truncated file is UnreadableFileError naming it and the row groups."""
     fs, path = storage.resolve(unit.uri)
-    try:
-        with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            yield from pf.iter_batches(batch_size=batch_rows, row_groups=list(unit.row_groups), columns=columns)
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise UnreadableFileError(f"{unit.uri}: can't read row groups {unit.row_groups[0]}-{unit.row_groups[-1]}: "
-                                  f"{exc}") from None
+    where = f" (row groups {unit.row_groups[0]}-{unit.row_groups[-1]})"
+    attempts = storage.io_attempts()
+    done = 0
+    for attempt in range(attempts):
+        try:
+            with fs.open_input_file(path) as f:
+                batches = pq.ParquetFile(f).iter_batches(batch_size=batch_rows, row_groups=list(unit.row_groups),
+                                                         columns=columns)
+                for i, batch in enumerate(batches):
+                    if i >= done:
+                        done += 1
+                        yield batch
+            return
+        except FileNotFoundError as exc:
+            raise UnreadableFileError(f"{unit.uri}{where}: the file is gone: {exc}") from None
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            if not is_storage_failure(unit.uri, exc):
+                raise _unreadable(unit.uri, exc, where) from None
+            storage.retry_or_raise(exc, attempt, attempts, f"reading {unit.uri}{where}")
 
 
 def read_unit_table(unit: WorkUnit, columns: list[str]) -> pa.Table:
     """A unit's rows as one table (training shards: small enough to hold)."""
     fs, path = storage.resolve(unit.uri)
-    try:
+
+    def _read() -> pa.Table:
         with fs.open_input_file(path) as f:
             return pq.ParquetFile(f).read_row_groups(list(unit.row_groups), columns=columns)
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise UnreadableFileError(f"{unit.uri}: can't read row groups {unit.row_groups}: {exc}") from None
+
+    return read_parquet_part(unit.uri, _read, f" (row groups {unit.row_groups[0]}-{unit.row_groups[-1]})")
 
 
 def read_table(uri: str, columns: list[str]) -> pa.Table:
     """Read some columns of one Parquet file; errors name the file and the missing column."""
     fs, path = storage.resolve(uri)
     try:
-        schema = storage.with_retries(lambda: pq.read_schema(path, filesystem=fs), f"reading {uri}")
-    except storage.StorageError:
-        raise
-    except (pa.ArrowInvalid, OSError) as exc:
+        schema = read_parquet_part(uri, lambda: pq.read_schema(path, filesystem=fs))
+    except FileNotFoundError as exc:
         raise UnreadableFileError(f"{uri} is not a readable Parquet file: {exc}") from None
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise DataError(f"{uri}: column(s) {', '.join(map(repr, missing))} not found; columns are {schema.names}")
-    try:
-        return storage.with_retries(lambda: pq.read_table(path, columns=columns, filesystem=fs), f"reading {uri}")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UnreadableFileError(f"{uri} is not a readable Parquet file: {exc}") from None
+    return read_parquet_part(uri, lambda: pq.read_table(path, columns=columns, filesystem=fs))

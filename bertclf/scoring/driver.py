@@ -19,6 +19,7 @@ from bertclf.errors import DataError
 from bertclf.records import DriftReport, PartStats, UnitPlan, UnitResult, WorkUnit
 from bertclf.resources import ScorePlan, connect, plan_scoring
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
+from bertclf.scoring.checks import check_before_ray
 from bertclf.scoring.manifest import SUCCESS, ScoreError, commit
 from bertclf.scoring.tokens import ReadSettings, UnitTokenizer
 from bertclf.units import balanced_rows_per_unit, cut_units, read_footers
@@ -88,6 +89,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     footers, unreadable = read_footers(files)
     passthrough = _check_columns(cfg, {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()})
     _check_not_empty(cfg, footers, unreadable)
+    check_before_ray(cfg, ckpt, footers, unreadable)  # text types, a UTF-8 sample, weights' sha256: exit 2 before Ray
     storage.check_writable(output)
 
     done = storage.list_names(output)

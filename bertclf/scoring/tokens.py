@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from bertclf.errors import DataError
 from bertclf.records import WorkUnit
-from bertclf.units import read_unit
+from bertclf.units import check_utf8, is_text_type, read_unit
 
 TOKENS_COLUMN = "__bertclf_input_ids"
 Tokenize = Callable[[list[str]], list[list[int]]]
@@ -46,12 +46,29 @@ class TokenizedBatch:
 def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize) -> Iterator[TokenizedBatch]:
     """A unit's rows in read batches (only the needed columns), empty texts handled, tokenized."""
     columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
+    rows_read = 0
     for record_batch in read_unit(unit, columns, s.read_batch_rows):
-        table = pa.Table.from_batches([record_batch])
+        table = _checked_text(pa.Table.from_batches([record_batch]), unit, s.text_column, rows_read)
         rows_in = table.num_rows
+        rows_read += rows_in
         table, empty = _handle_empty(table, unit.uri, s)
         texts = table[s.text_column].to_pylist()
         yield TokenizedBatch(table.select(list(s.passthrough)), tokenize(texts) if texts else [], rows_in, empty)
+
+
+def _checked_text(table: pa.Table, unit: WorkUnit, column: str, rows_before: int) -> pa.Table:
+    """The text column as plain strings of valid UTF-8, or DataError naming the file, row groups and row (the
+    driver checks types from the schema and a sample for UTF-8; this catches what the sample missed)."""
+    where = f"{unit.uri} (row groups {unit.row_groups[0]}-{unit.row_groups[-1]})"
+    idx = table.schema.get_field_index(column)
+    col = table.column(idx)
+    if not is_text_type(col.type):
+        raise DataError(f"{where}: text column {column!r} must hold strings, found type {col.type}")
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+        table = table.set_column(idx, column, col)
+    check_utf8(col, column, where, first_row=rows_before)
+    return table
 
 
 def _handle_empty(table: pa.Table, uri: str, s: ReadSettings) -> tuple[pa.Table, int]:

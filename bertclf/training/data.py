@@ -22,7 +22,7 @@ from bertclf.errors import DataError, LabelError
 from bertclf.labels import LabelFormat, LabelSpace, encode_targets, label_format, labels_in_column, task_for_format
 from bertclf.records import DataSummary, WorkUnit
 from bertclf.training.lengths import text_sample
-from bertclf.units import plan_units, read_table, read_unit_table
+from bertclf.units import check_utf8, plan_units, read_parquet_part, read_table, read_unit_table
 
 MAX_POSITIVE_WEIGHT = 30.0
 
@@ -93,9 +93,9 @@ def in_validation_split(texts: list[str], fraction: float) -> np.ndarray:
 
 def _resolve_label_layout(cfg: TrainConfig, first_file: str) -> tuple[str | None, LabelFormat]:
     fs, path = storage.resolve(first_file)
-    try:
-        schema = pq.read_schema(path, filesystem=fs)
-    except (pa.ArrowInvalid, OSError) as exc:
+    try:  # a storage failure stays StorageError (exit 1); a damaged file is UnreadableFileError (exit 2)
+        schema = read_parquet_part(first_file, lambda: pq.read_schema(path, filesystem=fs))
+    except FileNotFoundError as exc:
         raise DataError(f"{first_file} is not a readable Parquet file: {exc}") from None
     label_column = cfg.label_column
     if not cfg.label_columns and label_column is None:
@@ -112,6 +112,7 @@ def _check_texts(table: pa.Table, text_column: str, uri: str) -> None:
     col = table[text_column]
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise DataError(f"{uri}: text column {text_column!r} must hold strings, found type {col.type}")
+    check_utf8(col, text_column, uri)
     nulls = col.null_count
     empty = pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col.fill_null("x"))), 0)).as_py() or 0
     if nulls or empty:
@@ -119,6 +120,15 @@ def _check_texts(table: pa.Table, text_column: str, uri: str) -> None:
             f"{uri}: text column {text_column!r} has {nulls} null and {empty} empty row(s); "
             "drop or fill them before training"
         )
+
+
+def check_model(cfg: TrainConfig) -> None:
+    """The --model's safetensors files parse and are whole (a truncated copy fails here, naming the file, not on
+    every worker after Ray started)."""
+    from bertclf.checkpoint import check_model_weights
+    from bertclf.modeling import resolve_model_dir
+
+    check_model_weights(resolve_model_dir(cfg.model), cfg.model)
 
 
 def _check_labels(table: pa.Table, fmt: LabelFormat, label_column: str | None, label_columns: list[str],
@@ -142,7 +152,8 @@ def _check_labels(table: pa.Table, fmt: LabelFormat, label_column: str | None, l
 def inspect_training_data(cfg: TrainConfig, length_sample: list[str] | None = None) -> TrainingData:
     """List, read and check every input file once; return the label space and counts. Given `length_sample`,
     a sample of the training texts is appended to it for `max_length: auto` (kept off TrainingData, which every
-    worker receives)."""
+    worker receives). The model's weight files are checked first (cheap: headers only)."""
+    check_model(cfg)
     train_files = storage.list_parquet_files(cfg.train)
     validation_files = storage.list_parquet_files(cfg.validation) if cfg.validation else None
     label_column, fmt = _resolve_label_layout(cfg, train_files[0])

@@ -1,0 +1,302 @@
+"""Bad inputs to `bertclf train` and `bertclf score` end with the exit code a scheduler can act on, before Ray starts.
+
+Exit 2 ("fix the file it names, don't retry") for anything about the data, the checkpoint or the model; exit 1
+("storage/network failure, a retry may fix it") when S3 can't be reached. Every case here is refused on the
+driver: no Ray is started (`ray.is_initialized()` stays False and the drivers' `connect` is never called).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import free_port, make_rows, save_tiny_checkpoint, write_rows
+
+from bertclf import checkpoint, storage
+from bertclf.cli import failed_files_are_bad_input, main
+from bertclf.errors import StorageError, UnreadableFileError
+from bertclf.units import read_parquet_part
+
+
+def _invalid_utf8(values: list[bytes]) -> pa.Array:
+    """A string array holding exactly these bytes (pyarrow won't build invalid UTF-8 from Python strings)."""
+    offsets = [0]
+    for v in values:
+        offsets.append(offsets[-1] + len(v))
+    return pa.Array.from_buffers(pa.string(), len(values),
+                                 [None, pa.py_buffer(pa.array(offsets, pa.int32()).buffers()[1]),
+                                  pa.py_buffer(b"".join(values))])
+
+
+def _with_text(table: pa.Table, text: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index("text"), "text", text)
+
+
+def _train_table(n: int, seed: int) -> pa.Table:
+    return pa.Table.from_pylist(make_rows(n, seed, True))
+
+
+def _score_rows(n: int = 40) -> list[dict]:
+    return [{"id": str(i), "text": r["text"]} for i, r in enumerate(make_rows(n, 3, True))]
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@dataclass
+class Env:
+    tmp: Path
+    tiny_model: Path
+    ckpt: Path
+
+    def train_args(self, train: Path | str, model: Path | str | None = None) -> list[str]:
+        write_rows(self.tmp / "val.parquet", make_rows(20, 2, True))
+        return ["train", "--train", str(train), "--validation", str(self.tmp / "val.parquet"),
+                "--output", str(self.tmp / "run"), "--model", str(model or self.tiny_model), "--epochs", "1"]
+
+    def score_args(self, inputs: Path | str, ckpt: Path | str | None = None) -> list[str]:
+        return ["score", "--checkpoint", str(ckpt or self.ckpt), "--input", str(inputs),
+                "--output", str(self.tmp / "scores")]
+
+    def good_train_file(self) -> Path:
+        write_rows(self.tmp / "train.parquet", make_rows(50, 1, True))
+        return self.tmp / "train.parquet"
+
+    def good_score_file(self) -> Path:
+        write_rows(self.tmp / "in.parquet", _score_rows())
+        return self.tmp / "in.parquet"
+
+    def ckpt_copy(self) -> Path:
+        return Path(shutil.copytree(self.ckpt, self.tmp / "ckpt"))
+
+
+# each case: (builds its inputs, returns argv), exit code, what the message must name
+def train_invalid_utf8(e: Env) -> list[str]:
+    table = _train_table(50, 1)
+    texts = [t.encode() for t in table["text"].to_pylist()]
+    texts[7] = b"caf\xe9 \xff broken"
+    pq.write_table(_with_text(table, _invalid_utf8(texts)), e.tmp / "latin1.parquet")
+    return e.train_args(e.tmp / "latin1.parquet")
+
+
+def train_wrong_text_type(e: Env) -> list[str]:
+    table = _train_table(50, 1)
+    pq.write_table(_with_text(table, pa.array(range(50), pa.int64())), e.tmp / "numbers.parquet")
+    return e.train_args(e.tmp / "numbers.parquet")
+
+
+def train_truncated_parquet(e: Env) -> list[str]:
+    _truncate(e.good_train_file())
+    return e.train_args(e.tmp / "train.parquet")
+
+
+def train_truncated_model(e: Env) -> list[str]:
+    model = Path(shutil.copytree(e.tiny_model, e.tmp / "model"))
+    _truncate(model / "model.safetensors", 0.7)
+    return e.train_args(e.good_train_file(), model)
+
+
+def train_s3_unreachable(e: Env) -> list[str]:
+    return e.train_args("s3://corpus/train/")
+
+
+def score_invalid_utf8(e: Env) -> list[str]:
+    table = pa.Table.from_pylist(_score_rows())
+    texts = [t.encode() for t in table["text"].to_pylist()]
+    texts[11] = b"\xc3\x28 not utf-8"
+    pq.write_table(_with_text(table, _invalid_utf8(texts)), e.tmp / "mojibake.parquet")
+    return e.score_args(e.tmp / "mojibake.parquet")
+
+
+def score_wrong_text_type(e: Env) -> list[str]:
+    table = pa.Table.from_pylist(_score_rows())
+    pq.write_table(_with_text(table, pa.array([[1.0, 2.0]] * table.num_rows)), e.tmp / "vectors.parquet")
+    return e.score_args(e.tmp / "vectors.parquet")
+
+
+def score_truncated_parquet(e: Env) -> list[str]:
+    _truncate(e.good_score_file())
+    return e.score_args(e.tmp / "in.parquet")
+
+
+def score_truncated_weights(e: Env) -> list[str]:
+    ckpt = e.ckpt_copy()
+    _truncate(ckpt / "model.safetensors", 0.9)
+    return e.score_args(e.good_score_file(), ckpt)
+
+
+def score_altered_weights(e: Env) -> list[str]:
+    ckpt = e.ckpt_copy()
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    data[-100:] = bytes(100)  # same size, a valid header: only the sha256 can tell
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    return e.score_args(e.good_score_file(), ckpt)
+
+
+def score_truncated_old_checkpoint(e: Env) -> list[str]:
+    """A checkpoint written before sizes and sha256 were recorded: its safetensors header still catches it."""
+    ckpt = e.ckpt_copy()
+    meta = json.loads((ckpt / checkpoint.MARKER).read_text())
+    meta.pop(checkpoint.WEIGHTS_KEY)
+    (ckpt / checkpoint.MARKER).write_text(json.dumps(meta))
+    _truncate(ckpt / "model.safetensors", 0.8)
+    return e.score_args(e.good_score_file(), ckpt)
+
+
+def score_missing_marker(e: Env) -> list[str]:
+    ckpt = e.ckpt_copy()
+    (ckpt / checkpoint.MARKER).unlink()
+    return e.score_args(e.good_score_file(), ckpt)
+
+
+def score_s3_input_unreachable(e: Env) -> list[str]:
+    return e.score_args("s3://corpus/date=2026-12-01/")
+
+
+def score_s3_checkpoint_unreachable(e: Env) -> list[str]:
+    return e.score_args(e.good_score_file(), "s3://models/r1/best")
+
+
+CASES: list[tuple[Callable[[Env], list[str]], int, str]] = [
+    (train_invalid_utf8, 2, r"latin1\.parquet: text column 'text' holds invalid UTF-8 \(row 7\)"),
+    (train_wrong_text_type, 2, r"numbers\.parquet: text column 'text' must hold strings"),
+    (train_truncated_parquet, 2, r"train\.parquet.* is not a readable Parquet file"),
+    (train_truncated_model, 2, r"model/model\.safetensors .*(truncated|not a valid safetensors)"),
+    (train_s3_unreachable, 1, r"s3://corpus/train.*storage/network failure \(a retry may fix it\)"),
+    (score_invalid_utf8, 2, r"mojibake\.parquet: text column 'text' holds invalid UTF-8 \(row 11\)"),
+    (score_wrong_text_type, 2, r"vectors\.parquet: text column 'text' must hold strings.*list<"),
+    (score_truncated_parquet, 2, r"in\.parquet.* is not a readable Parquet file"),
+    (score_truncated_weights, 2, r"ckpt/model\.safetensors is \d+ bytes but bertclf\.json records \d+"),
+    (score_altered_weights, 2, r"ckpt: model\.safetensors does not match bertclf\.json \(sha256"),
+    (score_truncated_old_checkpoint, 2, r"ckpt/model\.safetensors is (truncated|not a valid safetensors)"),
+    (score_missing_marker, 2, r"ckpt is not a bertclf checkpoint: it has no bertclf\.json"),
+    (score_s3_input_unreachable, 1, r"s3://corpus.*storage/network failure \(a retry may fix it\)"),
+    (score_s3_checkpoint_unreachable, 1, r"checkpoint s3://models/r1/best can't be read.*storage/network failure"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_model, tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), tiny_model, "multi_label", [0.5, 0.5, 0.5])
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if either driver reaches Ray; S3 points at a closed port with retries kept short."""
+    import ray
+
+    from bertclf.scoring import driver as score_driver
+    from bertclf.training import driver as train_driver
+
+    calls: list[str] = []
+
+    def refuse(*args, **kwargs):
+        calls.append("connect")
+        raise AssertionError("Ray was started for an input the driver can see is bad")
+
+    monkeypatch.setattr(score_driver, "connect", refuse)
+    monkeypatch.setattr(train_driver, "connect", refuse)
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("BERTCLF_S3_RETRIES", "1")
+    monkeypatch.setenv("BERTCLF_IO_ATTEMPTS", "3")
+    monkeypatch.setenv("BERTCLF_IO_RETRY_DELAY", "0")
+    was_running = ray.is_initialized()
+    yield calls
+    assert not calls
+    assert was_running or not ray.is_initialized(), "Ray must not be started for a bad input"
+
+
+@pytest.mark.parametrize("build,code,message", CASES, ids=[c[0].__name__ for c in CASES])
+def test_bad_input_exit_code_and_message(build, code, message, tiny_model, tiny_ckpt, tmp_path, no_ray, capsys,
+                                         caplog):
+    env = Env(tmp_path, tiny_model, tiny_ckpt)
+    with caplog.at_level(logging.WARNING, logger="bertclf"):
+        got = main(build(env))
+    err = capsys.readouterr().err
+    assert got == code, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "scores" / "_SUCCESS").exists() and not (tmp_path / "run" / "best").exists()
+    if code == 1:  # one log line per failed attempt: attempt n of N, the URI, the error, the wait
+        attempts = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+        assert len(attempts) == 2 and all("s3://" in a and "Could not connect" in a for a in attempts), attempts
+        assert "attempt 1 of 3 failed" in attempts[0] and "attempt 2 of 3 failed" in attempts[1]
+
+
+def test_old_checkpoint_without_a_weights_record_still_loads(tiny_ckpt, tmp_path):
+    ckpt = Path(shutil.copytree(tiny_ckpt, tmp_path / "old"))
+    meta = json.loads((ckpt / checkpoint.MARKER).read_text())
+    recorded = meta.pop(checkpoint.WEIGHTS_KEY)
+    assert set(recorded) == {"model.safetensors"} and len(recorded["model.safetensors"]["sha256"]) == 64
+    (ckpt / checkpoint.MARKER).write_text(json.dumps(meta))
+    loaded = checkpoint.load(str(ckpt))
+    loaded.verify_weights()  # nothing recorded: nothing to compare
+    assert loaded.fingerprint() == checkpoint.file_sha256(ckpt / "model.safetensors") == recorded["model.safetensors"][
+        "sha256"]
+
+
+def test_reads_retry_storage_failures_and_name_damaged_files(monkeypatch, caplog):
+    monkeypatch.setenv("BERTCLF_IO_RETRY_DELAY", "0")
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, Connection reset")
+        return "rows"
+
+    with caplog.at_level(logging.WARNING, logger="bertclf"):
+        assert read_parquet_part("s3://b/in.parquet", flaky) == "rows"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "reading s3://b/in.parquet: attempt 1 of 5 failed" in lines[0]
+    assert "Connection reset" in lines[0] and "retrying in 0.0s" in lines[0]
+
+    def outage():
+        raise OSError("curlCode: 28, Timeout was reached")
+
+    with pytest.raises(StorageError, match=r"s3://b/in\.parquet: storage/network failure .*gave up after 5"):
+        read_parquet_part("s3://b/in.parquet", outage)
+
+    def corrupt():
+        raise OSError("Couldn't deserialize thrift: don't know what type")
+
+    with pytest.raises(UnreadableFileError, match=r"s3://b/in\.parquet is not a readable Parquet file"):
+        read_parquet_part("s3://b/in.parquet", corrupt)
+
+
+def test_units_failed_for_their_data_exit_2_storage_failures_exit_1():
+    from bertclf.scoring import ScoreError
+
+    head = "2 input file(s) failed; other outputs are kept and _SUCCESS is not written. Fix or remove these:\n"
+    data = ScoreError(head + "  /d/a.parquet: UnreadableFileError: /d/a.parquet (row groups 0-1) is not a readable"
+                             " Parquet file\n  s3://b/c.parquet: DataError: s3://b/c.parquet: text column 'text' "
+                             "holds invalid UTF-8 (row 3)")
+    assert failed_files_are_bad_input(data)
+    mixed = ScoreError(head + "  /d/a.parquet: UnreadableFileError: bad\n  s3://b/c.parquet: StorageError: reading "
+                              "s3://b/c.parquet: storage/network failure (a retry may fix it)")
+    assert not failed_files_are_bad_input(mixed)
+    assert not failed_files_are_bad_input(ScoreError(head + "  /d/a.parquet: RuntimeError: injected failure"))
+    assert not failed_files_are_bad_input(RuntimeError("  /d/a.parquet: DataError: x"))
+
+
+def test_storage_failure_and_damaged_file_are_told_apart_on_local_files(tmp_path):
+    path = tmp_path / "x.parquet"
+    write_rows(path, _score_rows(10))
+    _truncate(path)
+    with pytest.raises(UnreadableFileError, match="x.parquet"):
+        read_parquet_part(str(path), lambda: pq.read_table(str(path)))
+    assert storage.is_transient(OSError("curlCode: 7, Could not connect to server"))
+    assert not storage.is_transient(OSError("AWS Error ACCESS_DENIED: Access Denied (connection ok)"))
