@@ -29,12 +29,12 @@ MINILM = ModelShape(layers=6, hidden=384, heads=12, intermediate=1536, parameter
 def test_activation_memory_grows_with_length_and_eager_attention_costs_quadratically():
     eager = [activation_bytes_per_row(MINILM, n, bf16=False, eager_attention=True) for n in (128, 256, 512)]
     fused = [activation_bytes_per_row(MINILM, n, bf16=False, eager_attention=False) for n in (128, 256, 512)]
-    assert fused[1] == 2 * fused[0] and fused[2] == 2 * fused[1], "without attention scores: linear in length"
+    assert abs(fused[1] - 2 * fused[0]) <= 1 and abs(fused[2] - 2 * fused[1]) <= 1, "no attention scores: linear"
     assert all(e > f for e, f in zip(eager, fused, strict=True))
     assert eager[2] / eager[1] > eager[1] / eager[0] > 2, "eager attention scores: faster than linear"
-    assert activation_bytes_per_row(MINILM, 512, bf16=True, eager_attention=True) * 2 == eager[2]
-    # the observation: 32 rows of 512 tokens took ~8 GB per worker: the estimate is of that size
-    assert 8 * GIB < 32 * eager[2] + fixed_bytes(MINILM, bf16=False) < 12 * GIB
+    assert abs(activation_bytes_per_row(MINILM, 512, bf16=True, eager_attention=True) * 2 - eager[2]) <= 2
+    # benchmarks/memory.py measured 11.6 GiB for a 32-row step of 512 tokens (fp32, eager): the estimate is above it
+    assert 11.6 * GIB < 32 * eager[2] + fixed_bytes(MINILM, bf16=False) < 14 * GIB
 
 
 def test_plan_fits_the_share_and_keeps_the_step_of_batch_size_rows():

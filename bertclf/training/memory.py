@@ -20,6 +20,9 @@ SYSTEM_RESERVE_SHARE = 0.15    # of a node's memory, at least SYSTEM_RESERVE_MIN
 SYSTEM_RESERVE_MIN = 2 * GIB
 RUNTIME_BYTES = int(1.2 * GIB)  # a Ray Train worker before its model: Python, torch, Ray, tokenizer
 SAFETY = 0.75                   # plan activations to this share of what is left (allocator slack, fragmentation)
+# what PyTorch really keeps per layer against the layer count below: 1.3-1.4x for the packaged model in eager and
+# SDPA attention alike (benchmarks/memory.py; benchmarks/results/*-memory-*.json)
+ACTIVATION_OVERHEAD = 1.4
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,11 @@ class ModelShape:
 def activation_bytes_per_row(shape: ModelShape, length: int, *, bf16: bool, eager_attention: bool) -> int:
     """Bytes one row of `length` tokens keeps for the backward pass: per layer, the transformer-layer count of
     Korthikanti et al. (2022) in elements, (18h + 4i) / 2 per token, plus 2.5 x heads x length per token for eager
-    attention's softmax, dropout mask and output (fused SDPA kernels keep none of them)."""
+    attention's softmax, dropout mask and output (fused SDPA kernels keep none of them), times what PyTorch was
+    measured to keep beyond that count."""
     element = 2 if bf16 else 4
     halves = 18 * shape.hidden + 4 * shape.intermediate + (5 * shape.heads * length if eager_attention else 0)
-    return shape.layers * length * element * halves // 2
+    return int(ACTIVATION_OVERHEAD * shape.layers * length * element * halves / 2)
 
 
 def fixed_bytes(shape: ModelShape, *, bf16: bool) -> int:
