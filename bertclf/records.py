@@ -146,6 +146,14 @@ class PartStats(Record):
     label_counts: dict[str, int]
     tokens: int = 0
     prob_histograms: dict[str, list[int]] = field(default_factory=dict)  # per label, bertclf.scoring.drift bins
+    # which model and settings made the part, so a resume or a second run can't mix two models in one output
+    # ("" / {} in parts written before they were recorded): the weights' sha256 as the actor loaded them, the
+    # settings that change the numbers (bertclf.scoring.lease.scored_with), the run that committed it and the
+    # precision the actor ran ("bf16" / "fp32", what `precision: auto` resolved to on its device)
+    checkpoint_sha256: str = ""
+    scored_with: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    precision_used: str = ""
 
 
 @dataclass
@@ -267,6 +275,10 @@ class Manifest(Record):
     versions: dict[str, str] = field(default_factory=dict)
     score_histograms: dict[str, list[int]] = field(default_factory=dict)  # per label, bertclf.scoring.drift bins
     drift: DriftReport | None = None  # against the previous partition, when there is one
+    run_id: str | None = None  # the run that committed the manifest (it held the output's lease)
+    scored_with: dict[str, Any] = field(default_factory=dict)  # the settings every part was checked to carry
+    part_runs: dict[str, int] = field(default_factory=dict)  # run id -> parts it committed (read from the parts)
+    precisions_used: dict[str, int] = field(default_factory=dict)  # "bf16" / "fp32" -> parts (read from the parts)
 
 
 # ----------------------------------------------------------------------------------------- training ----

@@ -13,7 +13,8 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,12 +22,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bertclf import storage
+from bertclf.errors import DataError
 from bertclf.records import PartStats, UnitResult, WorkUnit
 from bertclf.scoring.drift import HIST_BINS, probability_histograms
+from bertclf.scoring.lease import check_lease
+from bertclf.scoring.manifest import ScoreError
 from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, tokenized_batches, unpack
 from bertclf.units import file_metadata
 
 PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
+# plain footer keys for readers without bertclf: which weights scored the part and which run committed it
+PART_CHECKPOINT_KEY = "bertclf.checkpoint_sha256"
+PART_RUN_KEY = "bertclf.run_id"
 
 
 @dataclass(frozen=True)
@@ -41,14 +48,30 @@ class ScoringSettings:
     max_tokens_per_batch: int
     max_batch_rows: int
     torch_threads: int
+    run_id: str = ""  # the run holding the output's lease: checked before each part is committed ("": no lease)
+    checkpoint_sha256: str = ""  # the weights the driver planned with: an actor that loaded others commits nothing
+    scored_with: dict[str, Any] = field(default_factory=dict)  # bertclf.scoring.manifest.scored_with
 
 
 def read_part_stats(uri: str) -> PartStats:
-    """The stats a committed output part carries in its footer (rows, label counts), read without its data."""
+    """The stats a committed output part carries in its footer (rows, label counts, checkpoint, run), read without
+    its data; the rows they claim are checked against the footer's own row count."""
     fs, path = storage.resolve(uri)
-    with fs.open_input_file(path) as f:
-        meta = pq.ParquetFile(f).metadata.metadata or {}
-    return PartStats.from_json(meta[PART_STATS_KEY.encode()])
+
+    def _read():
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata
+
+    footer = storage.with_retries(_read, f"reading the footer of {uri}")
+    raw = (footer.metadata or {}).get(PART_STATS_KEY.encode())
+    if raw is None:
+        raise DataError(f"{uri} is not a bertclf scoring part (no {PART_STATS_KEY} in its footer): remove it or "
+                         "re-run with --overwrite")
+    stats = PartStats.from_json(raw)
+    if footer.num_rows != stats.rows_out:
+        raise DataError(f"{uri}: its footer says {footer.num_rows} rows but its stats {stats.rows_out}: re-run with "
+                         "--overwrite")
+    return stats
 
 
 class UnitScorer:
@@ -59,6 +82,7 @@ class UnitScorer:
         import ray
         import torch
 
+        from bertclf import checkpoint
         from bertclf.inference import Predictor
 
         torch.set_num_threads(settings.torch_threads)
@@ -66,6 +90,7 @@ class UnitScorer:
         self.predictor = Predictor.load(settings.checkpoint_uri, precision=settings.precision,
                                         max_tokens=settings.max_tokens_per_batch, max_rows=settings.max_batch_rows,
                                         compile=settings.compile)
+        self.sha256 = checkpoint.load(settings.checkpoint_uri).fingerprint()  # what this actor loaded, not the plan
         self.space = self.predictor.space
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
@@ -119,12 +144,21 @@ class UnitScorer:
                 writer.write_table(out)
             stats = PartStats(unit=unit.name, input=unit.uri, row_groups=list(unit.row_groups), rows_in=rows_in,
                               rows_out=rows_out, empty_texts=empty, label_counts=dict(counts), tokens=tokens,
-                              prob_histograms=dict(zip(self.space.names, histograms.tolist(), strict=True)))
+                              prob_histograms=dict(zip(self.space.names, histograms.tolist(), strict=True)),
+                              checkpoint_sha256=self.sha256, scored_with=s.scored_with, run_id=s.run_id,
+                              precision_used="bf16" if self.predictor.bf16 else "fp32")
             if writer is None:  # every row skipped as empty: still commit a valid, empty part
                 schema = file_metadata(unit.uri).schema.to_arrow_schema()
                 writer = pq.ParquetWriter(local, self._empty_output(schema), compression="zstd")
-            writer.add_key_value_metadata({PART_STATS_KEY: stats.to_json()})
+            writer.add_key_value_metadata({PART_STATS_KEY: stats.to_json(), PART_CHECKPOINT_KEY: self.sha256,
+                                           PART_RUN_KEY: s.run_id})
             writer.close()
+            if s.checkpoint_sha256 and self.sha256 != s.checkpoint_sha256:
+                raise ScoreError(f"the checkpoint {s.checkpoint_uri} changed during the run (weights sha256 "
+                                 f"{self.sha256[:12]}… here, {s.checkpoint_sha256[:12]}… when the run started): part "
+                                 f"{unit.name} not committed")
+            if s.run_id:
+                check_lease(s.output_uri, s.run_id, f"part {unit.name}")
             storage.upload_file(local, storage.join(s.output_uri, unit.name))
         return stats
 

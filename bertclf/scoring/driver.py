@@ -2,17 +2,22 @@
 
 `run(ScoreConfig)` (bertclf.scoring.run) is what `bertclf score` and `jobs/score.py` call. The output holds
 one Parquet part per unit (deterministic names), then `_manifest.json`, then `_SUCCESS`. A re-run scores only
-the units whose part is missing, so a crash anywhere costs at most the units in flight.
+the units whose part is missing, so a crash anywhere costs at most the units in flight. One run writes an output
+at a time (its lease, bertclf.scoring.lease), and a re-run finishes an output only with the checkpoint and settings
+its parts were scored with.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bertclf import checkpoint, storage
+from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, resolve_date
 from bertclf.errors import DataError
@@ -20,7 +25,17 @@ from bertclf.records import DriftReport, PartStats, UnitPlan, UnitResult, WorkUn
 from bertclf.resources import ScorePlan, connect, plan_scoring
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.checks import check_before_ray
-from bertclf.scoring.manifest import SUCCESS, ScoreError, commit
+from bertclf.scoring.lease import LEASE, LeaseKeeper, OutputLeasedError, new_run_id
+from bertclf.scoring.manifest import (
+    LEGACY_MANIFEST,
+    MANIFEST,
+    SUCCESS,
+    ResumeMismatchError,
+    ScoreError,
+    check_resume,
+    commit,
+    scored_with,
+)
 from bertclf.scoring.tokens import ReadSettings, UnitTokenizer
 from bertclf.units import balanced_rows_per_unit, cut_units, read_footers
 
@@ -33,7 +48,7 @@ class EmptyInputError(DataError):
 
 log = logging.getLogger("bertclf")
 
-__all__ = ["EmptyInputError", "ScoreError", "ScoreSummary", "run"]
+__all__ = ["EmptyInputError", "OutputLeasedError", "ResumeMismatchError", "ScoreError", "ScoreSummary", "run"]
 
 
 @dataclass
@@ -51,6 +66,7 @@ class ScoreSummary:
     distribution_change: dict[str, float] | None = None
     drift: DriftReport | None = None
     scored: list[UnitResult] = field(default_factory=list)  # this run's units: which processes did what, timings
+    run_id: str = ""  # the run that held the output's lease and committed its parts (bertclf.scoring.lease)
 
     def one_line(self) -> str:
         if self.already_complete:
@@ -77,12 +93,9 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     output = storage.absolute(fill_date(cfg.output, date))
     _check_output_outside_inputs(output, inputs)
 
-    if storage.exists(storage.join(output, SUCCESS)):
-        if not cfg.overwrite:
-            log.info("%s already has %s: nothing to do", output, SUCCESS)
-            return ScoreSummary(output=output, already_complete=True)
-        log.info("--overwrite: removing the complete output %s", output)
-        storage.delete(output)
+    if storage.exists(storage.join(output, SUCCESS)) and not cfg.overwrite:
+        log.info("%s already has %s: nothing to do", output, SUCCESS)
+        return ScoreSummary(output=output, already_complete=True)
 
     files = storage.list_parquet_files(inputs)
     ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
@@ -92,39 +105,82 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     check_before_ray(cfg, ckpt, footers, unreadable)  # text types, a UTF-8 sample, weights' sha256: exit 2 before Ray
     storage.check_writable(output)
 
+    with LeaseKeeper(output, new_run_id()) as lease:  # refused (exit 2) while another run holds the output
+        return _score_output(cfg, ckpt, output, date, files, footers, unreadable, passthrough, lease, t_start)
+
+
+def _score_output(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str], footers: dict,
+                  unreadable: dict[str, str], passthrough: tuple[str, ...], lease: LeaseKeeper,
+                  t_start: float) -> ScoreSummary:
+    """Under the output's lease: start clean or check that a resume matches, score what is missing, commit."""
+    sha256 = ckpt.fingerprint()
+    settings = scored_with(cfg, ckpt, passthrough)
+    if cfg.overwrite:
+        _start_clean(output, lease)
     done = storage.list_names(output)
-    rows_per_unit = _unit_size(cfg, output, done, sum(m.num_rows for m in footers.values()))
+    check_resume(output, _read_parts(output, sorted(n for n in done if n.endswith(".parquet"))), sha256, settings)
+    rows_per_unit = _unit_size(cfg, output, done, sum(m.num_rows for m in footers.values()), lease.check)
     units = cut_units(files, footers, rows_per_unit)
     todo = [u for u in units if u.name not in done]
     rows_total = sum(u.num_rows for u in units)
-    log.info("scoring %s: %d file(s), %d row(s) in %d unit(s) of at most %d rows; %d unit(s) already done; "
-             "checkpoint %s", output, len(files), rows_total, len(units), rows_per_unit, len(units) - len(todo),
-             cfg.checkpoint)
+    log.info("scoring %s (run %s): %d file(s), %d row(s) in %d unit(s) of at most %d rows; %d unit(s) already done; "
+             "checkpoint %s (weights sha256 %s…)", output, lease.run_id, len(files), rows_total, len(units),
+             rows_per_unit, len(units) - len(todo), cfg.checkpoint, sha256[:12])
 
     t_score = time.perf_counter()
     failures = dict(unreadable)
     scored: dict[str, UnitResult] = {}
     if todo:
-        scored, unit_failures = _score_units(cfg, ckpt.uri, output, passthrough, todo)
+        identity = dict(run_id=lease.run_id, checkpoint_sha256=sha256, scored_with=settings)
+        scored, unit_failures = _score_units(cfg, ckpt.uri, output, passthrough, todo, lease, identity)
         failures.update(unit_failures)
     score_seconds = time.perf_counter() - t_score
     if failures:
+        lease.check(f"{len(failures)} failed file(s) reported")  # a lost lease is why units failed: say so
         listing = "\n".join(f"  {uri}: {err}" for uri, err in sorted(failures.items()))
         raise ScoreError(f"{len(failures)} input file(s) failed; other outputs are kept and {SUCCESS} is not "
                          f"written. Fix or remove these and re-run to finish:\n{listing}")
 
-    # units scored now report their stats; only parts from an earlier run are read back (footers only)
-    stats: list[PartStats] = [scored[u.name].stats if u.name in scored
-                              else read_part_stats(storage.join(output, u.name)) for u in units]
+    # the manifest counts what the committed parts hold: every part's stats read back from its footer
+    stats = _read_parts(output, [u.name for u in units], required=True)
     manifest = commit(cfg, ckpt, output, date, files, units, stats, {n: r.seconds for n, r in scored.items()},
-                      set(scored), score_seconds, time.perf_counter() - t_start, rows_per_unit)
+                      set(scored), score_seconds, time.perf_counter() - t_start, rows_per_unit, sha256=sha256,
+                      settings=settings, run_id=lease.run_id, guard=lease.check)
     return ScoreSummary(output=output, rows_in=manifest.rows_in, rows_out=manifest.rows_out,
                         rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
                         units_scored=len(scored), units_skipped=len(units) - len(scored),
                         actors_used=len({r.actor_pid for r in scored.values()}),
                         label_distribution=manifest.predicted_label_distribution,
                         distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift,
-                        scored=list(scored.values()))
+                        scored=list(scored.values()), run_id=lease.run_id)
+
+
+def _start_clean(output: str, lease: LeaseKeeper) -> None:
+    """--overwrite: delete everything the output holds but our lease, _SUCCESS and the manifest first."""
+    names = storage.list_names(output) - {LEASE}
+    if not names:
+        return
+    lease.check("deleting the old output")
+    log.info("--overwrite: deleting the %d file(s) of the old output %s", len(names), output)
+    first = [n for n in (SUCCESS, MANIFEST, LEGACY_MANIFEST) if n in names]
+    for name in first + sorted(names - set(first)):
+        storage.delete(storage.join(output, name))
+
+
+def _read_parts(output: str, names: list[str], required: bool = False) -> list[PartStats]:
+    """The stats in the footers of committed parts, read in parallel (footers only); with `required`, a missing part
+    fails the commit by name."""
+    def read(name: str) -> PartStats:
+        try:
+            return read_part_stats(storage.join(output, name))
+        except FileNotFoundError:
+            if not required:
+                raise
+            raise ScoreError(f"part {name} of {output} is missing after scoring (deleted by another process?); "
+                             f"{SUCCESS} not written: re-run to finish") from None
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(names)))) as pool:
+        return list(pool.map(read, names))
 
 
 def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
@@ -139,7 +195,7 @@ def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
                              "its own scores; choose an output outside the input prefix")
 
 
-def _unit_size(cfg: ScoreConfig, output: str, done: set[str], rows: int) -> int:
+def _unit_size(cfg: ScoreConfig, output: str, done: set[str], rows: int, guard: Callable[[str], None]) -> int:
     """Rows per unit for this output: the plan of the run that started it, else sized so every scoring actor
     gets several units (at most `cfg.rows_per_unit`), recorded in _plan.json before the first part lands."""
     if PLAN in done:
@@ -150,6 +206,7 @@ def _unit_size(cfg: ScoreConfig, output: str, done: set[str], rows: int) -> int:
         return cfg.rows_per_unit  # parts written before unit plans existed were cut at the configured size
     actors = _actor_plan(cfg).num_actors
     plan = UnitPlan(rows_per_unit=balanced_rows_per_unit(rows, actors, cfg.rows_per_unit), actors=actors)
+    guard(PLAN)
     storage.write_bytes(storage.join(output, PLAN), plan.to_json().encode())
     return plan.rows_per_unit
 
@@ -208,11 +265,12 @@ def _check_not_empty(cfg: ScoreConfig, footers: dict, unreadable: dict[str, str]
                           "upstream failure. Nothing was scored; pass --allow-empty to commit an empty output")
 
 
-def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tuple[str, ...],
-                 todo: list[WorkUnit]) -> tuple[dict[str, UnitResult], dict[str, str]]:
-    """Run the units through a Ray Data actor pool; print progress as units land.
+def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tuple[str, ...], todo: list[WorkUnit],
+                 lease: LeaseKeeper, identity: dict) -> tuple[dict[str, UnitResult], dict[str, str]]:
+    """Run the units through a Ray Data actor pool; print progress as units land; stop if the lease is lost.
 
-    Returns ({part name: its stats}, {input URI: error}).
+    Returns ({part name: its stats}, {input URI: error}). `identity`: the run id, checkpoint sha256 and settings
+    each part records (ScoringSettings).
     """
     import ray.data
 
@@ -226,7 +284,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     settings = ScoringSettings(
         checkpoint_uri=ckpt_uri, output_uri=output, read=read, precision=cfg.precision, compile=cfg.compile,
         max_tokens_per_batch=plan.max_tokens_per_batch, max_batch_rows=plan.max_batch_rows,
-        torch_threads=plan.torch_threads)
+        torch_threads=plan.torch_threads, **identity)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress lines read better in `ray job submit` logs
     ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
@@ -246,6 +304,8 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     rows_todo = sum(u.num_rows for u in todo)
     t0 = time.perf_counter()
     for result in _results_as_they_land(ds):
+        if lease.lost:  # another run took the output: stop before more units are scored for nothing
+            lease.check("the remaining units")
         if result.stats is None:
             failures[result.input] = result.error or "unknown error"
             log.error("unit %s failed: %s", result.unit, result.error)

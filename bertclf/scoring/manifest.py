@@ -1,20 +1,26 @@
-"""Committing a scoring output: check the row counts, write _manifest.json, then _SUCCESS, last.
+"""Committing a scoring output: check the committed parts, write _manifest.json, then _SUCCESS, last.
 
 Consumers read only outputs with _SUCCESS, so nothing here may run before every part has landed. Both names start
 with "_", which Parquet readers (pandas, pyarrow datasets, Spark) skip, so `pd.read_parquet(output)` reads the parts.
+The manifest is computed from the stats read back from the parts themselves, and every part must name the same
+checkpoint and scoring settings (`scored_with`), so an output mixed by two runs or a changed resume is never
+marked complete.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from bertclf import storage
 from bertclf.checkpoint import LoadedCheckpoint, versions
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, has_date
-from bertclf.errors import RecordError
+from bertclf.errors import InputError, RecordError
 from bertclf.records import (
     CheckpointRef,
     EmptyTexts,
@@ -36,10 +42,74 @@ class ScoreError(RuntimeError):
     """Scoring that could not finish; the message names the files that failed. No _SUCCESS is written."""
 
 
+class ResumeMismatchError(InputError):
+    """An output partly scored with another checkpoint or other settings (exit 2): finishing it would mix them."""
+
+
+def scored_with(cfg: ScoreConfig, ckpt: LoadedCheckpoint, passthrough: tuple[str, ...]) -> dict[str, Any]:
+    """The settings that change a part's numbers or columns, besides the weights (checkpoint_sha256): every part of
+    one output must carry the same. JSON-shaped, so what is read back from a footer compares equal."""
+    meta = ckpt.meta
+    settings = {"labels": ckpt.space.to_dict(), "max_length": meta.max_length, "long_text": meta.long_text,
+                "chunk_stride": meta.chunk_stride, "precision": cfg.precision,
+                "text_column": cfg.text_column, "columns": list(passthrough), "empty_text": cfg.empty_text}
+    return json.loads(json.dumps(settings))
+
+
+def differences(stats: PartStats, sha256: str, settings: dict[str, Any]) -> list[str]:
+    """What in a committed part differs from this run's checkpoint and settings ("key: part's vs this run's")."""
+    if not stats.checkpoint_sha256:
+        return ["checkpoint: not recorded (the part was written by a bertclf before 2026-12)"]
+    diffs = [] if stats.checkpoint_sha256 == sha256 else [
+        f"checkpoint: sha256 {stats.checkpoint_sha256[:12]}… vs {sha256[:12]}…"]
+    for key in sorted(set(settings) | set(stats.scored_with)):
+        theirs, ours = stats.scored_with.get(key), settings.get(key)
+        if theirs != ours:
+            diffs.append(f"{key}: {json.dumps(theirs)} vs {json.dumps(ours)}")
+    return diffs
+
+
+def check_resume(output: str, existing: list[PartStats], sha256: str, settings: dict[str, Any]) -> None:
+    """Refuse to finish an output whose parts were scored with another checkpoint or other settings."""
+    mismatched = {s.unit: d for s in existing if (d := differences(s, sha256, settings))}
+    if not mismatched:
+        return
+    first, diffs = next(iter(sorted(mismatched.items())))
+    raise ResumeMismatchError(
+        f"{output} is partly scored with another checkpoint or other settings: {len(mismatched)} of its "
+        f"{len(existing)} part(s) differ from this run (e.g. {first}: {'; '.join(diffs)}; the part's vs this run's). "
+        "Finishing it would mix two models' scores in one output: re-run with the same checkpoint and settings, "
+        "or pass --overwrite to delete its parts and score it all again")
+
+
+def check_parts(output: str, units: list[WorkUnit], stats: list[PartStats], sha256: str,
+                settings: dict[str, Any]) -> None:
+    """Before _SUCCESS: one committed part per unit, each naming this unit, its rows and this run's checkpoint and
+    settings (stats as read back from the parts)."""
+    problems = []
+    for unit, s in zip(units, stats, strict=True):
+        if s.unit != unit.name or s.input != unit.uri or s.rows_in != unit.num_rows:
+            problems.append(f"{unit.name}: holds {s.unit} ({s.rows_in} rows of {s.input}), planned {unit.num_rows} "
+                            f"rows of {unit.uri}")
+        elif diffs := differences(s, sha256, settings):
+            problems.append(f"{unit.name} (run {s.run_id or '?'}): {'; '.join(diffs)}")
+    if problems:
+        listing = "\n".join(f"  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ScoreError(f"{len(problems)} committed part(s) of {output} don't match this run (another run wrote "
+                         f"them?); {SUCCESS} not written. Re-run with --overwrite to score it clean:\n{listing}{more}")
+
+
 def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str],
            units: list[WorkUnit], stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
-           score_seconds: float, total_seconds: float, rows_per_unit: int | None = None) -> Manifest:
-    """Check rows in == rows out (+ skipped empties), then write _manifest.json and, last, _SUCCESS."""
+           score_seconds: float, total_seconds: float, rows_per_unit: int | None = None, *,
+           sha256: str | None = None, settings: dict[str, Any] | None = None, run_id: str | None = None,
+           guard: Callable[[str], None] | None = None) -> Manifest:
+    """Check the parts (`stats` read back from them, one per unit) and rows in == rows out (+ skipped empties),
+    then write _manifest.json and, last, _SUCCESS; `guard(name)` runs before each write (the lease check)."""
+    sha256 = sha256 or ckpt.fingerprint()
+    if settings is not None:
+        check_parts(output, units, stats, sha256, settings)
     rows_in = sum(s.rows_in for s in stats)
     rows_out = sum(s.rows_out for s in stats)
     empties = sum(s.empty_texts for s in stats)
@@ -70,7 +140,7 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
         parts=[PartEntry(name=s.unit, input=s.input, row_groups=s.row_groups, rows=s.rows_out,
                          seconds=seconds.get(s.unit)) for s in stats],
         rows_in=rows_in, rows_out=rows_out, empty_texts=EmptyTexts(count=empties, policy=cfg.empty_text),
-        checkpoint=CheckpointRef(uri=ckpt.uri, sha256=ckpt.fingerprint(), epoch=ckpt.meta.epoch),
+        checkpoint=CheckpointRef(uri=ckpt.uri, sha256=sha256, epoch=ckpt.meta.epoch),
         labels=ckpt.space, predicted_label_counts=dict(sorted(counts.items())),
         predicted_label_distribution=distribution,
         distribution_change_vs_previous=_share_change(distribution, previous),
@@ -79,9 +149,13 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
         units=UnitCounts(total=len(units), scored_this_run=len(scored_names),
                          already_done=len(units) - len(scored_names), rows_per_unit=rows_per_unit),
         config=asdict(cfg), versions=versions(), score_histograms=histograms, drift=drift,
+        run_id=run_id, scored_with=settings or {}, part_runs=dict(Counter(s.run_id or "?" for s in stats)),
+        precisions_used=dict(Counter(s.precision_used or "?" for s in stats)),
     )
-    storage.write_bytes(storage.join(output, MANIFEST), (manifest.to_json(indent=2) + "\n").encode())
-    storage.write_bytes(storage.join(output, SUCCESS), b"")
+    for name, data in ((MANIFEST, (manifest.to_json(indent=2) + "\n").encode()), (SUCCESS, b"")):
+        if guard is not None:
+            guard(name)
+        storage.write_bytes(storage.join(output, name), data)
     return manifest
 
 
@@ -117,5 +191,5 @@ def _share_change(distribution: dict[str, float], previous: Manifest | None) -> 
     return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(distribution))}
 
 
-__all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "ScoreError", "commit", "manifest_uri", "previous_manifest",
-           "read_manifest"]
+__all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "ResumeMismatchError", "ScoreError", "check_parts",
+           "check_resume", "commit", "differences", "manifest_uri", "previous_manifest", "read_manifest", "scored_with"]
