@@ -190,6 +190,22 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                    num(r.get("speedup_vs_fixed_padding"), 2),
                    "-" if r.get("time_to_macro_f1_0_35") is None else f"{r['time_to_macro_f1_0_35']:.0f} s"]
                   for r in train])]
+    memory = [r for (b, _), r in groups.items() if b == "memory"]
+    if memory:
+        parts += ["", "Training memory (`benchmarks/memory.py`: peak RSS of one worker's optimizer step of 32 rows of "
+                  "newsgroups20 posts at each length, the packaged model, fp32 or bf16 as the CPU runs it; `whole`: "
+                  "the batch in one forward/backward, `planned`: bertclf's token-budget micro-batches):", "",
+                  markdown_table(
+                      ["CPU class", "date", "precision", "length", "rows per micro-batch", "whole MiB", "planned MiB",
+                       "planned, SDPA MiB", "whole s/step", "planned s/step", "planned, SDPA s/step",
+                       "whole / planned"],
+                      [[r["cpu_class"], str(r.get("date", ""))[:10], r.get("precision", "-"), str(row["length"]),
+                        str(row["planned_rows"]), num(row["whole"].get("peak_rss_mib"), 0),
+                        num(row["planned"].get("peak_rss_mib"), 0), num(row["planned_sdpa"].get("peak_rss_mib"), 0),
+                        num(row["whole"].get("seconds_per_step"), 1), num(row["planned"].get("seconds_per_step"), 1),
+                        num(row["planned_sdpa"].get("seconds_per_step"), 1),
+                        num(row.get("peak_ratio_whole_vs_planned"), 2)]
+                       for r in memory for row in r["rows"]])]
     serve = [r for (b, _), r in groups.items() if b == "serve"]
     if serve:
         parts += ["", "Serving (`benchmarks/serve.py`: `bertclf serve` on 127.0.0.1 under concurrent clients, against "

@@ -81,14 +81,15 @@ def windows(content_ids: list[list[int]], tokenizer, max_length: int,
     out: list[list[int]] = []
     owner: list[int] = []
     for i, ids in enumerate(content_ids):
-        start = 0
-        while True:
+        for start in window_starts(len(ids), room, step):
             out.append([*prefix, *ids[start:start + room], *suffix])
             owner.append(i)
-            if start + room >= len(ids):
-                break
-            start += step
     return out, np.asarray(owner, dtype=np.int64)
+
+
+def window_starts(tokens: int, room: int, step: int) -> range:
+    """Where each window of `room` tokens starts, `step` apart, until one reaches the text's end (one at least)."""
+    return range(0, max(1, tokens - room + step), step)
 
 
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
@@ -201,6 +202,14 @@ class Predictor:
                         type(exc).__name__, exc)
             self.graph = None
             return None
+
+    def windows_for(self, token_ids: list[list[int]]) -> int:
+        """How many model inputs these texts make: one each, or their windows under long_text chunk."""
+        if self.long_text != "chunk":
+            return len(token_ids)
+        prefix, suffix = special_tokens_around(self.tokenizer)
+        room = max(1, self.max_length - len(prefix) - len(suffix))
+        return sum(len(window_starts(len(ids), room, max(1, room - self.chunk_stride))) for ids in token_ids)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Per text: truncated ids, or under long_text chunk the whole text's (windows are cut when scoring)."""

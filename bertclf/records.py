@@ -145,6 +145,7 @@ class PartStats(Record):
     empty_texts: int
     label_counts: dict[str, int]
     tokens: int = 0
+    windows: int = 0  # model inputs: one per text, more under long_text chunk (0 in parts written before)
     prob_histograms: dict[str, list[int]] = field(default_factory=dict)  # per label, bertclf.scoring.drift bins
     # which model and settings made the part, so a resume or a second run can't mix two models in one output
     # ("" / {} in parts written before they were recorded): the weights' sha256 as the actor loaded them, the
@@ -279,6 +280,7 @@ class Manifest(Record):
     scored_with: dict[str, Any] = field(default_factory=dict)  # the settings every part was checked to carry
     part_runs: dict[str, int] = field(default_factory=dict)  # run id -> parts it committed (read from the parts)
     precisions_used: dict[str, int] = field(default_factory=dict)  # "bf16" / "fp32" -> parts (read from the parts)
+    windows_scored: int = 0  # model inputs run: rows_out, or more where long_text chunk cut texts into windows
 
 
 # ----------------------------------------------------------------------------------------- training ----

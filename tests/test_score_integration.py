@@ -277,3 +277,5 @@ def test_long_texts_are_scored_in_windows_and_pooled_to_one_row_each(ray_local, 
         window_probs = torch.sigmoid(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits)
     expected = np.stack([window_probs.numpy()[owner == i].max(axis=0) for i in range(len(texts))])
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+    manifest = storage.read_json(str(tmp_path / "out" / "_manifest.json"))
+    assert manifest["rows_out"] == 30 and manifest["windows_scored"] == len(owner), "the manifest counts windows"

@@ -125,7 +125,7 @@ class UnitScorer:
         s = self.settings
         counts: Counter[str] = Counter()
         histograms = np.zeros((len(self.space.names), HIST_BINS), dtype=np.int64)
-        rows_in = rows_out = empty = tokens = 0
+        rows_in = rows_out = empty = tokens = windows = 0
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
@@ -136,6 +136,7 @@ class UnitScorer:
                     continue
                 out, probs = self._score_batch(batch)
                 tokens += sum(len(i) for i in batch.token_ids)
+                windows += self.predictor.windows_for(batch.token_ids)
                 histograms += probability_histograms(probs)
                 rows_out += out.num_rows
                 counts.update(pc.list_flatten(out["predicted"]).to_pylist())
@@ -144,6 +145,7 @@ class UnitScorer:
                 writer.write_table(out)
             stats = PartStats(unit=unit.name, input=unit.uri, row_groups=list(unit.row_groups), rows_in=rows_in,
                               rows_out=rows_out, empty_texts=empty, label_counts=dict(counts), tokens=tokens,
+                              windows=windows,
                               prob_histograms=dict(zip(self.space.names, histograms.tolist(), strict=True)),
                               checkpoint_sha256=self.sha256, scored_with=s.scored_with, run_id=s.run_id,
                               precision_used="bf16" if self.predictor.bf16 else "fp32")

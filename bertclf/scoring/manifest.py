@@ -151,6 +151,7 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
         config=asdict(cfg), versions=versions(), score_histograms=histograms, drift=drift,
         run_id=run_id, scored_with=settings or {}, part_runs=dict(Counter(s.run_id or "?" for s in stats)),
         precisions_used=dict(Counter(s.precision_used or "?" for s in stats)),
+        windows_scored=sum(s.windows for s in stats),
     )
     for name, data in ((MANIFEST, (manifest.to_json(indent=2) + "\n").encode()), (SUCCESS, b"")):
         if guard is not None:
