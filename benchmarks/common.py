@@ -58,7 +58,8 @@ def machine_info() -> dict:
     psutil = import_psutil()
     return {
         "cpu_model": model,
-        "cpu_class": cpu_class(flags),
+        "cpu_class": cpu_class(),  # capped at what torch uses here (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA)
+        "cpu_class_by_flags": cpu_class(flags),
         "native_bf16": cpu_has_native_bf16(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),

@@ -202,19 +202,46 @@ def cpu_flags() -> tuple[str, frozenset[str]]:
     return model, frozenset(flags.split())
 
 
+CPU_CLASSES = ("avx2", "avx512", "avx512_bf16", "amx")  # x86 classes, weakest first
+
+
 def cpu_class(flags: frozenset[str] | set[str] | None = None, arch: str | None = None) -> str:
     """The CPU's class by its best matmul instructions (amx, avx512_bf16, avx512, avx2), the arch off x86:
-    what decides bf16 speed, and what code compiled for this CPU may use."""
+    what decides bf16 speed, and what code compiled for this CPU may use. For this machine (no `flags` given) it
+    is capped at what torch can use in this process (`torch_cpu_ceiling`), so ATEN_CPU_CAPABILITY=avx2 with
+    ONEDNN_MAX_CPU_ISA=AVX2 on an AVX512-BF16 host makes bertclf behave as on an AVX2-only CPU."""
     import platform
 
+    ceiling = torch_cpu_ceiling() if flags is None else None
     flags = cpu_flags()[1] if flags is None else flags
     arch = arch or platform.machine()
     if arch not in ("x86_64", "AMD64", "i386", "i686"):
         return arch
     for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
         if flag in flags:
-            return name
+            if ceiling is None or (ceiling in CPU_CLASSES and CPU_CLASSES.index(name) <= CPU_CLASSES.index(ceiling)):
+                return name
+            return ceiling if ceiling in CPU_CLASSES else arch
     return arch
+
+
+@functools.cache
+def torch_cpu_ceiling() -> str | None:
+    """The best CPU class torch's kernels use in this process: ATen's vector capability (ATEN_CPU_CAPABILITY lowers
+    it) and oneDNN's bf16 support (ONEDNN_MAX_CPU_ISA lowers it); "none" for neither AVX2 nor AVX512, None where
+    torch says nothing (no torch, or not x86)."""
+    try:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability().upper()
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    if capability == "AVX2":
+        return "avx2"
+    if capability.startswith("AVX512"):
+        return "amx" if bf16 else "avx512"  # with oneDNN's bf16 the flags decide between the bf16 classes
+    return "none" if capability in ("DEFAULT", "NO AVX") else None
 
 
 def cpu_has_native_bf16() -> bool:

@@ -129,3 +129,29 @@ def test_cpu_plan_is_fused_unless_asked_and_budgets_can_be_set():
 def test_use_bf16_explicit_choices():
     assert use_bf16("bf16", "cpu") is True
     assert use_bf16("fp32", "cuda") is False
+
+
+@pytest.mark.parametrize("ceiling, expected", [("avx2", "avx2"), ("avx512", "avx512"), ("amx", "avx512_bf16"),
+                                               ("none", "x86_64"), (None, "avx512_bf16")])
+def test_cpu_class_is_capped_at_what_torch_can_use(monkeypatch, ceiling, expected):
+    """An AVX512-BF16 host whose torch is held to AVX2 (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA) is an AVX2 CPU."""
+    from bertclf import resources
+
+    monkeypatch.setattr(resources, "cpu_flags", lambda: ("host", frozenset({"avx2", "avx512f", "avx512_bf16"})))
+    monkeypatch.setattr(resources, "torch_cpu_ceiling", lambda: ceiling)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert resources.cpu_class() == expected
+    assert resources.cpu_has_native_bf16() == (expected == "avx512_bf16")
+    assert resources.cpu_class(frozenset({"avx2", "avx512f", "avx512_bf16"}), "x86_64") == "avx512_bf16", \
+        "flags given: the class of those flags, not of this process"
+
+
+def test_isa_variables_steer_the_cpu_class_in_a_fresh_process():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, "-c", "from bertclf.resources import cpu_class, use_bf16;"
+                          "print(cpu_class(), use_bf16('auto', 'cpu'))"], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["x86_64", "False"], out.stderr[-500:]
