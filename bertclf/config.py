@@ -21,6 +21,8 @@ from bertclf.errors import ConfigError
 C = TypeVar("C")
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
+# opt-in base-size model, assembled once from five PyPI packages (bertclf.packaged)
+PACKAGED_MPNET_MODEL = "packaged:all-mpnet-base-v2"
 
 Task = Literal["auto", "multi_label", "multi_class"]
 Precision = Literal["auto", "bf16", "fp32"]
@@ -30,8 +32,8 @@ Method = Literal["full", "lora", "prefix"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 LongText = Literal["auto", "truncate", "chunk"]
 
-__all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "ReportConfig", "ScoreConfig", "ServeConfig",
-           "TrainConfig", "load_config"]
+__all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "PACKAGED_MPNET_MODEL", "ReportConfig", "ScoreConfig",
+           "ServeConfig", "TrainConfig", "load_config"]
 
 
 def sample_data(name: str) -> str:
@@ -157,7 +159,8 @@ class ScoreConfig:
     id_column: str | None = key("id", help="id column copied to the output")
     passthrough_columns: list[str] = key(factory=list, help="comma-separated extra columns copied to the output")
     empty_text: EmptyTextPolicy = key("score", help="null or empty texts: score (as ''), skip, or error")
-    overwrite: bool = key(False, help="re-score an output that is complete")
+    overwrite: bool = key(False, help="delete what the output holds (complete or partial) and score every unit "
+                                          "again; needed to re-score with another checkpoint or other settings")
     num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
     cpus_per_actor: float | None = key(None, help="CPUs per scoring actor; none: 1 on CPU clusters")
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")

@@ -1,7 +1,8 @@
 """Every payload that crosses a process or file boundary, as a typed record with a format version.
 
 Driver -> actor (WorkUnit), actor -> driver (UnitResult), a part's Parquet footer (PartStats), rank 0 ->
-metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta), _manifest.json (Manifest, with its DriftReport).
+metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta), _manifest.json (Manifest, with its DriftReport),
+_lease.json (Lease).
 Each record writes `"format": N`; a reader takes any format up to its own (a file without the key is format 1)
 and refuses newer ones by name, so a file written by a later bertclf fails clearly instead of being misread.
 Records nested in another carry no format of their own: they follow their parent's.
@@ -10,6 +11,7 @@ Records nested in another carry no format of their own: they follow their parent
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import posixpath
@@ -385,3 +387,23 @@ class CheckpointMeta(Record):
         if version == 1 and isinstance(data.get("metrics"), dict) and "per_label" in data:
             data["metrics"] = {**data["metrics"], "per_label": data.pop("per_label")}
         return data
+
+
+@dataclass
+class Lease(Record):
+    """_lease.json of a scoring output: which run may write it, and until when unless renewed."""
+
+    run_id: str
+    host: str
+    pid: int
+    acquired: str  # ISO 8601, UTC
+    expires: str
+
+    def expires_at(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.expires)
+
+    def live(self, now: dt.datetime | None = None) -> bool:
+        return self.expires_at() > (now or dt.datetime.now(dt.timezone.utc))
+
+    def describe(self) -> str:
+        return f"run {self.run_id} (host {self.host}, pid {self.pid}) until {self.expires}"

@@ -20,10 +20,10 @@ from conftest import make_rows, save_tiny_checkpoint, write_rows
 from bertclf import storage
 from bertclf.config import ScoreConfig
 from bertclf.errors import InputError
-from bertclf.records import PartStats, WorkUnit
+from bertclf.records import Lease, PartStats, WorkUnit
 from bertclf.scoring import ScoreError, run
 from bertclf.scoring.actor import PART_CHECKPOINT_KEY, read_part_stats
-from bertclf.scoring.lease import LEASE, Lease, OutputLeasedError, acquire, read_lease, release, renew
+from bertclf.scoring.lease import LEASE, OutputLeasedError, acquire, read_lease, release, renew
 from bertclf.scoring.manifest import ResumeMismatchError, check_parts
 
 THRESHOLDS = [0.45, 0.5, 0.55]

@@ -23,13 +23,12 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
 from bertclf import storage
 from bertclf.errors import InputError, RecordError
-from bertclf.records import Record
+from bertclf.records import Lease
 
 LEASE = "_lease.json"
 DEFAULT_SECONDS = 600.0  # BERTCLF_LEASE_SECONDS overrides; renewed every quarter of it
@@ -40,26 +39,6 @@ log = logging.getLogger("bertclf")
 
 class OutputLeasedError(InputError):
     """Another live run holds the output (exit 2): running this one too would mix two runs' parts."""
-
-
-@dataclass
-class Lease(Record):
-    """_lease.json of a scoring output: which run may write it, and until when unless renewed."""
-
-    run_id: str
-    host: str
-    pid: int
-    acquired: str  # ISO 8601, UTC
-    expires: str
-
-    def expires_at(self) -> dt.datetime:
-        return dt.datetime.fromisoformat(self.expires)
-
-    def live(self, now: dt.datetime | None = None) -> bool:
-        return self.expires_at() > (now or _now())
-
-    def describe(self) -> str:
-        return f"run {self.run_id} (host {self.host}, pid {self.pid}) until {self.expires}"
 
 
 def new_run_id() -> str:
