@@ -28,6 +28,13 @@ def resolve_model_dir(model: str) -> str:
     """A local directory holding the model: packaged, local, s3:// (downloaded once) or a cached hub id."""
     if model == PACKAGED_MODEL:
         return str(packaged_model_dir())
+    if model.startswith("packaged:"):
+        from bertclf import packaged
+
+        if model not in packaged.MODELS:
+            raise ModelError(f"unknown packaged model {model!r}; known: {PACKAGED_MODEL}, "
+                             f"{', '.join(packaged.MODELS)}")
+        return str(packaged.model_dir(model))
     if storage.is_s3(model):
         try:
             return str(storage.local_copy(model, "config.json"))
