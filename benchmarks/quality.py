@@ -17,7 +17,8 @@ import common as bc  # noqa: E402
 
 DATASETS = {"goemotions": ("GoEmotions", "goemotions", {}),
             "youtube": ("YouTube trending", "youtube_trending",
-                        {"test": "83.5% of its titles also occur in train", "test_unseen": "leak-free"})}
+                        {"test": "83.5% of its titles also occur in train", "test_unseen": "leak-free"}),
+            "newsgroups20": ("20 Newsgroups", "newsgroups20", {})}
 KEYS = ("f1_macro", "f1_macro_at_0.5", "f1_micro", "f1_micro_at_0.5", "accuracy", "subset_accuracy", "roc_auc_macro")
 
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", default="test", help="comma-separated split names of the dataset")
     p.add_argument("--config", help="the training config the run used (recorded as is)")
     p.add_argument("--data-dir", default=str(bc.DEFAULT_DATA_DIR))
+    p.add_argument("--long-text", default="checkpoint",
+                   help="comma-separated: evaluate each split as the checkpoint says and/or with truncate / chunk")
     p.add_argument("--json", help="result file (default benchmarks/results/<date>-quality-<dataset>.json)")
     args = p.parse_args(argv)
     bc.setup_env()
@@ -42,11 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     started = bc.now_utc()
     machine = bc.machine_info()
     splits = []
+    variants = args.long_text.split(",")
     for split in args.splits.split(","):
-        metrics = evaluate(EvaluateConfig(checkpoint=best, data=str(Path(args.data_dir, folder, f"{split}.parquet"))))
-        splits.append({"split": split, "rows": metrics["rows"], "labels": len(ckpt.space.names),
-                       **{k: round(metrics[k], 4) for k in KEYS if metrics.get(k) is not None},
-                       **({"note": notes[split]} if split in notes else {})})
+        for long_text in variants:
+            metrics = evaluate(EvaluateConfig(checkpoint=best, long_text=long_text,
+                                              data=str(Path(args.data_dir, folder, f"{split}.parquet"))))
+            note = ", ".join(n for n in (notes.get(split), len(variants) > 1 and
+                                         f"long_text {metrics['long_text']}, windows of {ckpt.max_length}") if n)
+            splits.append({"split": split, "rows": metrics["rows"], "labels": len(ckpt.space.names),
+                           "long_text": metrics["long_text"],
+                           **{k: round(metrics[k], 4) for k in KEYS if metrics.get(k) is not None},
+                           **({"note": note} if note else {})})
         print(f"[bench] {title} {split}: " + ", ".join(f"{k} {v}" for k, v in splits[-1].items()
                                                       if k in KEYS), flush=True)
     metric = "accuracy" if ckpt.space.task == "multi_class" else "f1_macro"

@@ -214,6 +214,14 @@ class EvaluateConfig(LabelledDataConfig):
 
     report: str | None = key(None, help="also write the evaluation report (index.html, report.json, figures/) "
                                         "to this directory, scoring the data through Ray Data")
+    long_text: Literal["checkpoint", "truncate", "chunk"] = key(
+        "checkpoint", help="texts longer than the checkpoint's max_length: as the checkpoint says, or truncate / "
+                           "chunk instead (to compare the two on labelled data; not with --report)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.report and self.long_text != "checkpoint":
+            raise ConfigError("long_text can be changed for the metrics only, not with --report")
 
 
 @dataclass

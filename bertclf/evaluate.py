@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertclf import storage
-from bertclf.config import EvaluateConfig
+from bertclf.config import EvaluateConfig, TrainConfig
 from bertclf.errors import DataError, LabelError
 from bertclf.inference import Predictor
 from bertclf.labels import LabelFormat, LabelSpace, encode_targets, label_format, labels_in_column
@@ -70,6 +70,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         return {"checkpoint": cfg.checkpoint, "report": cfg.report, **report["headline"],
                 "per_label": report["per_label"]}
     predictor = Predictor.load(cfg.checkpoint, device="cpu")
+    if cfg.long_text != "checkpoint":
+        predictor.long_text = cfg.long_text
+        predictor.chunk_stride = predictor.chunk_stride or TrainConfig.chunk_stride
     space = predictor.space
     files = storage.list_parquet_files(cfg.data)
     label_column, label_columns, fmt, _ = check_labelled_files(files, space, cfg.text_column, cfg.label_column,
@@ -78,7 +81,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     table = pa.concat_tables([read_table(uri, columns) for uri in files])
     targets = encode_targets(table, space, fmt, label_column, label_columns)
     probs = predictor.probabilities(table[cfg.text_column].to_pylist())
-    report = {"rows": table.num_rows, "checkpoint": cfg.checkpoint, **classification_metrics(space, targets, probs)}
+    report = {"rows": table.num_rows, "checkpoint": cfg.checkpoint, "long_text": predictor.long_text,
+              **classification_metrics(space, targets, probs)}
     if space.task == "multi_label":
         flat = classification_metrics(space, targets, probs, [0.5] * len(space.names))
         report.update({f"{k}_at_0.5": v for k, v in flat.items() if k.startswith("f1_")})
