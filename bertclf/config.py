@@ -105,8 +105,8 @@ class TrainConfig:
                                          flag=False)
     long_text: LongText = key(
         "auto", help="texts longer than max_length: truncate, or chunk (score every window of max_length tokens, "
-                     "overlapping by chunk_stride, and pool them per text); auto: chunk when over 5 percent of "
-                     "the sampled training texts are longer than the model takes")
+                     "overlapping by chunk_stride, and pool them per text); auto: chunk multi-label texts when over "
+                     "5 percent of the sampled training texts are longer than max_length, else truncate")
     chunk_stride: int = key(64, help="tokens two neighbouring windows share under long_text chunk", flag=False)
     seed: int = key(42, help="random seed")
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")

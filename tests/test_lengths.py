@@ -61,7 +61,8 @@ def test_bad_max_length(value, message):
         load_config(TrainConfig, overrides={"max_length": value})
 
 
-def test_long_text_auto_chunks_only_when_many_texts_would_be_cut():
-    assert auto_long_text([100] * 90 + [600] * 10, 512) == ("chunk", 0.1)
-    assert auto_long_text([100] * 97 + [600] * 3, 512) == ("truncate", 0.03)
-    assert auto_long_text([], 512) == ("truncate", 0.0)
+def test_long_text_auto_chunks_multi_label_texts_only_when_many_would_be_cut():
+    assert auto_long_text([100] * 90 + [600] * 10, 512, "multi_label") == ("chunk", 0.1)
+    assert auto_long_text([100] * 90 + [600] * 10, 512, "multi_class") == ("truncate", 0.1)
+    assert auto_long_text([100] * 97 + [600] * 3, 512, "multi_label") == ("truncate", 0.03)
+    assert auto_long_text([], 512, "multi_label") == ("truncate", 0.0)

@@ -22,6 +22,7 @@ from bertclf.records import EpochRecord
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
 from bertclf.training.lengths import (
+    CHUNK_WHEN_LONGER,
     LENGTH_QUANTILE,
     auto_long_text,
     auto_max_length,
@@ -74,7 +75,7 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
     log.info("data: %d train / %d validation rows, %s, %d labels, from %d file(s)", data.n_train,
              data.n_validation, data.space.task, len(data.space.names), len(data.train_files))
     if length_sample is not None:
-        cfg = _lengths_from_sample(model_dir, length_sample, cfg)
+        cfg = _lengths_from_sample(model_dir, length_sample, cfg, data.space.task)
     data.space = dataclasses.replace(data.space, class_bias=class_prior_bias(data, cfg.class_prior))
     if data.space.class_bias:
         log.info("class prior: the validation label mix differs from training; logit bias per class %s",
@@ -114,7 +115,7 @@ def _plan_worker_memory(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -
     return memory.max_tokens_per_batch
 
 
-def _lengths_from_sample(model_dir: str, texts: list[str], cfg: TrainConfig) -> TrainConfig:
+def _lengths_from_sample(model_dir: str, texts: list[str], cfg: TrainConfig, task: str) -> TrainConfig:
     """max_length and long_text where they are auto, from the sampled training texts' token counts."""
     tokenizer = load_tokenizer(model_dir)
     counts = token_counts(tokenizer, texts)
@@ -125,10 +126,12 @@ def _lengths_from_sample(model_dir: str, texts: list[str], cfg: TrainConfig) -> 
                  length, 100 * LENGTH_QUANTILE, len(texts), at_quantile, limit)
         cfg = dataclasses.replace(cfg, max_length=length)
     if cfg.long_text == "auto":
-        choice, share = auto_long_text(counts, int(cfg.max_length))
+        choice, share = auto_long_text(counts, int(cfg.max_length), task)
+        why = ("validation, scoring and every load pool windows of each text" if choice == "chunk" else
+               "multi-class texts keep their first window; long_text chunk pools windows instead"
+               if task == "multi_class" and share > CHUNK_WHEN_LONGER else "")
         log.info("long_text auto: %s (%.1f%% of %d sampled training texts are longer than %d tokens%s)", choice,
-                 100 * share, len(texts), cfg.max_length,
-                 "; validation, scoring and every load pool windows of each text" if choice == "chunk" else "")
+                 100 * share, len(texts), cfg.max_length, f"; {why}" if why else "")
         cfg = dataclasses.replace(cfg, long_text=choice)
     return cfg
 
