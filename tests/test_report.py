@@ -162,11 +162,15 @@ def _shifted_checkpoint(directory: Path, tiny_model: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from bertclf import checkpoint
+    from bertclf.modeling import load_tokenizer
+
     save_tiny_checkpoint(directory, tiny_model, "multi_label", [0.45, 0.5, 0.55])
     model = AutoModelForSequenceClassification.from_pretrained(directory)
     with torch.no_grad():
         model.classifier.bias += 3.0
-    model.save_pretrained(directory, safe_serialization=True)
+    # saved as a checkpoint again, so bertclf.json records the new weights' sha256
+    checkpoint.save_model_dir(directory, model, load_tokenizer(str(directory)), checkpoint.load(str(directory)).meta)
     return directory
 
 
