@@ -75,9 +75,7 @@ def windows(content_ids: list[list[int]], tokenizer, max_length: int,
     """Each text's windows of at most max_length tokens, wrapped in the tokenizer's own special tokens ([CLS] ...
     [SEP], <s> ... </s>), neighbours sharing `stride` tokens; and the index of the text each window belongs to.
     An empty text is one window of special tokens only."""
-    prefix, suffix = special_tokens_around(tokenizer)
-    room = max(1, max_length - len(prefix) - len(suffix))
-    step = max(1, room - stride)
+    prefix, suffix, room, step = window_layout(tokenizer, max_length, stride)
     out: list[list[int]] = []
     owner: list[int] = []
     for i, ids in enumerate(content_ids):
@@ -85,6 +83,13 @@ def windows(content_ids: list[list[int]], tokenizer, max_length: int,
             out.append([*prefix, *ids[start:start + room], *suffix])
             owner.append(i)
     return out, np.asarray(owner, dtype=np.int64)
+
+
+def window_layout(tokenizer, max_length: int, stride: int) -> tuple[list[int], list[int], int, int]:
+    """(special tokens before, after, text tokens per window, tokens from one window's start to the next)."""
+    prefix, suffix = special_tokens_around(tokenizer)
+    room = max(1, max_length - len(prefix) - len(suffix))
+    return prefix, suffix, room, max(1, room - stride)
 
 
 def window_starts(tokens: int, room: int, step: int) -> range:
@@ -173,6 +178,7 @@ class Predictor:
     graph: CompiledGraph | None = None
     long_text: str = "truncate"
     chunk_stride: int = 0
+    checkpoint: Any = None  # the LoadedCheckpoint it came from: its fingerprint is hashed once, here or by a caller
 
     @classmethod
     def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
@@ -186,7 +192,8 @@ class Predictor:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_for_inference(ckpt.local_dir, target, ckpt.meta.tuning.adapter)
         predictor = cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
-                        max_tokens, max_rows, long_text=ckpt.meta.long_text, chunk_stride=ckpt.meta.chunk_stride)
+                        max_tokens, max_rows, long_text=ckpt.meta.long_text, chunk_stride=ckpt.meta.chunk_stride,
+                        checkpoint=ckpt)
         if compiled.wanted(compile, model, target.type):
             predictor.graph = _compiled_graph(predictor, ckpt.fingerprint())
         return predictor
@@ -207,9 +214,8 @@ class Predictor:
         """How many model inputs these texts make: one each, or their windows under long_text chunk."""
         if self.long_text != "chunk":
             return len(token_ids)
-        prefix, suffix = special_tokens_around(self.tokenizer)
-        room = max(1, self.max_length - len(prefix) - len(suffix))
-        return sum(len(window_starts(len(ids), room, max(1, room - self.chunk_stride))) for ids in token_ids)
+        _, _, room, step = window_layout(self.tokenizer, self.max_length, self.chunk_stride)
+        return sum(len(window_starts(len(ids), room, step)) for ids in token_ids)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Per text: truncated ids, or under long_text chunk the whole text's (windows are cut when scoring)."""

@@ -82,7 +82,6 @@ class UnitScorer:
         import ray
         import torch
 
-        from bertclf import checkpoint
         from bertclf.inference import Predictor
 
         torch.set_num_threads(settings.torch_threads)
@@ -90,7 +89,7 @@ class UnitScorer:
         self.predictor = Predictor.load(settings.checkpoint_uri, precision=settings.precision,
                                         max_tokens=settings.max_tokens_per_batch, max_rows=settings.max_batch_rows,
                                         compile=settings.compile)
-        self.sha256 = checkpoint.load(settings.checkpoint_uri).fingerprint()  # what this actor loaded, not the plan
+        self.sha256 = self.predictor.checkpoint.fingerprint()  # what this actor loaded, not the plan
         self.space = self.predictor.space
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit

@@ -91,26 +91,19 @@ def _plan_worker_memory(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -
     import ray
 
     from bertclf.adapters import apply_method, hf_model
-    from bertclf.modeling import attention_for, build_classifier
+    from bertclf.modeling import build_classifier
     from bertclf.resources import use_bf16
-    from bertclf.training.memory import GIB, ModelShape, plan_memory, train_workers_share
+    from bertclf.training.memory import GIB, plan_for_model, train_workers_share
 
-    fixed = None if cfg.max_tokens_per_batch == "auto" else int(cfg.max_tokens_per_batch)
-    if plan.use_gpu and fixed is None and cfg.worker_memory_gb is None:
+    if plan.use_gpu and cfg.max_tokens_per_batch == "auto" and cfg.worker_memory_gb is None:
         log.info("memory: micro-batches planned by each GPU worker from its device's memory")
         return None
     model = apply_method(build_classifier(resolve_model_dir(cfg.model), data.space, cfg.reinit_pooler), cfg)
-    params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    config = hf_model(model).config
-    shape = ModelShape.from_config(config, params, trainable)
     device = "cuda" if plan.use_gpu else "cpu"
     share = (int(cfg.worker_memory_gb * GIB) if cfg.worker_memory_gb is not None
              else train_workers_share(ray.nodes(), plan.num_workers, plan.cpus_per_worker))
-    memory = plan_memory(shape, share_bytes=share, max_length=int(cfg.max_length), batch_size=cfg.batch_size,
-                         bf16=use_bf16(cfg.precision, device),
-                         eager_attention=attention_for(device, config) == "eager",
-                         max_tokens_per_batch=fixed)
+    memory = plan_for_model(model, hf_model(model).config, cfg, share_bytes=share, device_type=device,
+                            bf16=use_bf16(cfg.precision, device))
     log.info(memory.describe())
     return memory.max_tokens_per_batch
 

@@ -114,6 +114,19 @@ def plan_memory(shape: ModelShape, *, share_bytes: int, max_length: int, batch_s
     return MemoryPlan(share_bytes, budget, max_length, batch_size, planned=True)
 
 
+def plan_for_model(model, config, cfg, *, share_bytes: int, device_type: str, bf16: bool) -> MemoryPlan:
+    """The plan for `model` as it trains (adapters applied; `config` its transformers config) under the run's
+    max_length, batch_size and max_tokens_per_batch (`cfg`, a TrainConfig), with the attention its class gets."""
+    from bertclf.modeling import attention_for
+
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fixed = None if cfg.max_tokens_per_batch == "auto" else int(cfg.max_tokens_per_batch)
+    return plan_memory(ModelShape.from_config(config, params, trainable), share_bytes=share_bytes,
+                       max_length=int(cfg.max_length), batch_size=cfg.batch_size, bf16=bf16,
+                       eager_attention=attention_for(device_type, config) == "eager", max_tokens_per_batch=fixed)
+
+
 def micro_batch_rows(rows: int, padded_length: int, max_tokens: int) -> list[slice]:
     """A batch of `rows` padded to `padded_length`, cut into slices of at most `max_tokens` padded tokens each
     (one row at least)."""

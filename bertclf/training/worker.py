@@ -134,15 +134,10 @@ def _gpu_token_budget(cfg: TrainConfig, model, device, bf16: bool) -> int:
     import torch
 
     from bertclf.adapters import hf_model
-    from bertclf.modeling import attention_for
-    from bertclf.training.memory import ModelShape, plan_memory
+    from bertclf.training.memory import plan_for_model
 
-    share = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
-    params = sum(p.numel() for p in model.parameters())
-    shape = ModelShape.from_config(hf_model(model).config, params,
-                                   sum(p.numel() for p in model.parameters() if p.requires_grad))
-    memory = plan_memory(shape, share_bytes=share, max_length=int(cfg.max_length), batch_size=cfg.batch_size,
-                         bf16=bf16, eager_attention=attention_for(device.type, hf_model(model).config) == "eager")
+    memory = plan_for_model(model, hf_model(model).config, cfg, device_type=device.type, bf16=bf16,
+                            share_bytes=int(0.9 * torch.cuda.get_device_properties(device).total_memory))
     log.info(memory.describe())
     return memory.max_tokens_per_batch
 
