@@ -53,8 +53,7 @@ def one_run(spec: dict) -> dict:
 
     from bertclf.inference import pad_batch, tokenize
     from bertclf.modeling import load_tokenizer, packaged_model_dir
-    from bertclf.training.batching import Batch
-    from bertclf.training.worker import accumulate_gradients
+    from bertclf.training import Batch, accumulate_gradients
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -90,7 +89,7 @@ def plan_for(length: int, batch_size: int, workers: int, bf16: bool) -> tuple[in
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from bertclf.modeling import packaged_model_dir
-    from bertclf.training.memory import ModelShape, node_share, plan_memory
+    from bertclf.training import ModelShape, node_share, plan_memory
 
     config = AutoConfig.from_pretrained(str(packaged_model_dir()), num_labels=20)
     params = sum(p.numel() for p in AutoModelForSequenceClassification.from_config(config).parameters())

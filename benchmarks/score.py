@@ -227,8 +227,7 @@ def score_once(args: argparse.Namespace, ckpt_uri: str, corpus: Path, output: Pa
 
     from bertclf import scoring
     from bertclf.resources import plan_scoring
-    from bertclf.scoring.actor import read_part_stats
-    from bertclf.scoring.manifest import read_manifest
+    from bertclf.scoring import read_manifest, read_part_stats
 
     sampler = bc.MemorySampler(session_dir or "").start()
     ray_start_s = 0.0

@@ -99,7 +99,7 @@ def hf_worker(spec_path: str) -> None:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
     from bertclf.modeling import build_classifier, load_tokenizer, packaged_model_dir
-    from bertclf.training.data import encode_batch, inspect_training_data
+    from bertclf.training import encode_batch, inspect_training_data
     from bertclf.units import read_table
 
     spec = json.loads(Path(spec_path).read_text())

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
+from bertclf import checkpoint, modeling
 from bertclf.checkpoint import ADAPTER_DIR, ADAPTER_WEIGHTS
 from bertclf.config import TrainConfig
 from bertclf.errors import CheckpointError, ConfigError
 from bertclf.modeling import head_modules
-from bertclf.records import TuningInfo
+from bertclf.records import CheckpointMeta, TuningInfo
 
 DEFAULT_ADAPTER_LR = {"lora": 1e-3, "prefix": 1e-2}
 
@@ -158,6 +159,15 @@ def save(directory: Path, model) -> None:
     plain.save_pretrained(directory, safe_serialization=True)
 
 
+def save_model_dir(directory: Path, model, tokenizer, meta: CheckpointMeta) -> None:
+    """A checkpoint directory: the weights (with the adapter where the method keeps one), the tokenizer and, last,
+    bertclf.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save(directory, model)
+    tokenizer.save_pretrained(directory)
+    checkpoint.write_meta(directory, meta)
+
+
 def _with_trained_heads(model):
     """The model with each peft head wrapper replaced by the copy that trained."""
     from peft.utils import ModulesToSaveWrapper, _get_submodules
@@ -190,3 +200,18 @@ def load_adapter(model, directory: Path, adapter: str):
         raise CheckpointError(f"checkpoint {directory} needs its adapter {adapter}/{ADAPTER_WEIGHTS}, which is missing")
     wrapped = PeftModel.from_pretrained(model, str(directory / adapter))
     return PrefixTuned(wrapped) if wrapped.active_peft_config.is_prompt_learning else wrapped
+
+
+def load_for_inference(model_dir: str | Path, device=None, adapter: str | None = None):
+    """(model, tokenizer) from a checkpoint directory, in eval mode on `device` (default CPU), with the
+    checkpoint's adapter applied when it has one (bertclf.json's tuning.adapter)."""
+    import torch
+
+    device = torch.device(device or "cpu")
+    model = modeling.from_pretrained(str(model_dir), modeling.attention_for(device.type, model_dir))
+    if adapter:
+        model = load_adapter(model, Path(model_dir), adapter)
+    model.eval()
+    model.to(device)
+    modeling.keep_head_in_fp32(hf_model(model))
+    return model, modeling.load_tokenizer(str(model_dir))

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertclf import storage
-from bertclf.errors import CheckpointError, InputError, RecordError, StorageError
+from bertclf.config import TrainConfig
+from bertclf.errors import CheckpointError, InputError, ModelError, RecordError, StorageError
 from bertclf.labels import LabelSpace
 from bertclf.records import CheckpointMeta, EpochRecord
 
@@ -120,8 +121,6 @@ def check_safetensors(path: Path, name: str, error: type[InputError] = Checkpoin
 
 def check_model_weights(directory: str | Path, name: str) -> None:
     """Every safetensors file of a model directory (e.g. `--model`) checked by its header (ModelError)."""
-    from bertclf.errors import ModelError
-
     for path in sorted(Path(directory).glob("*.safetensors")):
         check_safetensors(path, f"model weights {path} (from --model {name})", ModelError)
 
@@ -149,13 +148,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save_model_dir(directory: Path, model, tokenizer, meta: CheckpointMeta) -> None:
-    """Write model (safetensors), tokenizer and, last, bertclf.json into a local directory."""
-    from bertclf import adapters
+def long_text_setting(override: str, meta: CheckpointMeta) -> tuple[str, int]:
+    """(long_text, chunk_stride) for inference: the checkpoint's (CheckpointMeta), or `override` truncate / chunk;
+    chunking a checkpoint trained truncated takes the default stride."""
+    if override == "checkpoint":
+        return meta.long_text, meta.chunk_stride
+    if override == "chunk" and meta.long_text != "chunk":
+        return "chunk", TrainConfig.chunk_stride
+    return override, meta.chunk_stride
 
-    directory.mkdir(parents=True, exist_ok=True)
-    adapters.save(directory, model)
-    tokenizer.save_pretrained(directory)
+
+def write_meta(directory: Path, meta: CheckpointMeta) -> None:
+    """bertclf.json, with the weights' sizes and sha256, written last: a directory without it is not a checkpoint."""
     record = dataclasses.replace(meta, versions=versions()).to_dict()
     record[WEIGHTS_KEY] = _weights_record(directory, meta)  # read back by `load`; older readers ignore it
     (directory / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True))
@@ -273,3 +277,9 @@ def run_history(uri: str, meta: CheckpointMeta) -> list[EpochRecord]:
         return read_metrics(storage.join(parent, "metrics.jsonl"))
     except (FileNotFoundError, storage.StorageError, OSError, RecordError):
         return meta.history
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["ADAPTER_DIR", "ADAPTER_WEIGHTS", "LoadedCheckpoint", "MARKER", "check_model_weights", "load",
+           "load_train_state", "long_text_setting", "publish", "read_metrics", "run_history", "save_train_state",
+           "strip_training_state", "versions", "write_meta"]

@@ -152,69 +152,89 @@ def failed_files_are_bad_input(exc: BaseException) -> bool:
     return bool(errors) and all(is_input_failure(err) for err in errors)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from bertclf import training
+
+    result = training.run(config_from_args(args))
+    print(json.dumps({"best": result.best_uri, "epochs": result.epochs_run,
+                      **{k: result.best.metric(k) for k in ("epoch", "f1_macro", "f1_micro", "accuracy")
+                         if result.best.metric(k) is not None}}))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from bertclf import tuning
+
+    result = tuning.run(config_from_args(args), load_config(tuning.SearchSpec, args.search))
+    print(json.dumps({"best": result.best_uri, "trials": result.table_uri, "trial": result.best.trial_id,
+                      result.best.metric: result.best.best, "values": result.best.values}))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from bertclf import scoring
+
+    cfg = config_from_args(args)
+    summary = scoring.run(cfg)
+    print(summary.one_line())
+    return EXIT_DRIFT if cfg.drift_fails_job and summary.drift and summary.drift.alert else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from bertclf.evaluate import evaluate
+
+    report = evaluate(config_from_args(args))
+    print(json.dumps({k: v for k, v in report.items() if k != "per_label"}, indent=2))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bertclf import storage
+    from bertclf.report import evaluation_report, scores_report
+
+    cfg = config_from_args(args)
+    report = scores_report(cfg) if cfg.scores else evaluation_report(cfg)
+    page = storage.join(storage.absolute(cfg.output), "index.html")
+    print(json.dumps({"report": page, **report.get("headline", {})}, indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bertclf.serve import serve_forever
+
+    serve_forever(config_from_args(args))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from bertclf import explain
+
+    explainer = explain.Explainer.load(args.checkpoint, steps=args.steps)
+    explanations = [e for text in args.texts for e in explainer.explain(text, args.label)]
+    print(explain.render_json(explanations) if args.json else explain.render_terminal(explanations))
+    if args.html:
+        with open(args.html, "w") as f:
+            f.write(explain.render_html_page(explanations))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from bertclf.inference import predict_texts
+
+    print(render_predictions(predict_texts(args.checkpoint, args.texts), as_json=args.json))
+    return 0
+
+
+COMMANDS = {"train": _train, "tune": _tune, "score": _score, "evaluate": _evaluate, "report": _report,
+            "serve": _serve, "explain": _explain, "predict": _predict}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "train":
-        from bertclf import training
-
-        result = training.run(config_from_args(args))
-        print(json.dumps({"best": result.best_uri, "epochs": result.epochs_run,
-                          **{k: result.best.metric(k) for k in ("epoch", "f1_macro", "f1_micro", "accuracy")
-                             if result.best.metric(k) is not None}}))
-        return 0
-    if args.command == "tune":
-        from bertclf import tuning
-
-        result = tuning.run(config_from_args(args), load_config(tuning.SearchSpec, args.search))
-        print(json.dumps({"best": result.best_uri, "trials": result.table_uri, "trial": result.best.trial_id,
-                          result.best.metric: result.best.best, "values": result.best.values}))
-        return 0
-    if args.command == "score":
-        from bertclf import scoring
-
-        cfg = config_from_args(args)
-        summary = scoring.run(cfg)
-        print(summary.one_line())
-        return EXIT_DRIFT if cfg.drift_fails_job and summary.drift and summary.drift.alert else 0
-    if args.command == "evaluate":
-        from bertclf.evaluate import evaluate
-
-        report = evaluate(config_from_args(args))
-        print(json.dumps({k: v for k, v in report.items() if k != "per_label"}, indent=2))
-        if args.json_path:
-            with open(args.json_path, "w") as f:
-                json.dump(report, f, indent=2)
-        return 0
-    if args.command == "report":
-        from bertclf.report import evaluation_report, scores_report
-
-        cfg = config_from_args(args)
-        report = scores_report(cfg) if cfg.scores else evaluation_report(cfg)
-        from bertclf import storage
-
-        page = storage.join(storage.absolute(cfg.output), "index.html")
-        print(json.dumps({"report": page, **report.get("headline", {})}, indent=2))
-        return 0
-    if args.command == "serve":
-        from bertclf.serve import serve_forever
-
-        serve_forever(config_from_args(args))
-        return 0
-    if args.command == "explain":
-        from bertclf import explain
-
-        explainer = explain.Explainer.load(args.checkpoint, steps=args.steps)
-        explanations = [e for text in args.texts for e in explainer.explain(text, args.label)]
-        print(explain.render_json(explanations) if args.json else explain.render_terminal(explanations))
-        if args.html:
-            with open(args.html, "w") as f:
-                f.write(explain.render_html_page(explanations))
-        return 0
-    if args.command == "predict":
-        from bertclf.inference import predict_texts
-
-        print(render_predictions(predict_texts(args.checkpoint, args.texts), as_json=args.json))
-        return 0
-    raise AssertionError(args.command)
+    """Run the command; it prints its result line(s) and returns the exit code."""
+    return COMMANDS[args.command](args)
 
 
 def render_predictions(rows: list[dict], as_json: bool = False, top: int = 5) -> str:

@@ -31,9 +31,10 @@ TokenizeStage = Literal["auto", "fused", "separate"]
 Method = Literal["full", "lora", "prefix"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 LongText = Literal["auto", "truncate", "chunk"]
+LongTextOverride = Literal["checkpoint", "truncate", "chunk"]  # at inference: the checkpoint's, or another
 
 __all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "PACKAGED_MPNET_MODEL", "ReportConfig", "ScoreConfig",
-           "ServeConfig", "TrainConfig", "load_config"]
+           "ServeConfig", "TrainConfig", "load_config", "parse_set_overrides"]
 
 
 def sample_data(name: str) -> str:
@@ -159,6 +160,9 @@ class ScoreConfig:
     id_column: str | None = key("id", help="id column copied to the output")
     passthrough_columns: list[str] = key(factory=list, help="comma-separated extra columns copied to the output")
     empty_text: EmptyTextPolicy = key("score", help="null or empty texts: score (as ''), skip, or error")
+    long_text: LongTextOverride = key(
+        "checkpoint", help="texts longer than the checkpoint's max_length: as the checkpoint says, or truncate / "
+                           "chunk instead (e.g. to compare the two on labelled data)")
     overwrite: bool = key(False, help="delete what the output holds (complete or partial) and score every unit "
                                           "again; needed to re-score with another checkpoint or other settings")
     num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
@@ -195,7 +199,8 @@ class ScoreConfig:
 
 @dataclass
 class LabelledDataConfig:
-    """A checkpoint and labelled Parquet to measure it on: what evaluate and report share."""
+    """A checkpoint and labelled Parquet to measure it on, scored through the scoring pipeline: what evaluate and
+    report share."""
 
     checkpoint: str = key("runs/demo/best", help="checkpoint URI")
     data: str | list[str] = key(factory=lambda: sample_data("goemotions_validation.parquet"),
@@ -203,6 +208,11 @@ class LabelledDataConfig:
     text_column: str = key("text", help="column holding the text")
     label_column: str | None = key(None, help='label column; default: "labels" (multi-label) or "label"')
     label_columns: list[str] = key(factory=list, help="comma-separated wide 0/1 label columns (multi-label)")
+    long_text: LongTextOverride = key(
+        "checkpoint", help="texts longer than the checkpoint's max_length: as the checkpoint says, or truncate / "
+                           "chunk instead (e.g. to compare the two on labelled data)")
+    num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
+    ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:
         _check_choices(self)
@@ -213,15 +223,7 @@ class EvaluateConfig(LabelledDataConfig):
     """Metrics of a checkpoint on labelled Parquet, and optionally its report."""
 
     report: str | None = key(None, help="also write the evaluation report (index.html, report.json, figures/) "
-                                        "to this directory, scoring the data through Ray Data")
-    long_text: Literal["checkpoint", "truncate", "chunk"] = key(
-        "checkpoint", help="texts longer than the checkpoint's max_length: as the checkpoint says, or truncate / "
-                           "chunk instead (to compare the two on labelled data; not with --report)")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.report and self.long_text != "checkpoint":
-            raise ConfigError("long_text can be changed for the metrics only, not with --report")
+                                        "to this directory")
 
 
 @dataclass
@@ -235,8 +237,6 @@ class ReportConfig(LabelledDataConfig):
                                             "local directory; give a shared s3:// URI on a multi-node cluster)")
     max_examples: int = key(20, help="most confident wrong predictions listed")
     explain_errors: int = key(5, help="of those, how many get an Integrated Gradients explanation (0: none)")
-    num_actors: int | None = key(None, help="scoring actors; none: planned from the cluster")
-    ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:
         super().validate()

@@ -182,18 +182,19 @@ class Predictor:
 
     @classmethod
     def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
-             max_rows: int = 256, compile: str = "off") -> Predictor:
-        """`compile` (on / off / auto): run the checkpoint's graph compiled once per node (bertclf.compiled)."""
+             max_rows: int = 256, compile: str = "off", long_text: str = "checkpoint") -> Predictor:
+        """`compile` (on / off / auto): run the checkpoint's graph compiled once per node (bertclf.compiled).
+        `long_text` (checkpoint / truncate / chunk): the checkpoint's way with long texts, or another."""
         from bertclf import checkpoint
-        from bertclf.modeling import load_for_inference
+        from bertclf.adapters import load_for_inference
         from bertclf.resources import use_bf16
 
         ckpt = checkpoint.load(checkpoint_uri)
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_for_inference(ckpt.local_dir, target, ckpt.meta.tuning.adapter)
+        mode, stride = checkpoint.long_text_setting(long_text, ckpt.meta)
         predictor = cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
-                        max_tokens, max_rows, long_text=ckpt.meta.long_text, chunk_stride=ckpt.meta.chunk_stride,
-                        checkpoint=ckpt)
+                        max_tokens, max_rows, long_text=mode, chunk_stride=stride, checkpoint=ckpt)
         if compiled.wanted(compile, model, target.type):
             predictor.graph = _compiled_graph(predictor, ckpt.fingerprint())
         return predictor
@@ -257,3 +258,8 @@ def _compiled_graph(predictor: Predictor, fingerprint: str) -> CompiledGraph | N
 def predict_texts(checkpoint_uri: str, texts: list[str]) -> list[dict]:
     """`bertclf predict`: the checkpoint's labels and probabilities for a few texts, in this process."""
     return Predictor.load(checkpoint_uri, device="cpu").predict(texts)
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["Predictor", "encode_texts", "logits_for_texts", "pad_batch", "plan_microbatches", "predict_texts",
+           "tokenize"]

@@ -95,7 +95,7 @@ def attention_for(device_type: str, model=None) -> str:
     return "sdpa" if getattr(classifier_class(config), "_supports_sdpa", False) else "eager"
 
 
-def _from_pretrained(model_dir: str, attention: str, **kwargs):
+def from_pretrained(model_dir: str, attention: str, **kwargs):
     """AutoModelForSequenceClassification.from_pretrained with `attention`, falling back to eager where a class
     refuses SDPA after all (custom code the class lookup can't see)."""
     from transformers import AutoModelForSequenceClassification
@@ -123,7 +123,7 @@ def build_classifier(model_dir: str, space: LabelSpace, reinit_pooler: bool | No
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected when fine-tuning
     try:
-        model = _from_pretrained(
+        model = from_pretrained(
             model_dir,
             attention_for(device_type, model_dir),
             num_labels=len(space.names),
@@ -186,18 +186,6 @@ def keep_head_in_fp32(model) -> None:
         module.forward = forward
 
 
-def load_for_inference(model_dir: str | Path, device=None, adapter: str | None = None):
-    """(model, tokenizer) from a checkpoint directory, in eval mode on `device` (default CPU), with the
-    checkpoint's adapter applied when it has one (bertclf.json's tuning.adapter)."""
-    import torch
-
-    from bertclf.adapters import hf_model, load_adapter
-
-    device = torch.device(device or "cpu")
-    model = _from_pretrained(str(model_dir), attention_for(device.type, model_dir))
-    if adapter:
-        model = load_adapter(model, Path(model_dir), adapter)
-    model.eval()
-    model.to(device)
-    keep_head_in_fp32(hf_model(model))
-    return model, load_tokenizer(str(model_dir))
+# the interface other modules, jobs and benchmarks use
+__all__ = ["attention_for", "build_classifier", "classifier_class", "from_pretrained", "head_modules",
+           "head_parameter_ids", "keep_head_in_fp32", "load_tokenizer", "packaged_model_dir", "resolve_model_dir"]

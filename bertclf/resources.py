@@ -258,3 +258,8 @@ def use_bf16(precision: str, device_type: str) -> bool:
 
         return torch.cuda.is_bf16_supported()
     return cpu_has_native_bf16()
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["ScorePlan", "TrainPlan", "connect", "cpu_class", "cpu_flags", "cpu_has_native_bf16", "plan_scoring",
+           "plan_training", "use_bf16"]

@@ -281,3 +281,7 @@ def serve_forever(cfg: ServeConfig) -> None:
         log.info("stopping the endpoint")
     finally:
         serve.delete(APP_NAME)
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["build_app", "serve_forever", "start"]

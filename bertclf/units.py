@@ -190,3 +190,8 @@ def read_table(uri: str, columns: list[str]) -> pa.Table:
     if missing:
         raise DataError(f"{uri}: column(s) {', '.join(map(repr, missing))} not found; columns are {schema.names}")
     return read_parquet_part(uri, lambda: pq.read_table(path, columns=columns, filesystem=fs))
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["balanced_rows_per_unit", "check_utf8", "cut_units", "file_metadata", "is_text_type", "plan_units",
+           "read_footers", "read_parquet_part", "read_table", "read_unit", "read_unit_table"]

@@ -71,13 +71,13 @@ def build_tiny_bert(directory: Path, extra_words: tuple[str, ...] = ()) -> Path:
 
 def save_tiny_checkpoint(directory: Path, tiny_model: Path, task: str, thresholds: list[float] | None = None) -> Path:
     """A bertclf checkpoint of the tiny BERT with a fresh head over the three synthetic labels."""
-    from bertclf import checkpoint
+    from bertclf import adapters
     from bertclf.labels import LabelSpace
     from bertclf.modeling import build_classifier, load_tokenizer
     from bertclf.records import CheckpointMeta
 
     space = LabelSpace(task, sorted(LABEL_WORDS), thresholds or [])
-    checkpoint.save_model_dir(directory, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
+    adapters.save_model_dir(directory, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
                               CheckpointMeta(labels=space, max_length=32, epoch=1))
     return directory
 
@@ -144,3 +144,14 @@ def ray_local(s3_server, tmp_path_factory):
     connect()
     yield control
     ray.shutdown()
+
+
+INTEGRATION_FIXTURES = {"ray_local", "s3_server", "bucket"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use a real Ray or S3 server (through a fixture, or marked by their module) are `integration`;
+    the rest are unit tests: `pytest -m "not integration"` is the fast loop."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)

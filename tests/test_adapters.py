@@ -10,10 +10,11 @@ import torch
 from conftest import LABEL_WORDS
 
 from bertclf import adapters, checkpoint
+from bertclf.adapters import load_for_inference
 from bertclf.config import TrainConfig
 from bertclf.errors import CheckpointError, ConfigError
 from bertclf.labels import LabelSpace
-from bertclf.modeling import build_classifier, keep_head_in_fp32, load_for_inference, load_tokenizer
+from bertclf.modeling import build_classifier, keep_head_in_fp32, load_tokenizer
 from bertclf.records import CheckpointMeta
 
 SPACE = LabelSpace("multi_label", sorted(LABEL_WORDS), [0.5] * len(LABEL_WORDS))
@@ -42,7 +43,7 @@ def save(tmp_path, tiny_model, method: str, **settings):
     cfg, model, tokenizer, enc = trained(tiny_model, method, **settings)
     info = adapters.tuning_info(model, cfg)
     directory = tmp_path / method
-    checkpoint.save_model_dir(directory, model, tokenizer, CheckpointMeta(labels=SPACE, max_length=32, tuning=info))
+    adapters.save_model_dir(directory, model, tokenizer, CheckpointMeta(labels=SPACE, max_length=32, tuning=info))
     with torch.no_grad():
         expected = model(**enc).logits
     return directory, info, enc, expected

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import FILLER, build_tiny_bert, save_tiny_checkpoint
 
-from bertclf import checkpoint, cli
+from bertclf import adapters, cli
 from bertclf.errors import InputError
 from bertclf.explain import Explainer, render_html, render_terminal
 from bertclf.labels import LabelSpace
@@ -49,7 +49,7 @@ def trigger_checkpoint(tmp_path_factory):
     model.eval()
     model.config.id2label, model.config.label2id = {0: "none", 1: "trigger"}, {"none": 0, "trigger": 1}
     directory = root / "ckpt"
-    checkpoint.save_model_dir(directory, model, tokenizer, CheckpointMeta(labels=space, max_length=32, epoch=1))
+    adapters.save_model_dir(directory, model, tokenizer, CheckpointMeta(labels=space, max_length=32, epoch=1))
     return directory
 
 

@@ -1,15 +1,16 @@
-"""Texts longer than the model: windows, pooling, and evaluate's long_text override (no Ray)."""
+"""Texts longer than the model: windows, pooling, and evaluate's long_text override (on a local Ray)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from conftest import LABEL_WORDS, make_rows, write_rows
 
-from bertclf import checkpoint
+from bertclf import adapters
 from bertclf.config import EvaluateConfig
-from bertclf.errors import ConfigError
 from bertclf.evaluate import evaluate
 from bertclf.inference import pool_window_logits, special_tokens_around, window_starts, windows
 from bertclf.labels import LabelSpace
@@ -48,7 +49,7 @@ def two_checkpoints(tiny_model, tmp_path):
     tok = load_tokenizer(str(tiny_model))
     out = {}
     for long_text in ("chunk", "truncate"):
-        checkpoint.save_model_dir(tmp_path / long_text, model, tok, CheckpointMeta(
+        adapters.save_model_dir(tmp_path / long_text, model, tok, CheckpointMeta(
             labels=space, max_length=16, epoch=1, long_text=long_text, chunk_stride=4))
         out[long_text] = tmp_path / long_text
     rows = make_rows(40, 5, True)
@@ -58,7 +59,8 @@ def two_checkpoints(tiny_model, tmp_path):
     return out, str(tmp_path / "long.parquet")
 
 
-def test_evaluate_can_score_a_chunk_checkpoint_truncated_to_compare_the_two(two_checkpoints):
+def test_evaluate_can_score_a_chunk_checkpoint_truncated_and_its_report_gives_the_same_numbers(
+        two_checkpoints, ray_local, tmp_path):
     ckpts, data = two_checkpoints
     chunked = evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data))
     as_truncated = evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data, long_text="truncate"))
@@ -66,5 +68,8 @@ def test_evaluate_can_score_a_chunk_checkpoint_truncated_to_compare_the_two(two_
     assert chunked["long_text"] == "chunk" and as_truncated["long_text"] == truncated["long_text"] == "truncate"
     assert as_truncated["roc_auc_macro"] == truncated["roc_auc_macro"], "the override is the truncated checkpoint"
     assert chunked["roc_auc_macro"] != truncated["roc_auc_macro"], "pooled windows see the whole text"
-    with pytest.raises(ConfigError, match="not with --report"):
-        evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data, long_text="truncate", report="x"))
+    reported = evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data, long_text="truncate",
+                                       report=str(tmp_path / "report")))
+    page = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert page["long_text"] == "truncate" and page["headline"] == {k: as_truncated[k] for k in page["headline"]}
+    assert reported["per_label"] == as_truncated["per_label"] == page["per_label"], "one engine, one set of numbers"

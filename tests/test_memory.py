@@ -102,7 +102,7 @@ def test_accumulated_micro_batches_give_the_whole_batchs_gradients(tiny_model, m
         model.zero_grad(set_to_none=True)
         worker = SimpleNamespace(model=model, device=torch.device("cpu"), bf16=False, loss_fn=loss_fn,
                                  max_tokens_per_batch=budget)
-        loss = accumulate_gradients(worker, batch)
+        loss = float(accumulate_gradients(worker, batch))
         return loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     whole_loss, whole = grads(12 * 40)

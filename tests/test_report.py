@@ -16,7 +16,7 @@ import pytest
 from conftest import make_rows, save_tiny_checkpoint, write_rows
 from PIL import Image
 
-from bertclf import cli, storage
+from bertclf import adapters, cli, storage
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.errors import CheckpointError, DataError, InputError, LabelError
 from bertclf.records import EpochRecord
@@ -170,7 +170,7 @@ def _shifted_checkpoint(directory: Path, tiny_model: Path) -> Path:
     with torch.no_grad():
         model.classifier.bias += 3.0
     # saved as a checkpoint again, so bertclf.json records the new weights' sha256
-    checkpoint.save_model_dir(directory, model, load_tokenizer(str(directory)), checkpoint.load(str(directory)).meta)
+    adapters.save_model_dir(directory, model, load_tokenizer(str(directory)), checkpoint.load(str(directory)).meta)
     return directory
 
 

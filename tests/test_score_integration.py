@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_rows, save_tiny_checkpoint, write_rows
 
-from bertclf import storage
+from bertclf import adapters, storage
 from bertclf.checkpoint import CheckpointError
 from bertclf.config import ScoreConfig
 from bertclf.scoring import ScoreError, run
@@ -249,14 +249,13 @@ def test_long_texts_are_scored_in_windows_and_pooled_to_one_row_each(ray_local, 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bertclf import checkpoint
     from bertclf.labels import LabelSpace
     from bertclf.modeling import build_classifier, load_tokenizer
     from bertclf.records import CheckpointMeta
 
     space = LabelSpace("multi_label", ["anger", "fear", "joy"], THRESHOLDS)
     ckpt = tmp_path / "chunk_ckpt"
-    checkpoint.save_model_dir(ckpt, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
+    adapters.save_model_dir(ckpt, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
                               CheckpointMeta(labels=space, max_length=16, epoch=1, long_text="chunk", chunk_stride=4))
     rows = make_rows(30, 21, True)
     texts = [" ".join([r["text"]] * (1 + i % 6)) for i, r in enumerate(rows)]  # 1 to 6 times 10 words

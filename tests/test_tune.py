@@ -123,15 +123,22 @@ def test_bad_search_is_refused_before_any_trial(tmp_path, search, message):
 
 
 def test_grid_keys_try_every_value_num_samples_times():
+    """The search space as Ray Tune expands it: every grid combination num_samples times, sampled keys in range."""
+    from collections import Counter
+
+    from ray.tune.search.variant_generator import generate_variants
+
     from bertclf.tuning.space import check_space, param_space, trial_count
 
     spec = SearchSpec(num_samples=2, space={"learning_rate": {"grid": [5e-5, 2e-4]},
                                             "batch_size": {"grid": [16, 32, 64]},
                                             "warmup_ratio": {"uniform": [0.0, 0.1]}, "epochs": 3})
     check_space(spec, TrainConfig())
-    space = param_space(spec)
-    assert space["learning_rate"] == {"grid_search": [5e-5, 2e-4]} and space["epochs"] == 3
-    assert trial_count(spec) == 12
+    trials = [cfg for _ in range(spec.num_samples) for _, cfg in generate_variants(param_space(spec))]
+    assert len(trials) == trial_count(spec) == 12
+    combos = Counter((t["learning_rate"], t["batch_size"]) for t in trials)
+    assert set(combos) == {(lr, bs) for lr in (5e-5, 2e-4) for bs in (16, 32, 64)} and set(combos.values()) == {2}
+    assert all(0.0 <= t["warmup_ratio"] <= 0.1 and t["epochs"] == 3 for t in trials)
 
 
 def test_cli_tune_bad_search_exits_2(tmp_path):

@@ -1,4 +1,5 @@
-"""`bertclf report --checkpoint CK --data TEST.parquet --output DIR`: the evaluation report a person reads.
+"""`bertclf report --checkpoint CK --data TEST.parquet --output DIR`: the evaluation report a person reads, and the
+one evaluation engine (`count_labelled`, `numbers`) that `bertclf evaluate` prints from.
 
 The data is scored through the same Ray Data path as `bertclf score` (so any size works), the scored Parquet
 is read once in batches into bounded counts, and the page, report.json and figures are built in a staging
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from bertclf import checkpoint, storage
 from bertclf.config import ReportConfig, ScoreConfig
-from bertclf.evaluate import check_labelled_files
+from bertclf.labelled import check_labelled_files
 from bertclf.report import figures
 from bertclf.report import html as h
 from bertclf.report.accumulate import EvaluationCounts
@@ -29,32 +30,59 @@ log = logging.getLogger("bertclf")
 
 def evaluation_report(cfg: ReportConfig) -> dict:
     """Score `cfg.data` with `cfg.checkpoint`, then write index.html, report.json and figures/ to `cfg.output`."""
-    from bertclf import scoring
-
     cfg.validate()
     output = storage.absolute(cfg.output)
-    ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
-    space = ckpt.space
-    files = storage.list_parquet_files(cfg.data)
-    label_column, label_columns, fmt, rows = check_labelled_files(files, space, cfg.text_column, cfg.label_column,
-                                                                  list(cfg.label_columns))
     storage.check_writable(output)
-    log.info("report: scoring %d labelled row(s) from %d file(s) with %s", rows, len(files), ckpt.uri)
+    counts, ckpt, long_text = count_labelled(cfg)
     with tempfile.TemporaryDirectory(prefix="bertclf-report-") as tmp:
-        scores_uri = storage.absolute(cfg.scores_dir) if cfg.scores_dir else str(Path(tmp) / "scores")
-        passthrough = list(dict.fromkeys([cfg.text_column, *(label_columns or [label_column])]))
-        scoring.run(ScoreConfig(checkpoint=ckpt.uri, input=files, output=scores_uri, text_column=cfg.text_column,
-                                id_column=None, passthrough_columns=passthrough, overwrite=True,
-                                num_actors=cfg.num_actors, ray_address=cfg.ray_address))
-        counts = EvaluationCounts(space, cfg.max_examples)
-        for table in scored_batches(scores_uri):
-            counts.add(table, cfg.text_column, fmt, label_column, label_columns)
         staging = Path(tmp) / "report"
-        report = build(counts, ckpt, cfg, staging / "figures")
+        report = build(counts, ckpt, cfg, long_text, staging / "figures")
         commit_report(staging, output, report, render(report))
     log.info("report: %s (macro-F1 %.3f over %d rows)", storage.join(output, "index.html"),
              report["headline"]["f1_macro"], counts.rows)
     return report
+
+
+def count_labelled(cfg: ReportConfig) -> tuple[EvaluationCounts, checkpoint.LoadedCheckpoint, str]:
+    """The labelled data checked, scored through the scoring pipeline (bertclf.scoring) and streamed into bounded
+    counts: (counts, the checkpoint, the long_text it was scored with). Every evaluation number comes from here."""
+    from bertclf import scoring
+
+    cfg.validate()
+    ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
+    files = storage.list_parquet_files(cfg.data)
+    label_column, label_columns, fmt, rows = check_labelled_files(files, ckpt.space, cfg.text_column,
+                                                                  cfg.label_column, list(cfg.label_columns))
+    long_text, _ = checkpoint.long_text_setting(cfg.long_text, ckpt.meta)
+    log.info("evaluation: scoring %d labelled row(s) from %d file(s) with %s (long_text %s)", rows, len(files),
+             ckpt.uri, long_text)
+    with tempfile.TemporaryDirectory(prefix="bertclf-scores-") as tmp:
+        scores_uri = storage.absolute(cfg.scores_dir) if cfg.scores_dir else str(Path(tmp) / "scores")
+        passthrough = list(dict.fromkeys([cfg.text_column, *(label_columns or [label_column])]))
+        scoring.run(ScoreConfig(checkpoint=ckpt.uri, input=files, output=scores_uri, text_column=cfg.text_column,
+                                id_column=None, passthrough_columns=passthrough, overwrite=True,
+                                long_text=cfg.long_text, num_actors=cfg.num_actors, ray_address=cfg.ray_address))
+        counts = EvaluationCounts(ckpt.space, cfg.max_examples)
+        for table in scored_batches(scores_uri):
+            counts.add(table, cfg.text_column, fmt, label_column, label_columns)
+    return counts, ckpt, long_text
+
+
+def numbers(counts: EvaluationCounts) -> tuple[dict, dict[str, dict]]:
+    """(headline metrics, per-label precision / recall / F1 / support, worst F1 first) from the counts."""
+    return _numbers(counts)[:2]
+
+
+def _numbers(counts: EvaluationCounts) -> tuple[dict, dict[str, dict], dict[str, dict], dict]:
+    """(headline, per label, curves per label, calibration)."""
+    curves = label_curves(counts)
+    per_label, averages = per_label_scores(counts)
+    at_half = per_label_scores(counts, at_half=True)[1] if counts.multi_label else None
+    calib = calibration(counts)
+    for name, c in curves.items():
+        c["at_threshold"] = {"precision": per_label[name]["precision"], "recall": per_label[name]["recall"]}
+    per_label = dict(sorted(per_label.items(), key=lambda kv: (kv[1]["f1-score"], kv[0])))
+    return headline(counts, curves, averages, at_half, calib["expected_calibration_error"]), per_label, curves, calib
 
 
 def scored_batches(scores_uri: str, batch_rows: int = 8192):
@@ -66,17 +94,13 @@ def scored_batches(scores_uri: str, batch_rows: int = 8192):
                 yield pa.Table.from_batches([batch])
 
 
-def build(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, cfg: ReportConfig, fig_dir: Path) -> dict:
+def build(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, cfg: ReportConfig, long_text: str,
+          fig_dir: Path) -> dict:
     """Every number of the report (report.json) and the figures, named in report["figures"]."""
     space = ckpt.space
     names = space.names
-    curves = label_curves(counts)
-    per_label, averages = per_label_scores(counts)
-    at_half = per_label_scores(counts, at_half=True)[1] if counts.multi_label else None
-    calib = calibration(counts)
+    head, per_label, curves, calib = _numbers(counts)
     thresholds = dict(zip(names, space.thresholds, strict=True)) if counts.multi_label else None
-    for name, c in curves.items():
-        c["at_threshold"] = {"precision": per_label[name]["precision"], "recall": per_label[name]["recall"]}
     history = [r.without_per_label().to_dict() for r in checkpoint.run_history(ckpt.uri, ckpt.meta)]
     figs: dict[str, list[str]] = {"training": [], "confusion": [], "curves": [], "calibration": [], "words": []}
     if history:
@@ -97,9 +121,8 @@ def build(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, cfg: Repo
         figs["words"] += [f for f in pair.values() if f]
     meta = ckpt.meta
     return {
-        "kind": "evaluation", "checkpoint": ckpt.uri, "data": cfg.data, "task": space.task,
-        "headline": headline(counts, curves, averages, at_half, calib["expected_calibration_error"]),
-        "per_label": dict(sorted(per_label.items(), key=lambda kv: (kv[1]["f1-score"], kv[0]))),
+        "kind": "evaluation", "checkpoint": ckpt.uri, "data": cfg.data, "task": space.task, "long_text": long_text,
+        "headline": head, "per_label": per_label,
         "curves": {n: {k: v for k, v in c.items() if k in ("positives", "negatives", "average_precision",
                                                             "roc_auc", "at_threshold")} for n, c in curves.items()},
         "confusion": {"labels": names, "matrix": counts.confusion.tolist(),

@@ -51,6 +51,7 @@ class ScoringSettings:
     run_id: str = ""  # the run holding the output's lease: checked before each part is committed ("": no lease)
     checkpoint_sha256: str = ""  # the weights the driver planned with: an actor that loaded others commits nothing
     scored_with: dict[str, Any] = field(default_factory=dict)  # bertclf.scoring.manifest.scored_with
+    long_text: str = "checkpoint"  # ScoreConfig.long_text
 
 
 def read_part_stats(uri: str) -> PartStats:
@@ -88,7 +89,7 @@ class UnitScorer:
         self.settings = settings
         self.predictor = Predictor.load(settings.checkpoint_uri, precision=settings.precision,
                                         max_tokens=settings.max_tokens_per_batch, max_rows=settings.max_batch_rows,
-                                        compile=settings.compile)
+                                        compile=settings.compile, long_text=settings.long_text)
         self.sha256 = self.predictor.checkpoint.fingerprint()  # what this actor loaded, not the plan
         self.space = self.predictor.space
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]

@@ -284,13 +284,13 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     settings = ScoringSettings(
         checkpoint_uri=ckpt_uri, output_uri=output, read=read, precision=cfg.precision, compile=cfg.compile,
         max_tokens_per_batch=plan.max_tokens_per_batch, max_batch_rows=plan.max_batch_rows,
-        torch_threads=plan.torch_threads, **identity)
+        torch_threads=plan.torch_threads, long_text=cfg.long_text, **identity)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress lines read better in `ray job submit` logs
     ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
     if plan.tokenizers:  # GPU-shaped: CPU actors read and tokenize whole units, the GPU actors get token ids
-        ds = ds.map_batches(UnitTokenizer, fn_constructor_args=(ckpt_uri, read), batch_size=1, num_cpus=1,
-                            compute=ray.data.ActorPoolStrategy(size=min(plan.tokenizers, len(todo))))
+        ds = ds.map_batches(UnitTokenizer, fn_constructor_args=(ckpt_uri, read, cfg.long_text), batch_size=1,
+                            num_cpus=1, compute=ray.data.ActorPoolStrategy(size=min(plan.tokenizers, len(todo))))
     ds = ds.map_batches(
         UnitScorer, fn_constructor_args=(settings,), batch_size=1,
         # one unit at a time per actor: a unit is seconds of work, and units queued on the first actor to

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bertclf import storage
-from bertclf.checkpoint import LoadedCheckpoint, versions
+from bertclf.checkpoint import LoadedCheckpoint, long_text_setting, versions
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, has_date
 from bertclf.errors import InputError, RecordError
@@ -50,8 +50,9 @@ def scored_with(cfg: ScoreConfig, ckpt: LoadedCheckpoint, passthrough: tuple[str
     """The settings that change a part's numbers or columns, besides the weights (checkpoint_sha256): every part of
     one output must carry the same. JSON-shaped, so what is read back from a footer compares equal."""
     meta = ckpt.meta
-    settings = {"labels": ckpt.space.to_dict(), "max_length": meta.max_length, "long_text": meta.long_text,
-                "chunk_stride": meta.chunk_stride, "precision": cfg.precision,
+    long_text, chunk_stride = long_text_setting(cfg.long_text, meta)
+    settings = {"labels": ckpt.space.to_dict(), "max_length": meta.max_length, "long_text": long_text,
+                "chunk_stride": chunk_stride, "precision": cfg.precision,
                 "text_column": cfg.text_column, "columns": list(passthrough), "empty_text": cfg.empty_text}
     return json.loads(json.dumps(settings))
 

@@ -129,14 +129,16 @@ def unpack(unit: PackedUnit) -> Iterator[TokenizedBatch]:
 class UnitTokenizer:
     """Ray Data actor of the CPU stage on GPU clusters: the checkpoint's tokenizer, loaded once."""
 
-    def __init__(self, checkpoint_uri: str, read: ReadSettings):
+    def __init__(self, checkpoint_uri: str, read: ReadSettings, long_text: str = "checkpoint"):
         from bertclf import checkpoint
+        from bertclf.checkpoint import long_text_setting
         from bertclf.inference import encode_texts
         from bertclf.modeling import load_tokenizer
 
         ckpt = checkpoint.load(checkpoint_uri)
         tokenizer = load_tokenizer(str(ckpt.local_dir))
-        self.tokenize: Tokenize = lambda texts: encode_texts(tokenizer, texts, ckpt.max_length, ckpt.meta.long_text)
+        mode, _ = long_text_setting(long_text, ckpt.meta)
+        self.tokenize: Tokenize = lambda texts: encode_texts(tokenizer, texts, ckpt.max_length, mode)
         self.read = read
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

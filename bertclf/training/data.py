@@ -157,34 +157,63 @@ def inspect_training_data(cfg: TrainConfig, length_sample: list[str] | None = No
     train_files = storage.list_parquet_files(cfg.train)
     validation_files = storage.list_parquet_files(cfg.validation) if cfg.validation else None
     label_column, fmt = _resolve_label_layout(cfg, train_files[0])
-    columns = [cfg.text_column, *(cfg.label_columns or [label_column])]
+    read = _CheckedReader(cfg, fmt, label_column)
 
     counts: dict[str, int] = {}
-    val_counts: dict[str, int] = {}
     train_labels: set[str] = set()
-    n_train = n_val = 0
-    digest = hashlib.sha256()
+    n_train = 0
     val_tables: list[tuple[str, pa.Table]] = []
     for uri in train_files:
-        table = read_table(uri, columns)
-        _check_texts(table, cfg.text_column, uri)
-        _check_labels(table, fmt, label_column, cfg.label_columns, uri)
-        digest.update(f"{uri}:{table.num_rows}".encode())
+        table = read(uri)
         if validation_files is None:
             mask = in_validation_split(table[cfg.text_column].to_pylist(), cfg.validation_fraction)
-            n_val += int(mask.sum())
             val_tables.append((uri, table.filter(pa.array(mask))))
             table = table.filter(pa.array(~mask))
         n_train += table.num_rows
         if length_sample is not None:
             length_sample += text_sample(table[cfg.text_column], len(train_files))
         if fmt != "wide":
-            for label in labels_in_column(table[label_column], fmt):
-                train_labels.add(label)
+            train_labels |= labels_in_column(table[label_column], fmt)
         _count_labels(table, fmt, label_column, cfg.label_columns, counts)
-
     if n_train == 0:
         raise DataError(f"training data {cfg.train} has no rows")
+    task, names = _task_and_labels(cfg, fmt, label_column, train_labels)
+
+    val_tables += [(uri, read(uri)) for uri in validation_files or []]
+    val_counts: dict[str, int] = {}
+    for _, table in val_tables:
+        _count_labels(table, fmt, label_column, cfg.label_columns, val_counts)
+    n_val = _check_validation(cfg, val_tables, fmt, label_column, train_labels, validation_files is not None)
+
+    return TrainingData(
+        train_files=train_files, validation_files=validation_files, validation_fraction=cfg.validation_fraction,
+        text_column=cfg.text_column, label_format=fmt, label_column=label_column,
+        label_columns=list(cfg.label_columns), space=LabelSpace(task=task, names=names),
+        n_train=n_train, n_validation=n_val, fingerprint=read.digest.hexdigest()[:16], label_counts=counts,
+        validation_label_counts=val_counts,
+    )
+
+
+class _CheckedReader:
+    """Reads one input file's text and label columns, checks them (naming the file) and adds the file to the data
+    fingerprint."""
+
+    def __init__(self, cfg: TrainConfig, fmt: LabelFormat, label_column: str | None):
+        self.cfg, self.fmt, self.label_column = cfg, fmt, label_column
+        self.columns = [cfg.text_column, *(cfg.label_columns or [label_column])]
+        self.digest = hashlib.sha256()
+
+    def __call__(self, uri: str) -> pa.Table:
+        table = read_table(uri, self.columns)
+        _check_texts(table, self.cfg.text_column, uri)
+        _check_labels(table, self.fmt, self.label_column, self.cfg.label_columns, uri)
+        self.digest.update(f"{uri}:{table.num_rows}".encode())
+        return table
+
+
+def _task_and_labels(cfg: TrainConfig, fmt: LabelFormat, label_column: str | None,
+                     train_labels: set[str]) -> tuple[str, list[str]]:
+    """The task (given, or from the label layout) and the label names, checked against each other."""
     names = list(cfg.label_columns) if fmt == "wide" else sorted(train_labels)
     task = task_for_format(fmt) if cfg.task == "auto" else cfg.task
     if task == "multi_class" and fmt != "single":
@@ -195,32 +224,22 @@ def inspect_training_data(cfg: TrainConfig, length_sample: list[str] | None = No
                         f"{label_column!r} holds one label per row")
     if len(names) < 2:
         raise DataError(f"training data has {len(names)} distinct label(s) {names}: a classifier needs at least 2")
+    return task, names
 
-    for uri in validation_files or []:
-        table = read_table(uri, columns)
-        _check_texts(table, cfg.text_column, uri)
-        _check_labels(table, fmt, label_column, cfg.label_columns, uri)
-        digest.update(f"{uri}:{table.num_rows}".encode())
-        val_tables.append((uri, table))
-        n_val += table.num_rows
-    for _, table in val_tables:
-        _count_labels(table, fmt, label_column, cfg.label_columns, val_counts)
+
+def _check_validation(cfg: TrainConfig, val_tables: list[tuple[str, pa.Table]], fmt: LabelFormat,
+                      label_column: str | None, train_labels: set[str], separate: bool) -> int:
+    """Validation rows: only labels training has seen, and at least one row. Returns the row count."""
     if fmt != "wide":
         for uri, table in val_tables:
             unseen = labels_in_column(table[label_column], fmt) - train_labels
             if unseen:
                 raise DataError(f"{uri}: validation label(s) {sorted(unseen)} never appear in the training data")
+    n_val = sum(table.num_rows for _, table in val_tables)
     if n_val == 0:
-        raise DataError("validation data has no rows" if validation_files else
+        raise DataError("validation data has no rows" if separate else
                         f"the {cfg.validation_fraction:.0%} hash split of {cfg.train} left no validation rows")
-
-    return TrainingData(
-        train_files=train_files, validation_files=validation_files, validation_fraction=cfg.validation_fraction,
-        text_column=cfg.text_column, label_format=fmt, label_column=label_column,
-        label_columns=list(cfg.label_columns), space=LabelSpace(task=task, names=names),
-        n_train=n_train, n_validation=n_val, fingerprint=digest.hexdigest()[:16], label_counts=counts,
-        validation_label_counts=val_counts,
-    )
+    return n_val
 
 
 def _count_labels(table: pa.Table, fmt: LabelFormat, label_column: str | None, label_columns: list[str],

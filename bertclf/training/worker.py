@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from bertclf.training.batching import Batch, length_grouped_batches
 from bertclf.training.data import TrainingData, positive_weights, validation_rows
 from bertclf.training.epochs import EpochTotals, checkpoint_meta, epoch_record, log_epoch, should_checkpoint
 from bertclf.training.memory import micro_batch_rows
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("bertclf")
 
@@ -160,6 +163,7 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
     w.model.train()
     t0 = time.perf_counter()
     totals = EpochTotals()
+    loss_sum = torch.zeros((), device=w.device)  # summed on the device: read back only for a log line
     batches = WaitClock(w.shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches,
                                              batch_format="numpy", prefetch_batches=1,
                                              local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
@@ -173,26 +177,28 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
         w.optimizer.zero_grad(set_to_none=True)
         totals.steps += 1
         totals.seen += len(batch.target)
-        totals.tokens += int(batch.attention_mask.sum())  # the CPU copy: no device sync per step
-        totals.loss_sum += loss
+        totals.tokens += int(batch.attention_mask.sum())  # the mask's CPU copy: no device sync
+        loss_sum += loss
         if w.rank == 0 and (totals.steps % max(1, w.steps_per_epoch // 10) == 0):
             rate = totals.seen * w.world / (time.perf_counter() - t0)
             log.info(f"epoch {epoch + 1}/{cfg.epochs} step {totals.steps}/{w.steps_per_epoch} "
-                     f"loss {totals.loss_sum / totals.steps:.4f} {rate:.1f} samples/s")
+                     f"loss {float(loss_sum) / totals.steps:.4f} {rate:.1f} samples/s")
+    totals.loss_sum = float(loss_sum)
     totals.seconds = time.perf_counter() - t0
     totals.first_batch_seconds = batches.first_seconds or 0.0
     totals.data_wait_seconds = batches.wait_seconds
     return totals
 
 
-def accumulate_gradients(w: Worker, batch: Batch) -> float:
+def accumulate_gradients(w: Worker, batch: Batch) -> torch.Tensor:
     """Forward and backward over the batch in micro-batches of at most `max_tokens_per_batch` padded tokens; each
     micro-batch's mean loss is weighted by its share of the rows, so the gradients equal the whole batch's.
-    DDP all-reduces once, on the last micro-batch. Returns the batch's mean loss."""
+    DDP all-reduces once, on the last micro-batch. Returns the batch's mean loss as a 0-d tensor on the device
+    (detached): reading it would make the host wait for the device every step."""
     import torch
 
     parts = micro_batch_rows(len(batch.target), batch.input_ids.shape[1], w.max_tokens_per_batch)
-    total = 0.0
+    total = torch.zeros((), device=w.device)
     for i, rows in enumerate(parts):
         mask = batch.attention_mask[rows]
         longest = int(mask.sum(dim=1).max())  # a micro-batch pads only to its own longest row
@@ -205,7 +211,7 @@ def accumulate_gradients(w: Worker, batch: Batch) -> float:
                 logits = w.model(**enc).logits
             loss = w.loss_fn(logits.float(), target) * (len(target) / len(batch.target))
             loss.backward()
-        total += float(loss.detach())
+        total += loss.detach()
     return total
 
 
@@ -241,7 +247,9 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
         if should_checkpoint(epoch, w.cfg, w.history):
             tmp = Path(tempfile.mkdtemp(prefix="bertclf-ckpt-"))
             meta = checkpoint_meta(w.cfg, w.data, record, w.history, w.tuning)
-            checkpoint.save_model_dir(tmp, w.raw_model, w.tokenizer, meta)
+            from bertclf import adapters
+
+            adapters.save_model_dir(tmp, w.raw_model, w.tokenizer, meta)
             checkpoint.save_train_state(tmp, w.optimizer, w.scheduler,
                                         {"epoch": epoch + 1, "history": [r.to_dict() for r in w.history]})
             ckpt = ray.train.Checkpoint.from_directory(str(tmp))
