@@ -21,6 +21,7 @@ import numpy as np
 
 from bertclf import checkpoint, storage
 from bertclf.config import TrainConfig
+from bertclf.progress import Progress
 from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
 from bertclf.training.batching import Batch, length_grouped_batches
@@ -28,7 +29,7 @@ from bertclf.training.data import TrainingData, positive_weights, validation_row
 from bertclf.training.epochs import EpochTotals, checkpoint_meta, epoch_record, log_epoch, should_checkpoint
 from bertclf.training.memory import micro_batch_rows
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -160,6 +161,8 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
     w.model.train()
     t0 = time.perf_counter()
     totals = EpochTotals()
+    # rank 0 speaks for all: every rank runs the same number of steps of the same size
+    steps = Progress(f"epoch {epoch + 1}/{cfg.epochs}", w.steps_per_epoch, "steps", log=log) if w.rank == 0 else None
     batches = WaitClock(w.shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches,
                                              batch_format="numpy", prefetch_batches=1,
                                              local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
@@ -175,10 +178,9 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
         totals.seen += len(batch.target)
         totals.tokens += int(batch.attention_mask.sum())  # the CPU copy: no device sync per step
         totals.loss_sum += loss
-        if w.rank == 0 and (totals.steps % max(1, w.steps_per_epoch // 10) == 0):
-            rate = totals.seen * w.world / (time.perf_counter() - t0)
-            log.info(f"epoch {epoch + 1}/{cfg.epochs} step {totals.steps}/{w.steps_per_epoch} "
-                     f"loss {totals.loss_sum / totals.steps:.4f} {rate:.1f} samples/s")
+        if steps is not None:
+            steps.update(totals.steps, lambda: f"loss {totals.loss_sum / totals.steps:.4f}, "
+                                              f"{totals.seen * w.world / (time.perf_counter() - t0):.1f} samples/s")
     totals.seconds = time.perf_counter() - t0
     totals.first_batch_seconds = batches.first_seconds or 0.0
     totals.data_wait_seconds = batches.wait_seconds
