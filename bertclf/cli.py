@@ -19,6 +19,7 @@ import sys
 import typing
 from typing import Any
 
+from bertclf import __version__, logs
 from bertclf.config import (
     EvaluateConfig,
     ReportConfig,
@@ -30,6 +31,10 @@ from bertclf.config import (
     parse_set_overrides,
 )
 from bertclf.errors import STORAGE_FAILURE, InputError, StorageError, is_input_failure
+from bertclf.logs import DEFAULT_LEVEL, LEVEL_ENV, LEVELS
+from bertclf.progress import DEFAULT_EVERY_S, EVERY_ENV, every_seconds
+
+log = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -81,21 +86,35 @@ def _metavar(hint: Any) -> str:
     return {int: "N", float: "X"}.get(options[0], "VALUE") if options else "VALUE"
 
 
+def _output_flags() -> argparse.ArgumentParser:
+    """--log-level and --progress-seconds, on every command (they reach the Ray workers through the env)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LEVELS, type=str.upper,
+                        help=f"DEBUG adds Ray Data's progress and third-party INFO lines (default: ${LEVEL_ENV} "
+                             f"or {DEFAULT_LEVEL})")
+    common.add_argument("--progress-seconds", type=float, metavar="X",
+                        help=f"seconds between progress lines (default: ${EVERY_ENV} or {DEFAULT_EVERY_S:g})")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertclf", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = _output_flags()
     for name, (cls, help_text) in CONFIGS.items():
-        add_config_flags(sub.add_parser(name, help=help_text, description=help_text), cls)
+        add_config_flags(sub.add_parser(name, help=help_text, description=help_text, parents=[common]), cls)
     sub.choices["evaluate"].add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
     sub.choices["tune"].add_argument("--search", required=True,
                                      help="search YAML: space, num_samples, time_budget_s, scheduler, ...")
 
-    p = sub.add_parser("predict", help="print labels and probabilities for a few texts")
+    p = sub.add_parser("predict", help="print labels and probabilities for a few texts", parents=[common])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("texts", nargs="+")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
-    x = sub.add_parser("explain", help="per-word Integrated Gradients attributions for a few texts")
+    x = sub.add_parser("explain", help="per-word Integrated Gradients attributions for a few texts",
+                       parents=[common])
     x.add_argument("--checkpoint", required=True)
     x.add_argument("texts", nargs="+")
     x.add_argument("--label", help="explain this label (default: each predicted label)")
@@ -118,17 +137,21 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[bertclf] %(message)s", stream=sys.stdout)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline unless the user sets HF_HUB_OFFLINE=0
     args = build_parser().parse_args(argv)
     try:
+        if args.progress_seconds is not None:
+            os.environ[EVERY_ENV] = f"{args.progress_seconds:g}"
+        every_seconds()  # a bad BERTCLF_PROGRESS_SECONDS stops here (exit 2), not in a worker an hour in
+        logs.setup(args.log_level)
+        log.debug("bertclf %s %s on %s", __version__, args.command, logs.versions())
         return _dispatch(args)
     except InputError as exc:
         print(f"bertclf {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except StorageError as exc:
         message = str(exc) if STORAGE_FAILURE in str(exc) else f"{STORAGE_FAILURE}: {exc}"
-        logging.getLogger("bertclf").error("failed: %s", message)
+        log.error("failed: %s", message)
         print(f"bertclf {args.command}: failed: {message}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a scheduler needs an exit code and one clear line
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bertclf {args.command}: error: bad input file(s), not retryable: {exc}", file=sys.stderr,
                   flush=True)
             return EXIT_BAD_INPUT
-        logging.getLogger("bertclf").exception("failed")
+        log.exception("failed")
         print(f"bertclf {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
 

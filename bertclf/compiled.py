@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when what goes into a compiled graph changes, so old cache entries are never loaded
 MIN_PARAMETERS_FOR_AUTO = 5_000_000  # below this a forward is too cheap for a compile to pay back

@@ -19,7 +19,7 @@ from bertclf import compiled
 from bertclf.compiled import CompiledGraph
 from bertclf.labels import LabelSpace
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 
 def plan_microbatches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[np.ndarray]:

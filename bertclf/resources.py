@@ -9,19 +9,26 @@ the data stages a share and says what it chose.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
 import socket
 from dataclasses import dataclass
 
-from bertclf import storage
+from bertclf import logs, progress, storage
 from bertclf.errors import ConfigError
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 # Settings of this process that Ray workers need too (driver-only variables don't reach them).
-WORKER_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "BERTCLF_S3_RETRIES")
+WORKER_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "BERTCLF_S3_RETRIES", logs.LEVEL_ENV,
+                   progress.EVERY_ENV)
+# Run by Ray in every worker process of the run (Ray Train workers, Ray Data tasks and actors) before any task:
+# bertclf's log format and level there too.
+LOG_SETUP_HOOK = "bertclf.logs.setup_worker"
+
+SETUP_HOOK_ENV_VAR = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"  # how Ray carries a hook inside env_vars
 
 MIN_DATA_CPUS = 0.2
 
@@ -98,12 +105,25 @@ def connect(address: str | None = None) -> dict[str, float]:
             env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
         elif "://" not in address and address != "auto":
             env["RAY_ADDRESS"] = address
-        if not in_job and env:
-            kwargs["runtime_env"] = {"env_vars": env}
+        kwargs["runtime_env"] = {"worker_process_setup_hook": LOG_SETUP_HOOK, "env_vars": env} if not in_job \
+            else _job_additions({k: env[k] for k in (logs.LEVEL_ENV, progress.EVERY_ENV) if k in env})
         ray.init(**kwargs)
     resources = ray.cluster_resources()
     log.info("ray: connected, cluster resources CPU=%s GPU=%s", resources.get("CPU", 0), resources.get("GPU", 0))
     return resources
+
+
+def _job_additions(env: dict[str, str]) -> dict:
+    """What a `ray job submit` driver adds to its job's runtime_env: the log setup hook and the log settings, each
+    only where the job's own runtime_env doesn't set it (Ray refuses to merge a key that both set)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    job_env = job.get("env_vars") or {}
+    added: dict = {}
+    if "worker_process_setup_hook" not in job and SETUP_HOOK_ENV_VAR not in job_env:
+        added["worker_process_setup_hook"] = LOG_SETUP_HOOK
+    if env := {k: v for k, v in env.items() if k not in job_env}:
+        added["env_vars"] = env
+    return added
 
 
 def _running_local_cluster() -> str | None:

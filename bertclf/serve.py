@@ -29,15 +29,68 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from ray import serve
 
+from bertclf import __version__, logs
 from bertclf.config import ServeConfig, load_config
 from bertclf.errors import ConfigError
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 APP_NAME = "bertclf"
-api = FastAPI(title="bertclf", description="labels and per-label probabilities for texts")
+
+
+api = FastAPI(title="bertclf", description="labels and per-label probabilities for texts", version=__version__)
+
+
+# The bodies as pydantic models, so /openapi.json and /docs describe them. /predict still reads and checks its
+# body itself (parse_texts): FastAPI's own validation would answer every problem with one 422, where this
+# endpoint answers 400 (not JSON), 413 (over a limit) or 422 (wrong shape), and limits the body while reading it.
+class PredictRequest(BaseModel):
+    """POST /predict: the texts to classify (limits: max_texts_per_request, max_text_chars of the config)."""
+
+    texts: list[str] = Field(min_length=1, description="one or more texts; each is scored on its own")
+
+
+class Prediction(BaseModel):
+    """One text's result, in the order the texts were sent."""
+
+    predicted: list[str] = Field(description="labels at or over their threshold (multi-label) or the top label")
+    probabilities: dict[str, float] = Field(description="every label's probability, highest first")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class ErrorResponse(BaseModel):
+    """Any refused or failed request: what was wrong, in one line."""
+
+    error: str
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description='"ok" while the replica answers')
+    checkpoint: str | None = Field(default=None, description="the checkpoint served (with the token only)")
+    uptime_s: float | None = Field(default=None, description="seconds since the replica started (token only)")
+
+
+class LabelsResponse(BaseModel):
+    task: str = Field(description="multi_label or multi_class")
+    labels: list[str]
+    thresholds: dict[str, float] = Field(description="each label's decision threshold")
+
+
+def _errors(*codes: int) -> dict:
+    reasons = {400: "not JSON, or a text that is not valid Unicode", 401: "missing or wrong bearer token",
+               413: "over a limit: body size, texts per request or characters per text",
+               422: "JSON of the wrong shape", 500: "a text could not be scored"}
+    return {code: {"model": ErrorResponse, "description": reasons[code]} for code in codes}
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": PredictRequest.model_json_schema()}}}}
 
 
 class RequestError(Exception):
@@ -190,6 +243,7 @@ class Classifier:
 
         from bertclf.inference import Predictor
 
+        logs.setup_worker()  # a RayService replica has no bertclf driver whose setup hook would have run
         torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         self.cfg = cfg
         self.token = auth_token(cfg)  # from this replica's environment; fails closed when the variable is missing
@@ -203,7 +257,8 @@ class Classifier:
         # in a thread: /healthz keeps answering while a batch runs
         return await asyncio.to_thread(predict_batch, self.predictor.predict, texts)
 
-    @api.post("/predict")
+    @api.post("/predict", response_model=PredictResponse, responses=_errors(400, 401, 413, 422, 500),
+              openapi_extra=PREDICT_BODY)
     async def predict(self, request: Request) -> Any:
         if not authorized(request, self.token):
             return unauthorized()
@@ -220,13 +275,13 @@ class Classifier:
             return JSONResponse({"error": f"texts[{i}] could not be scored: {why}"}, status_code=500)
         return {"predictions": [{"predicted": r["predicted"], "probabilities": r["probabilities"]} for r in rows]}
 
-    @api.get("/healthz")
-    async def healthz(self, request: Request) -> dict:
+    @api.get("/healthz", response_model=HealthResponse, response_model_exclude_none=True)
+    async def healthz(self, request: Request) -> Any:
         if not authorized(request, self.token):  # liveness without a token; what is served only with it
             return {"status": "ok"}
         return {"status": "ok", "checkpoint": self.cfg.checkpoint, "uptime_s": round(time.time() - self.started, 1)}
 
-    @api.get("/labels")
+    @api.get("/labels", response_model=LabelsResponse, responses=_errors(401))
     async def labels(self, request: Request) -> Any:
         if not authorized(request, self.token):
             return unauthorized()

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 from bertclf.errors import STORAGE_FAILURE, InputError, StorageError  # StorageError: still importable from here
 
 T = TypeVar("T")
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 # AWS settings that may travel to Ray workers (runtime_env): where and how to reach S3, never who we are.
 AWS_ENV_VARS = (

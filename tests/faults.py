@@ -84,7 +84,11 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """The worker_process_setup_hook: patch the modules named in PATCHES when (or if already) imported."""
+    """The worker_process_setup_hook: patch the modules named in PATCHES when (or if already) imported; set up
+    logging as bertclf's own hook does in production (bertclf.resources.LOG_SETUP_HOOK)."""
+    from bertclf.logs import setup_worker
+
+    setup_worker()
     for name, patch in PATCHES.items():
         if name in sys.modules:
             patch(sys.modules[name])

@@ -256,3 +256,29 @@ def test_rayservice_manifest_has_what_kuberay_needs():
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         for container in group["template"]["spec"]["containers"]:
             assert not any("AWS_SECRET" in str(e) for e in container.get("env", [])), "no keys in manifests"
+
+
+def test_openapi_describes_the_request_and_response_bodies():
+    """/docs and /openapi.json name the bodies (pydantic models), while /predict still checks its body itself."""
+    from bertclf.serve import api
+
+    spec = api.openapi()
+    predict = spec["paths"]["/predict"]["post"]
+    body = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert body["title"] == "PredictRequest" and body["required"] == ["texts"]
+    assert body["properties"]["texts"] == {**body["properties"]["texts"], "type": "array", "items": {"type": "string"}}
+    ref = lambda r: r["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]  # noqa: E731
+    assert ref(predict["responses"]["200"]) == "PredictResponse"
+    assert {code: ref(r) for code, r in predict["responses"].items() if code != "200"} == {
+        c: "ErrorResponse" for c in ("400", "401", "413", "422", "500")}
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["Prediction"]["properties"]) == {"predicted", "probabilities"}
+    assert ref(spec["paths"]["/labels"]["get"]["responses"]["200"]) == "LabelsResponse"
+    assert ref(spec["paths"]["/healthz"]["get"]["responses"]["200"]) == "HealthResponse"
+
+
+def test_openapi_is_served_by_the_endpoint(endpoint):
+    url, _ = endpoint
+    status, spec = _call(f"{url}/openapi.json")
+    assert status == 200 and "PredictResponse" in spec["components"]["schemas"]
+    assert spec["info"]["version"] != "0+unknown"

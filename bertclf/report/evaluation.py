@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 from bertclf import checkpoint, storage
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.labelled import check_labelled_files
+from bertclf.progress import Progress
 from bertclf.report import figures
 from bertclf.report import html as h
 from bertclf.report.accumulate import EvaluationCounts
 from bertclf.report.summary import calibration, headline, label_curves, per_label_scores, top_confusions
 from bertclf.report.writer import commit_report
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 
 def evaluation_report(cfg: ReportConfig) -> dict:
@@ -63,8 +64,11 @@ def count_labelled(cfg: ReportConfig) -> tuple[EvaluationCounts, checkpoint.Load
                                 id_column=None, passthrough_columns=passthrough, overwrite=True,
                                 long_text=cfg.long_text, num_actors=cfg.num_actors, ray_address=cfg.ray_address))
         counts = EvaluationCounts(ckpt.space, cfg.max_examples)
+        counted = Progress("counted", rows, "rows", log=log)
         for table in scored_batches(scores_uri):
             counts.add(table, cfg.text_column, fmt, label_column, label_columns)
+            counted.update(counts.rows)
+        counted.finish()
     return counts, ckpt, long_text
 
 

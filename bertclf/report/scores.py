@@ -15,7 +15,7 @@ from bertclf.report import html as h
 from bertclf.report.writer import commit_report
 from bertclf.scoring.manifest import SUCCESS, read_manifest
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 
 def scores_report(cfg: ReportConfig) -> dict:

@@ -30,7 +30,7 @@ from bertclf.units import check_utf8, is_text_type, read_parquet_part
 SAMPLE_FILES = 8
 SAMPLE_MAX_BYTES = 16 << 20
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 
 def check_before_ray(cfg: ScoreConfig, ckpt: LoadedCheckpoint, footers: dict[str, pq.FileMetaData],

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from bertclf import checkpoint, storage
+from bertclf import checkpoint, logs, storage
 from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, resolve_date
 from bertclf.errors import DataError
+from bertclf.progress import Progress
 from bertclf.records import DriftReport, PartStats, UnitPlan, UnitResult, WorkUnit
 from bertclf.resources import ScorePlan, connect, plan_scoring
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
@@ -46,7 +47,7 @@ class EmptyInputError(DataError):
     """A scoring input with 0 rows (exit 2) where allow_empty is off."""
 
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 __all__ = ["EmptyInputError", "OutputLeasedError", "ResumeMismatchError", "ScoreError", "ScoreSummary", "run"]
 
@@ -286,7 +287,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
         max_tokens_per_batch=plan.max_tokens_per_batch, max_batch_rows=plan.max_batch_rows,
         torch_threads=plan.torch_threads, long_text=cfg.long_text, **identity)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # our own progress lines read better in `ray job submit` logs
+    ctx.enable_progress_bars = logs.ray_data_progress()  # off but at DEBUG: our progress lines say rows, rate, ETA
     ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
     if plan.tokenizers:  # GPU-shaped: CPU actors read and tokenize whole units, the GPU actors get token ids
         ds = ds.map_batches(UnitTokenizer, fn_constructor_args=(ckpt_uri, read, cfg.long_text), batch_size=1,
@@ -302,7 +303,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     scored: dict[str, UnitResult] = {}
     rows_done = 0
     rows_todo = sum(u.num_rows for u in todo)
-    t0 = time.perf_counter()
+    rows = Progress("scored", rows_todo, "rows", log=log)
     for result in _results_as_they_land(ds):
         if lease.lost:  # another run took the output: stop before more units are scored for nothing
             lease.check("the remaining units")
@@ -312,10 +313,10 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
             continue
         scored[result.unit] = result
         rows_done += result.stats.rows_in
-        elapsed = time.perf_counter() - t0
-        log.info("progress: %d/%d rows (%.0f%%), %.1f rows/s; unit %s: %d rows in %.1fs (actor %d ready after %.1fs)",
-                 rows_done, rows_todo, 100 * rows_done / max(1, rows_todo), rows_done / elapsed if elapsed else 0.0,
-                 result.unit, result.stats.rows_in, result.seconds, result.actor_pid, result.actor_ready_seconds)
+        log.debug("unit %s: %d rows in %.1fs (actor %d ready after %.1fs)", result.unit, result.stats.rows_in,
+                  result.seconds, result.actor_pid, result.actor_ready_seconds)
+        rows.update(rows_done, f"{len(scored)}/{len(todo)} unit(s)")
+    rows.finish(f"{len(scored)}/{len(todo)} unit(s)")
     return scored, failures
 
 

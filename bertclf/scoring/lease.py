@@ -34,7 +34,7 @@ LEASE = "_lease.json"
 DEFAULT_SECONDS = 600.0  # BERTCLF_LEASE_SECONDS overrides; renewed every quarter of it
 DEFAULT_SETTLE = 1.0  # BERTCLF_LEASE_SETTLE_S: the wait between writing the lease and reading it back
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 
 class OutputLeasedError(InputError):

@@ -279,7 +279,10 @@ def train_dataset(data: TrainingData, seed: int, data_cpus: float, rows_per_unit
     """The training rows as a ray.data.Dataset of {text, target}: one read task per unit of row groups."""
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # epoch lines say more; bars flood job logs
+    from bertclf.logs import ray_data_progress
+
+    # off but at DEBUG: the epoch's progress lines say more, and its bars would flood job logs
+    ray.data.DataContext.get_current().enable_progress_bars = ray_data_progress()
     units, errors, _ = plan_units(data.train_files, rows_per_unit)
     if errors:
         raise DataError("; ".join(errors.values()))

@@ -32,7 +32,7 @@ from bertclf.training.lengths import (
 )
 from bertclf.training.worker import METRICS_FILE, train_loop_per_worker
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 RAY_RUN_NAME = "ray_train"
 

@@ -15,7 +15,7 @@ from bertclf.metrics import classification_metrics, tune_thresholds
 from bertclf.records import CheckpointMeta, EpochRecord, TuningInfo
 from bertclf.training.data import TrainingData
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 
 @dataclass

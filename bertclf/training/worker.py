@@ -21,6 +21,7 @@ import numpy as np
 
 from bertclf import checkpoint, storage
 from bertclf.config import TrainConfig
+from bertclf.progress import Progress
 from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
 from bertclf.training.batching import Batch, length_grouped_batches
@@ -31,7 +32,7 @@ from bertclf.training.memory import micro_batch_rows
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -163,7 +164,9 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
     w.model.train()
     t0 = time.perf_counter()
     totals = EpochTotals()
-    loss_sum = torch.zeros((), device=w.device)  # summed on the device: read back only for a log line
+    loss_sum = torch.zeros((), device=w.device)  # summed on the device: read back only for a progress line
+    # rank 0 speaks for all: every rank runs the same number of steps of the same size
+    steps = Progress(f"epoch {epoch + 1}/{cfg.epochs}", w.steps_per_epoch, "steps", log=log) if w.rank == 0 else None
     batches = WaitClock(w.shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches,
                                              batch_format="numpy", prefetch_batches=1,
                                              local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
@@ -179,10 +182,9 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
         totals.seen += len(batch.target)
         totals.tokens += int(batch.attention_mask.sum())  # the mask's CPU copy: no device sync
         loss_sum += loss
-        if w.rank == 0 and (totals.steps % max(1, w.steps_per_epoch // 10) == 0):
-            rate = totals.seen * w.world / (time.perf_counter() - t0)
-            log.info(f"epoch {epoch + 1}/{cfg.epochs} step {totals.steps}/{w.steps_per_epoch} "
-                     f"loss {float(loss_sum) / totals.steps:.4f} {rate:.1f} samples/s")
+        if steps is not None:
+            steps.update(totals.steps, lambda: f"loss {float(loss_sum) / totals.steps:.4f}, "  # noqa: B023 - runs now
+                                              f"{totals.seen * w.world / (time.perf_counter() - t0):.1f} samples/s")
     totals.loss_sum = float(loss_sum)
     totals.seconds = time.perf_counter() - t0
     totals.first_batch_seconds = batches.first_seconds or 0.0

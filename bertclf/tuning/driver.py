@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertclf import checkpoint, storage
+from bertclf import checkpoint, logs, storage
 from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.driver import prepare
 from bertclf.tuning.space import SearchSpec, check_space, max_epochs, param_space, trial_config, trial_count
 
-log = logging.getLogger("bertclf")
+log = logging.getLogger(__name__)
 
 EXPERIMENT = "tune"
 TRIAL_DRIVER_CPUS = 0.05  # the Tune trial itself only waits on its Ray Train run (Tune refuses 0)
@@ -113,7 +113,7 @@ def run_trial(values: dict[str, Any], base: TrainConfig) -> None:
     from bertclf import training
 
     trial_id = tune.get_context().get_trial_id()
-    logging.basicConfig(level=logging.INFO, format=f"[bertclf trial {trial_id}] %(message)s")
+    logs.setup(tag=f"trial {trial_id}")  # this actor's lines say which trial they belong to
     cfg = trial_config(base, values, storage.join(base.output, "trials", trial_id))
     finished = _finished_history(cfg)
     if finished:  # the driver died after this trial published its best, before Tune recorded that: report again
