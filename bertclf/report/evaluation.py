@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertclf import checkpoint, storage
+from bertclf import checkpoint, storage, tracking
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.evaluate import check_labelled_files
 from bertclf.report import figures
@@ -39,6 +39,7 @@ def evaluation_report(cfg: ReportConfig) -> dict:
     label_column, label_columns, fmt, rows = check_labelled_files(files, space, cfg.text_column, cfg.label_column,
                                                                   list(cfg.label_columns))
     storage.check_writable(output)
+    tracked = tracking.for_report(cfg, ckpt.uri)  # before scoring: an unreachable tracker fails now (exit 2)
     log.info("report: scoring %d labelled row(s) from %d file(s) with %s", rows, len(files), ckpt.uri)
     with tempfile.TemporaryDirectory(prefix="bertclf-report-") as tmp:
         scores_uri = storage.absolute(cfg.scores_dir) if cfg.scores_dir else str(Path(tmp) / "scores")
@@ -52,6 +53,8 @@ def evaluation_report(cfg: ReportConfig) -> dict:
         staging = Path(tmp) / "report"
         report = build(counts, ckpt, cfg, staging / "figures")
         commit_report(staging, output, report, render(report))
+        if tracked:
+            tracking.log_report(tracked, staging, report["headline"])
     log.info("report: %s (macro-F1 %.3f over %d rows)", storage.join(output, "index.html"),
              report["headline"]["f1_macro"], counts.rows)
     return report
