@@ -296,8 +296,10 @@ def test_a_server_that_goes_away_mid_run_costs_a_warning_and_training_completes(
     assert not _artifacts(direct, run_id, "checkpoint"), "the checkpoint upload came after the server went away"
 
 
+@pytest.mark.slow
 def test_tune_logs_a_parent_run_with_one_child_per_trial(tiny_model, mlflow_server, tmp_path):
-    """`bertclf tune` in a subprocess with its own Ray, as users run it."""
+    """`bertclf tune` in a subprocess with its own Ray, as users run it (two one-epoch trials: 342 s on 2 loaded
+    cores)."""
     output = tmp_path / "search"
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({
         **_data(tmp_path), "model": str(tiny_model), "output": str(output), "epochs": 1, "num_workers": 2,
@@ -328,3 +330,45 @@ def test_tune_logs_a_parent_run_with_one_child_per_trial(tiny_model, mlflow_serv
     best = max(table, key=lambda t: t["best"])
     assert parent.data.tags["bertclf.best_trial"] == best["trial_id"]
     assert json.loads((output / "best" / "tracking.json").read_text())["run_id"] in {c.info.run_id for c in children}
+
+
+def test_bertclf_runs_without_mlflow_until_tracking_is_asked_for(tmp_path):
+    """With MLflow unimportable: the package, the CLI and a tracking-none run's setup work; tracking mlflow is a clear
+    exit-2 error naming the extra."""
+    script = """
+import sys
+class NoMlflow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "mlflow" or name.startswith("mlflow."):
+            raise ImportError("no mlflow here")
+sys.meta_path.insert(0, NoMlflow())
+import bertclf, bertclf.cli, bertclf.training, bertclf.tuning, bertclf.report, bertclf.tracking
+from bertclf.config import TrainConfig
+from bertclf.errors import TrackingError
+assert bertclf.tracking.start_training(TrainConfig(), None, "") is None
+try:
+    bertclf.tracking.start_training(TrainConfig(tracking="mlflow"), None, "")
+except TrackingError as exc:
+    print(exc)
+assert "mlflow" not in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pip install 'bertclf[tracking]'" in done.stdout
+
+
+def test_epoch_metrics_and_params_fit_mlflow():
+    """Every number of the record, the epoch as the step, per-label F1 under keys MLflow takes; long values cut."""
+    from bertclf.records import EpochRecord
+    from bertclf.tracking import _key, _param_value, epoch_metrics
+
+    record = EpochRecord(epoch=2, train_loss=0.5, val_loss=0.4, f1_micro=0.6, f1_macro=0.55, f1_weighted=0.6,
+                         roc_auc_macro=None, train_seconds=1.0, samples_per_s=10.0, tokens_per_s=100.0, workers=2,
+                         first_batch_seconds=0.1, data_wait_seconds=0.2, validation_rows=40,
+                         per_label={"joy": {"f1": 0.7, "support": 3}, "a:b?": {"f1": 0.1, "support": 1}})
+    metrics = epoch_metrics(record)
+    assert "epoch" not in metrics and "roc_auc_macro" not in metrics and metrics["f1_macro"] == 0.55
+    assert metrics["label/joy/f1"] == 0.7 and _key("label/a:b?/f1") == "label/a_b_/f1"
+    assert _param_value(["a", 1]) == '["a", 1]' and _param_value("x") == "x" and _param_value(None) == "null"
+    assert len(_param_value("y" * 7000)) == 6000

@@ -53,7 +53,8 @@ def run(cfg: TrainConfig, callbacks: list | None = None, parent: TrackingRef | N
     make the MLflow run a Tune trial's child run."""
     cfg, data = prepare(cfg)
     # after the cheap checks, before Ray: an unreachable tracking server fails the run here (exit 2)
-    tracked = tracking.start_training(cfg, data, resolve_model_dir(cfg.model), parent, trial)
+    tracked = (tracking.start_training(cfg, data, resolve_model_dir(cfg.model), parent, trial)
+               if cfg.tracking != "none" else None)
     ok = False
     try:
         cluster = connect(cfg.ray_address)
