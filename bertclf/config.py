@@ -32,6 +32,7 @@ Method = Literal["full", "lora", "prefix"]
 EmptyTextPolicy = Literal["score", "skip", "error"]
 LongText = Literal["auto", "truncate", "chunk"]
 LongTextOverride = Literal["checkpoint", "truncate", "chunk"]  # at inference: the checkpoint's, or another
+Tracking = Literal["none", "mlflow"]
 
 __all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "PACKAGED_MPNET_MODEL", "ReportConfig", "ScoreConfig",
            "ServeConfig", "TrainConfig", "load_config", "parse_set_overrides"]
@@ -120,6 +121,14 @@ class TrainConfig:
     shuffle_buffer_rows: int = key(10_000, help="rows in each worker's local shuffle buffer", flag=False)
     length_group_batches: int = key(16, help="batches per length-sorted pool (1: random batches)", flag=False)
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    tracking: Tracking = key("none", help="experiment tracking: mlflow logs the config, data fingerprint, every "
+                                          "epoch's metrics and the best checkpoint to an MLflow run (needs "
+                                          "bertclf[tracking]); an unreachable server fails the run before training")
+    tracking_uri: str | None = key(None, help="MLflow tracking URI (e.g. http://mlflow:5000); none: "
+                                              "MLFLOW_TRACKING_URI, else MLflow's default")
+    experiment: str = key("bertclf", help="MLflow experiment (created when missing)")
+    run_name: str | None = key(None, help="MLflow run name; none: the output directory's name (tune: the parent "
+                                          "run's; trials are named by trial id)")
 
     def validate(self) -> None:
         _check_choices(self)
@@ -237,6 +246,13 @@ class ReportConfig(LabelledDataConfig):
                                             "local directory; give a shared s3:// URI on a multi-node cluster)")
     max_examples: int = key(20, help="most confident wrong predictions listed")
     explain_errors: int = key(5, help="of those, how many get an Integrated Gradients explanation (0: none)")
+    tracking: Literal["auto", "none", "mlflow"] = key(
+        "auto", help="log report.json, the figures and the headline metrics to MLflow: auto: to the checkpoint's "
+                     "run when its training was tracked (its tracking.json); mlflow: that run, else a new one; none")
+    tracking_uri: str | None = key(None, help="MLflow tracking URI; none: the one the checkpoint's run recorded, "
+                                              "else MLFLOW_TRACKING_URI")
+    experiment: str = key("bertclf", help="MLflow experiment of a new run (a checkpoint without a tracked run)")
+    run_name: str | None = key(None, help="MLflow run name of a new run; none: report")
 
     def validate(self) -> None:
         super().validate()

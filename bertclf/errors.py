@@ -45,6 +45,11 @@ class RecordError(InputError):
     """A JSON record (checkpoint metadata, manifest, metrics line) that this version of bertclf can't read."""
 
 
+class TrackingError(InputError):
+    """Experiment tracking asked for but unusable when a run starts: no MLflow client, or a tracking server that
+    can't be reached (exit 2 before any training: fix tracking_uri or set tracking none; nothing was trained)."""
+
+
 class StorageError(RuntimeError):
     """A URI that can't be read or written because storage or the network failed; the message names the URI.
 

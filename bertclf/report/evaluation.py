@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertclf import checkpoint, storage
+from bertclf import checkpoint, storage, tracking
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.labelled import check_labelled_files
 from bertclf.progress import Progress
@@ -34,11 +34,14 @@ def evaluation_report(cfg: ReportConfig) -> dict:
     cfg.validate()
     output = storage.absolute(cfg.output)
     storage.check_writable(output)
+    tracked = tracking.for_report(cfg, storage.absolute(cfg.checkpoint))  # an unreachable tracker fails before scoring
     counts, ckpt, long_text = count_labelled(cfg)
     with tempfile.TemporaryDirectory(prefix="bertclf-report-") as tmp:
         staging = Path(tmp) / "report"
         report = build(counts, ckpt, cfg, long_text, staging / "figures")
         commit_report(staging, output, report, render(report))
+        if tracked:
+            tracking.log_report(tracked, staging, report["headline"])
     log.info("report: %s (macro-F1 %.3f over %d rows)", storage.join(output, "index.html"),
              report["headline"]["f1_macro"], counts.rows)
     return report

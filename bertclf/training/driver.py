@@ -14,11 +14,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertclf import checkpoint, storage
+from bertclf import checkpoint, storage, tracking
 from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
 from bertclf.modeling import load_tokenizer, resolve_model_dir
-from bertclf.records import EpochRecord
+from bertclf.records import EpochRecord, TrackingRef
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
 from bertclf.training.lengths import (
@@ -45,18 +45,30 @@ class TrainResult:
     history: list[EpochRecord]
 
 
-def run(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
+def run(cfg: TrainConfig, callbacks: list | None = None, parent: TrackingRef | None = None,
+        trial: str | None = None) -> TrainResult:
     """Validate everything, train with Ray Train, and commit the best checkpoint to <output>/best/.
 
-    `callbacks` go to Ray Train's RunConfig (`bertclf tune` passes Tune's report callback)."""
+    `callbacks` go to Ray Train's RunConfig (`bertclf tune` passes Tune's report callback); `parent` and `trial`
+    make the MLflow run a Tune trial's child run."""
     cfg, data = prepare(cfg)
-    cluster = connect(cfg.ray_address)
-    plan = plan_training(cluster, cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
-    log.info("resources: cluster has %s; plan: %s", {k: v for k, v in cluster.items() if k in ("CPU", "GPU")},
-             plan.describe())
-    plan = dataclasses.replace(plan, max_tokens_per_batch=_plan_worker_memory(cfg, data, plan))
-    result = _fit(cfg, data, plan, callbacks or [])
-    return _publish_best(cfg, result)
+    # after the cheap checks, before Ray: an unreachable tracking server fails the run here (exit 2)
+    tracked = (tracking.start_training(cfg, data, resolve_model_dir(cfg.model), parent, trial)
+               if cfg.tracking != "none" else None)
+    ok = False
+    try:
+        cluster = connect(cfg.ray_address)
+        plan = plan_training(cluster, cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
+        log.info("resources: cluster has %s; plan: %s", {k: v for k, v in cluster.items() if k in ("CPU", "GPU")},
+                 plan.describe())
+        plan = dataclasses.replace(plan, max_tokens_per_batch=_plan_worker_memory(cfg, data, plan))
+        result = _fit(cfg, data, plan, callbacks or [], tracked.ref if tracked else None)
+        published = _publish_best(cfg, result, tracked)
+        ok = True
+        return published
+    finally:
+        if tracked:
+            tracked.finish(ok)
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainingData]:
@@ -155,14 +167,15 @@ def _check_method(cfg: TrainConfig, model_dir: str, data: TrainingData) -> None:
              f"{info.trainable_parameters:,}", f"{info.total_parameters:,}")
 
 
-def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan, callbacks: list):
+def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan, callbacks: list, tracked: TrackingRef | None):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     fs, path = storage.resolve(cfg.output)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "data": data, "plan": plan},
+        # rank 0 logs each epoch to MLflow itself, from the record it writes to metrics.jsonl (bertclf.tracking)
+        train_loop_config={"cfg": cfg, "data": data, "plan": plan, "tracking": tracked},
         scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": plan.cpus_per_worker}),
         run_config=RunConfig(
@@ -178,8 +191,9 @@ def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan, callbacks: list)
     return trainer.fit()
 
 
-def _publish_best(cfg: TrainConfig, result) -> TrainResult:
-    """Copy Ray's best checkpoint, without optimizer state, to <output>/best/ (bertclf.json last)."""
+def _publish_best(cfg: TrainConfig, result, tracked: tracking.Run | None = None) -> TrainResult:
+    """Copy Ray's best checkpoint, without optimizer state, to <output>/best/ (bertclf.json last); when tracked,
+    with tracking.json (so `bertclf report` finds the run) and logged to the run as its checkpoint/ artifacts."""
     if not result.best_checkpoints:
         raise RuntimeError(f"training produced no checkpoint under {storage.join(cfg.output, RAY_RUN_NAME)}")
     ordered = sorted(result.best_checkpoints, key=lambda cm: cm[1][cfg.best_metric], reverse=cfg.best_mode == "max")
@@ -188,7 +202,12 @@ def _publish_best(cfg: TrainConfig, result) -> TrainResult:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(best_ckpt.to_directory(str(Path(tmp) / "ckpt")))
         checkpoint.strip_training_state(local)
+        if tracked:
+            (local / tracking.TRACKING_FILE).write_text(tracked.ref.to_json(indent=2))
         checkpoint.publish(local, best_uri)
+        if tracked:
+            tracked.log_artifacts(local, "checkpoint")
+            tracked.set_tags({"bertclf.best_epoch": str(int(best_metrics["epoch"])), "bertclf.best_uri": best_uri})
     history = checkpoint.read_metrics(storage.join(cfg.output, METRICS_FILE))
     best = next(r for r in history if r.epoch == int(best_metrics["epoch"]))
     log.info("best checkpoint (epoch %s, %s=%.4f) committed to %s", best.epoch, cfg.best_metric,

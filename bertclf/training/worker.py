@@ -61,11 +61,16 @@ class Worker:
     max_tokens_per_batch: int
     start_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    tracker: Any = None  # rank 0's bertclf.tracking.Run when the run is tracked
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point on each worker."""
     worker = set_up(config["cfg"], config["data"], config["plan"])
+    if worker.rank == 0 and config.get("tracking") is not None:
+        from bertclf import tracking
+
+        worker.tracker = tracking.attach(config["tracking"])
     for epoch in range(worker.start_epoch, worker.cfg.epochs):
         totals = train_one_epoch(worker, epoch)
         validate_and_report(worker, epoch, totals)
@@ -246,6 +251,8 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
         log_epoch(record, w.cfg.epochs)
         storage.write_bytes(storage.join(w.cfg.output, METRICS_FILE),
                             "".join(r.to_json() + "\n" for r in w.history).encode())
+        if w.tracker is not None:  # after metrics.jsonl: a tracker that fails only warns
+            w.tracker.log_epoch(record)
         if should_checkpoint(epoch, w.cfg, w.history):
             tmp = Path(tempfile.mkdtemp(prefix="bertclf-ckpt-"))
             meta = checkpoint_meta(w.cfg, w.data, record, w.history, w.tuning)

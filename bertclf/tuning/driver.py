@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertclf import checkpoint, logs, storage
+from bertclf import checkpoint, logs, storage, tracking
 from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
+from bertclf.records import TrackingRef
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.driver import prepare
 from bertclf.tuning.space import SearchSpec, check_space, max_epochs, param_space, trial_config, trial_count
@@ -67,11 +68,29 @@ def run(base: TrainConfig, spec: SearchSpec) -> TuneResult:
                                best_mode=spec.mode or base.best_mode)
     check_space(spec, base)
     base, _ = prepare(base)  # data, model, metric and method checked once, before any trial
+    # before Ray: an unreachable tracking server fails the search here (exit 2); trials become its child runs
+    parent = tracking.start_search(base, dataclasses.asdict(spec))
+    ok = False
+    try:
+        result = _search(base, spec, parent.ref if parent else None)
+        if parent:
+            parent.log_metrics({f"best.{result.best.metric}": result.best.best}, step=result.best.best_epoch or 0)
+            parent.set_tags({"bertclf.best_trial": result.best.trial_id, "bertclf.best_uri": result.best_uri})
+            with tempfile.TemporaryDirectory() as tmp:
+                parent.log_artifacts(_copy_table(base.output, Path(tmp)), "trials")
+        ok = True
+        return result
+    finally:
+        if parent:
+            parent.finish(ok)
+
+
+def _search(base: TrainConfig, spec: SearchSpec, parent: TrackingRef | None) -> TuneResult:
     cluster = connect(base.ray_address)
     concurrent, plan = plan_trials(cluster, base, spec.max_concurrent_trials)
     base = dataclasses.replace(base, cpus_per_worker=plan.cpus_per_worker, use_gpu=plan.use_gpu)
     log.info("tune: %d trial(s), %d at a time, each %s", trial_count(spec), concurrent, plan.describe())
-    grid = _tuner(base, spec, concurrent).fit()
+    grid = _tuner(base, spec, concurrent, parent).fit()
     rows = trial_rows(grid, base, spec)
     table_uri = _write_table(base.output, rows)
     finished = [r for r in rows if r.best is not None]
@@ -83,6 +102,13 @@ def run(base: TrainConfig, spec: SearchSpec) -> TuneResult:
     log.info("tune: best trial %s (%s=%.4f at epoch %s, %s) committed to %s", best.trial_id, best.metric,
              best.best, best.best_epoch, best.values, best_uri)
     return TuneResult(best_uri=best_uri, best=best, trials=rows, table_uri=table_uri)
+
+
+def _copy_table(output: str, local: Path) -> Path:
+    """trials.csv and trials.json copied into `local` (the parent run's trials/ artifacts; the output may be s3://)."""
+    for name in ("trials.csv", "trials.json"):
+        (local / name).write_bytes(storage.read_bytes(storage.join(output, name)))
+    return local
 
 
 def plan_trials(cluster: dict[str, float], base: TrainConfig,
@@ -105,7 +131,7 @@ def plan_trials(cluster: dict[str, float], base: TrainConfig,
     return concurrent, plan
 
 
-def run_trial(values: dict[str, Any], base: TrainConfig) -> None:
+def run_trial(values: dict[str, Any], base: TrainConfig, parent: TrackingRef | None = None) -> None:
     """One trial, in its Tune actor: a whole training run that reports each epoch to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -122,7 +148,7 @@ def run_trial(values: dict[str, Any], base: TrainConfig) -> None:
         for record in finished:
             tune.report(record.scalars())
         return
-    training.run(cfg, callbacks=[TuneReportCallback()])
+    training.run(cfg, callbacks=[TuneReportCallback()], parent=parent, trial=trial_id)
 
 
 def _finished_history(cfg: TrainConfig) -> list:
@@ -134,12 +160,13 @@ def _finished_history(cfg: TrainConfig) -> list:
     return history if len(history) >= cfg.epochs else []
 
 
-def _tuner(base: TrainConfig, spec: SearchSpec, concurrent: int):
+def _tuner(base: TrainConfig, spec: SearchSpec, concurrent: int, parent: TrackingRef | None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base), {"CPU": TRIAL_DRIVER_CPUS})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, parent=parent),
+                                    {"CPU": TRIAL_DRIVER_CPUS})
     fs, root = storage.resolve(base.output)
     experiment = f"{root.rstrip('/')}/{EXPERIMENT}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=fs):

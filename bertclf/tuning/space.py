@@ -28,7 +28,8 @@ from bertclf.errors import ConfigError
 
 # Keys that say where data and results live or which resources a trial gets: set them in the base config.
 NOT_SEARCHABLE = {"train", "validation", "output", "ray_address", "num_workers", "cpus_per_worker", "use_gpu",
-                  "best_metric", "best_mode", "max_failures", "checkpoint_every"}
+                  "best_metric", "best_mode", "max_failures", "checkpoint_every", "tracking", "tracking_uri",
+                  "experiment", "run_name"}
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
