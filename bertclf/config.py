@@ -33,6 +33,7 @@ EmptyTextPolicy = Literal["score", "skip", "error"]
 LongText = Literal["auto", "truncate", "chunk"]
 LongTextOverride = Literal["checkpoint", "truncate", "chunk"]  # at inference: the checkpoint's, or another
 Tracking = Literal["none", "mlflow"]
+ReuseMode = Literal["none", "previous"]
 
 __all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "PACKAGED_MPNET_MODEL", "ReportConfig", "ScoreConfig",
            "ServeConfig", "TrainConfig", "load_config", "parse_set_overrides"]
@@ -195,11 +196,25 @@ class ScoreConfig:
     drift_fails_job: bool = key(False, help="exit with code 3 after committing the scores when drift is alerted")
     allow_empty: bool = key(False, help="commit an input with 0 rows (default: exit 2, an empty nightly partition "
                                         "is usually an upstream failure)")
+    reuse: ReuseMode = key("previous", help="previous: copy the probabilities of texts an earlier committed output "
+                                            "scored with the same checkpoint and settings (reuse_from, else the "
+                                            "nearest earlier {date} partition of --output) instead of running them "
+                                            "again; none: score every text (docs/reuse.md)")
+    reuse_from: str | None = key(None, help="the scoring output to reuse (default: the nearest earlier {date} "
+                                            "partition of --output, at most reuse_lookback_days back)")
+    reuse_lookback_days: int = key(7, help="days back to look for a committed partition to reuse", flag=False)
+    reuse_index_max_mb: int = key(2048, help="the most memory each scoring actor may hold for the previous output's "
+                                             "index; a bigger index is not reused (logged)", flag=False)
+    dedupe: bool = key(True, help="score each distinct text of a unit once and copy its probabilities to the unit's "
+                                  "other rows holding the same text", flag=False)
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 
     def validate(self) -> None:
         _check_choices(self)
-        _at_least_one(self, "rows_per_unit", "read_batch_rows")
+        _at_least_one(self, "rows_per_unit", "read_batch_rows", "reuse_lookback_days", "reuse_index_max_mb")
+        if self.reuse_from and self.reuse == "none":
+            raise ConfigError(f"reuse_from {self.reuse_from!r} is set but reuse is none: set reuse: previous to reuse "
+                              "it, or drop reuse_from")
         _at_least_one(self, *(n for n in ("max_tokens_per_batch", "max_batch_rows") if getattr(self, n) is not None))
         for name in ("drift_psi_threshold", "drift_share_threshold"):
             if getattr(self, name) <= 0:

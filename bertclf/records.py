@@ -147,7 +147,7 @@ class PartStats(Record):
     empty_texts: int
     label_counts: dict[str, int]
     tokens: int = 0
-    windows: int = 0  # model inputs: one per text, more under long_text chunk (0 in parts written before)
+    windows: int = 0  # model inputs run: one per text scored, more under long_text chunk (0 in older parts)
     prob_histograms: dict[str, list[int]] = field(default_factory=dict)  # per label, bertclf.scoring.drift bins
     # which model and settings made the part, so a resume or a second run can't mix two models in one output
     # ("" / {} in parts written before they were recorded): the weights' sha256 as the actor loaded them, the
@@ -157,6 +157,32 @@ class PartStats(Record):
     scored_with: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
     precision_used: str = ""
+    # skipping work already done (bertclf.scoring.reuse): rows repeating a text seen earlier in the unit, the
+    # distinct texts run through the model, and the rows whose probabilities were copied from `reused_from`
+    duplicate_rows: int = 0
+    texts_scored: int | None = None  # None: written before it was counted (every row was scored)
+    rows_reused: int = 0
+    reused_from: str = ""
+
+
+@dataclass
+class ReuseSource(Record):
+    """A previous committed scoring output whose per-part indexes (bertclf.scoring.reuse) a run may copy from."""
+
+    output: str
+    parts: list[str]  # the parts that have an index, by name
+    rows: int  # its rows out: the most index entries an actor may load
+
+
+@dataclass
+class ReuseSummary(Record):
+    """In _manifest.json: which output was reused (or why none was), and how many rows were copied from where."""
+
+    mode: str  # none | previous
+    source: str | None = None  # the output this run's actors looked texts up in
+    note: str = ""  # why nothing was reused (no earlier partition, no _SUCCESS, another checkpoint, ...)
+    rows_reused: int = 0  # over every part, read back from the parts
+    reused_from: dict[str, int] = field(default_factory=dict)  # output -> rows copied from it
 
 
 @dataclass
@@ -283,6 +309,10 @@ class Manifest(Record):
     part_runs: dict[str, int] = field(default_factory=dict)  # run id -> parts it committed (read from the parts)
     precisions_used: dict[str, int] = field(default_factory=dict)  # "bf16" / "fp32" -> parts (read from the parts)
     windows_scored: int = 0  # model inputs run: rows_out, or more where long_text chunk cut texts into windows
+    duplicate_rows: int = 0  # rows repeating a text seen earlier in their unit (scored once, copied)
+    texts_scored: int | None = None  # distinct texts run through the model (None: some part did not count them)
+    reuse: ReuseSummary | None = None
+    reuse_key: dict[str, Any] = field(default_factory=dict)  # what a later run must match to reuse these scores
 
 
 # ----------------------------------------------------------------------------------------- training ----

@@ -8,6 +8,7 @@ whole or not at all.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -23,10 +24,11 @@ import pyarrow.parquet as pq
 
 from bertclf import storage
 from bertclf.errors import DataError
-from bertclf.records import PartStats, UnitResult, WorkUnit
+from bertclf.records import PartStats, ReuseSource, UnitResult, WorkUnit
 from bertclf.scoring.drift import HIST_BINS, probability_histograms
 from bertclf.scoring.lease import check_lease
 from bertclf.scoring.manifest import ScoreError
+from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, load_previous, write_index
 from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, tokenized_batches, unpack
 from bertclf.units import file_metadata
 
@@ -34,6 +36,8 @@ PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's Part
 # plain footer keys for readers without bertclf: which weights scored the part and which run committed it
 PART_CHECKPOINT_KEY = "bertclf.checkpoint_sha256"
 PART_RUN_KEY = "bertclf.run_id"
+
+log = logging.getLogger("bertclf")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class ScoringSettings:
     checkpoint_sha256: str = ""  # the weights the driver planned with: an actor that loaded others commits nothing
     scored_with: dict[str, Any] = field(default_factory=dict)  # bertclf.scoring.manifest.scored_with
     long_text: str = "checkpoint"  # ScoreConfig.long_text
+    dedupe: bool = True  # score each distinct text of a unit once
+    reuse_key: dict[str, Any] = field(default_factory=dict)  # written into each part's index (bertclf.scoring.reuse)
+    reuse_source: ReuseSource | None = None  # a previous output to copy probabilities from, loaded once per actor
 
 
 def read_part_stats(uri: str) -> PartStats:
@@ -93,6 +100,8 @@ class UnitScorer:
         self.sha256 = self.predictor.checkpoint.fingerprint()  # what this actor loaded, not the plan
         self.space = self.predictor.space
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        self.precision_used = "bf16" if self.predictor.bf16 else "fp32"
+        self._previous: ScoredTexts | None = None  # the reuse source's index, loaded on the first unit
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -121,11 +130,13 @@ class UnitScorer:
         return {"result": results}
 
     def score_unit(self, unit: WorkUnit, batches: Iterator[TokenizedBatch]) -> PartStats:
-        """Score one unit's tokenized batches into a local Parquet file and commit it whole under the unit's name."""
+        """Score one unit's tokenized batches into a local Parquet file and commit it whole under the unit's name,
+        its reuse index first."""
         s = self.settings
         counts: Counter[str] = Counter()
         histograms = np.zeros((len(self.space.names), HIST_BINS), dtype=np.int64)
-        rows_in = rows_out = empty = tokens = windows = 0
+        rows_in = rows_out = empty = tokens = windows = scored = rows_reused = 0
+        seen = ScoredTexts(len(self.space.names))  # this unit's distinct texts so far: its index when committed
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
@@ -134,9 +145,12 @@ class UnitScorer:
                 empty += batch.empty
                 if not batch.token_ids:
                     continue
-                out, probs = self._score_batch(batch)
-                tokens += sum(len(i) for i in batch.token_ids)
-                windows += self.predictor.windows_for(batch.token_ids)
+                probs, run_ids, reused = self._probabilities(batch, seen)
+                scored += len(run_ids)
+                rows_reused += reused
+                tokens += sum(len(i) for i in run_ids)
+                windows += self.predictor.windows_for(run_ids)
+                out = self._output(batch, probs)
                 histograms += probability_histograms(probs)
                 rows_out += out.num_rows
                 counts.update(pc.list_flatten(out["predicted"]).to_pylist())
@@ -148,21 +162,77 @@ class UnitScorer:
                               windows=windows,
                               prob_histograms=dict(zip(self.space.names, histograms.tolist(), strict=True)),
                               checkpoint_sha256=self.sha256, scored_with=s.scored_with, run_id=s.run_id,
-                              precision_used="bf16" if self.predictor.bf16 else "fp32")
+                              precision_used=self.precision_used, duplicate_rows=rows_out - len(seen),
+                              texts_scored=scored, rows_reused=rows_reused,
+                              reused_from=s.reuse_source.output if rows_reused and s.reuse_source else "")
             if writer is None:  # every row skipped as empty: still commit a valid, empty part
                 schema = file_metadata(unit.uri).schema.to_arrow_schema()
                 writer = pq.ParquetWriter(local, self._empty_output(schema), compression="zstd")
             writer.add_key_value_metadata({PART_STATS_KEY: stats.to_json(), PART_CHECKPOINT_KEY: self.sha256,
                                            PART_RUN_KEY: s.run_id})
             writer.close()
+            index = os.path.join(tmp, "index.parquet")
+            write_index(index, seen, self._index_key())
             if s.checkpoint_sha256 and self.sha256 != s.checkpoint_sha256:
                 raise ScoreError(f"the checkpoint {s.checkpoint_uri} changed during the run (weights sha256 "
                                  f"{self.sha256[:12]}… here, {s.checkpoint_sha256[:12]}… when the run started): part "
                                  f"{unit.name} not committed")
             if s.run_id:
                 check_lease(s.output_uri, s.run_id, f"part {unit.name}")
+            # the index lands first: a committed part always has one; an index without its part (a crash between
+            # the two) is overwritten when the unit is scored again
+            storage.upload_file(index, storage.join(s.output_uri, INDEX_DIR, unit.name))
             storage.upload_file(local, storage.join(s.output_uri, unit.name))
         return stats
+
+    def _index_key(self) -> dict[str, Any]:
+        return {**self.settings.reuse_key, "precision_used": self.precision_used}
+
+    def _probabilities(self, batch: TokenizedBatch, seen: ScoredTexts) -> tuple[np.ndarray, list[list[int]], int]:
+        """(rows, labels) probabilities of a batch: texts seen earlier in the unit or found in the previous output
+        are copied, each other distinct text is run once. Returns them, the token ids that were run and how many
+        rows got probabilities from the previous output."""
+        hashes = batch.text_hashes
+        if self.settings.dedupe:
+            distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+            inverse = inverse.reshape(-1)
+        else:
+            distinct, first, inverse = hashes, np.arange(len(hashes)), np.arange(len(hashes))
+        probs = np.empty((len(distinct), len(self.space.names)), np.float32)
+        known, pos = seen.lookup(distinct) if self.settings.dedupe else (np.zeros(len(distinct), bool), None)
+        if known.any():
+            probs[known] = seen.probs[pos[known]]
+        from_previous = np.zeros(len(distinct), bool)
+        previous = self._previous_index()
+        if previous is not None:
+            found, where = previous.lookup(distinct)
+            from_previous = found & ~known
+            probs[from_previous] = previous.probs[where[from_previous]]
+        run = ~known & ~from_previous
+        run_ids = [batch.token_ids[i] for i in first[run]]
+        if run_ids:
+            probs[run] = self.predictor.probabilities_for_ids(run_ids)
+        copied = from_previous.copy()
+        if known.any():
+            copied[known] = seen.from_previous[pos[known]]
+        reused = int(np.bincount(inverse, minlength=len(distinct))[copied].sum())
+        seen.add(distinct[~known], probs[~known], from_previous[~known])
+        return probs[inverse], run_ids, reused
+
+    def _previous_index(self) -> ScoredTexts | None:
+        """The reuse source's index, loaded on this actor's first unit and kept for the next ones."""
+        source = self.settings.reuse_source
+        if source is None:
+            return None
+        if self._previous is None:
+            t0 = time.perf_counter()
+            self._previous, skipped = load_previous(source, self._index_key(), len(self.space.names))
+            for line in skipped[:5]:
+                log.warning("reuse: not reusing the index of %s", line)
+            log.info("reuse: loaded %d distinct texts (%.1f MiB) from %d index(es) of %s in %.1fs; %d left out",
+                     len(self._previous), self._previous.nbytes / 2**20, len(source.parts) - len(skipped),
+                     source.output, time.perf_counter() - t0, len(skipped))
+        return self._previous
 
     def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [input_schema.field(c) for c in self.settings.read.passthrough]
@@ -171,8 +241,7 @@ class UnitScorer:
                    pa.field("top_score", pa.float32())]
         return pa.schema(fields)
 
-    def _score_batch(self, batch: TokenizedBatch) -> tuple[pa.Table, np.ndarray]:
-        probs = self.predictor.probabilities_for_ids(batch.token_ids)
+    def _output(self, batch: TokenizedBatch, probs: np.ndarray) -> pa.Table:
         top = probs.argmax(axis=1)
         columns = {c: batch.passthrough[c] for c in self.settings.read.passthrough}
         for j, name in enumerate(self.space.names):
@@ -180,4 +249,4 @@ class UnitScorer:
         columns["predicted"] = pa.array(self.space.predict(probs), pa.list_(pa.string()))
         columns["top_label"] = pa.array(np.asarray(self.space.names, dtype=object)[top], pa.string())
         columns["top_score"] = pa.array(probs[np.arange(len(top)), top], pa.float32())
-        return pa.table(columns), probs
+        return pa.table(columns)

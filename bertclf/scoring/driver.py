@@ -22,7 +22,7 @@ from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, resolve_date
 from bertclf.errors import DataError
 from bertclf.progress import Progress
-from bertclf.records import DriftReport, PartStats, UnitPlan, UnitResult, WorkUnit
+from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitPlan, UnitResult, WorkUnit
 from bertclf.resources import ScorePlan, connect, plan_scoring
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.checks import check_before_ray
@@ -35,8 +35,10 @@ from bertclf.scoring.manifest import (
     ScoreError,
     check_resume,
     commit,
+    read_manifest,
     scored_with,
 )
+from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
 from bertclf.scoring.tokens import ReadSettings, UnitTokenizer
 from bertclf.units import balanced_rows_per_unit, cut_units, read_footers
 
@@ -68,6 +70,9 @@ class ScoreSummary:
     drift: DriftReport | None = None
     scored: list[UnitResult] = field(default_factory=list)  # this run's units: which processes did what, timings
     run_id: str = ""  # the run that held the output's lease and committed its parts (bertclf.scoring.lease)
+    duplicate_rows: int = 0  # rows repeating a text of their unit: scored once, copied
+    rows_reused: int = 0  # rows whose probabilities were copied from a previous output
+    reused_from: str | None = None
 
     def one_line(self) -> str:
         if self.already_complete:
@@ -79,9 +84,10 @@ class ScoreSummary:
             moved = sorted(self.distribution_change.items(), key=lambda kv: -abs(kv[1]))[:3]
             change = "; vs previous partition: " + ", ".join(f"{k} {v * 100:+.1f}pp" for k, v in moved)
         drift = f"\n[bertclf] {self.drift.one_line()}" if self.drift else ""
+        reuse = f", {self.rows_reused} reused from {self.reused_from}" if self.rows_reused else ""
         return (f"[bertclf] scored {self.rows_out}/{self.rows_in} rows into {self.output} in {self.seconds:.1f}s "
                 f"({self.rows_per_s:.1f} rows/s; {self.units_scored} unit(s) scored, "
-                f"{self.units_skipped} already done); "
+                f"{self.units_skipped} already done; {self.duplicate_rows} duplicate row(s){reuse}); "
                 f"labels: {dist}{change}{drift}")
 
 
@@ -110,12 +116,31 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
         return _score_output(cfg, ckpt, output, date, files, footers, unreadable, passthrough, lease, t_start)
 
 
+def _reuse_source(cfg: ScoreConfig, output: str, date: dt.date, key: dict,
+                  labels: int) -> tuple[ReuseSource | None, ReuseSummary]:
+    """The earlier committed output this run may copy probabilities from (manifests only: no text on the driver)."""
+    if cfg.reuse == "none":
+        return None, ReuseSummary(mode="none", note="reuse: none")
+    found = candidates(cfg.output, date, cfg.reuse_from, cfg.reuse_lookback_days)
+    if not found:
+        note = "the output has no {date} partition and no reuse_from was given"
+        return None, ReuseSummary(mode=cfg.reuse, note=note)
+    source, note = find_previous(output, found, key, labels, cfg.reuse_index_max_mb, read_manifest)
+    if source is not None:
+        log.info("reuse: texts already scored in %s (%d rows, %d indexed part(s)) are copied, not scored again",
+                 source.output, source.rows, len(source.parts))
+    else:
+        log.info("reuse: nothing to reuse (%s): every text is scored", note)
+    return source, ReuseSummary(mode=cfg.reuse, source=source.output if source else None, note=note)
+
+
 def _score_output(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str], footers: dict,
                   unreadable: dict[str, str], passthrough: tuple[str, ...], lease: LeaseKeeper,
                   t_start: float) -> ScoreSummary:
     """Under the output's lease: start clean or check that a resume matches, score what is missing, commit."""
     sha256 = ckpt.fingerprint()
     settings = scored_with(cfg, ckpt, passthrough)
+    key = reuse_key(sha256, settings)
     if cfg.overwrite:
         _start_clean(output, lease)
     done = storage.list_names(output)
@@ -131,8 +156,11 @@ def _score_output(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: d
     t_score = time.perf_counter()
     failures = dict(unreadable)
     scored: dict[str, UnitResult] = {}
+    source, reuse = _reuse_source(cfg, output, date, key, len(ckpt.space.names)) if todo else (
+        None, ReuseSummary(mode=cfg.reuse, note="every unit was already scored"))
     if todo:
-        identity = dict(run_id=lease.run_id, checkpoint_sha256=sha256, scored_with=settings)
+        identity = dict(run_id=lease.run_id, checkpoint_sha256=sha256, scored_with=settings, dedupe=cfg.dedupe,
+                        reuse_key=key, reuse_source=source)
         scored, unit_failures = _score_units(cfg, ckpt.uri, output, passthrough, todo, lease, identity)
         failures.update(unit_failures)
     score_seconds = time.perf_counter() - t_score
@@ -146,26 +174,30 @@ def _score_output(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: d
     stats = _read_parts(output, [u.name for u in units], required=True)
     manifest = commit(cfg, ckpt, output, date, files, units, stats, {n: r.seconds for n, r in scored.items()},
                       set(scored), score_seconds, time.perf_counter() - t_start, rows_per_unit, sha256=sha256,
-                      settings=settings, run_id=lease.run_id, guard=lease.check)
+                      settings=settings, run_id=lease.run_id, guard=lease.check, reuse=reuse, reuse_key=key)
     return ScoreSummary(output=output, rows_in=manifest.rows_in, rows_out=manifest.rows_out,
                         rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
                         units_scored=len(scored), units_skipped=len(units) - len(scored),
                         actors_used=len({r.actor_pid for r in scored.values()}),
                         label_distribution=manifest.predicted_label_distribution,
                         distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift,
-                        scored=list(scored.values()), run_id=lease.run_id)
+                        scored=list(scored.values()), run_id=lease.run_id, duplicate_rows=manifest.duplicate_rows,
+                        rows_reused=manifest.reuse.rows_reused if manifest.reuse else 0,
+                        reused_from=manifest.reuse.source if manifest.reuse else None)
 
 
 def _start_clean(output: str, lease: LeaseKeeper) -> None:
     """--overwrite: delete everything the output holds but our lease, _SUCCESS and the manifest first."""
     names = storage.list_names(output) - {LEASE}
-    if not names:
+    index = storage.join(output, INDEX_DIR)
+    if not names and not storage.exists(index):
         return
     lease.check("deleting the old output")
     log.info("--overwrite: deleting the %d file(s) of the old output %s", len(names), output)
     first = [n for n in (SUCCESS, MANIFEST, LEGACY_MANIFEST) if n in names]
     for name in first + sorted(names - set(first)):
         storage.delete(storage.join(output, name))
+    storage.delete(index)  # the parts' reuse indexes (bertclf.scoring.reuse)
 
 
 def _read_parts(output: str, names: list[str], required: bool = False) -> list[PartStats]:

@@ -28,6 +28,7 @@ from bertclf.records import (
     Manifest,
     PartEntry,
     PartStats,
+    ReuseSummary,
     UnitCounts,
     WorkUnit,
 )
@@ -105,7 +106,8 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
            units: list[WorkUnit], stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
            score_seconds: float, total_seconds: float, rows_per_unit: int | None = None, *,
            sha256: str | None = None, settings: dict[str, Any] | None = None, run_id: str | None = None,
-           guard: Callable[[str], None] | None = None) -> Manifest:
+           guard: Callable[[str], None] | None = None, reuse: ReuseSummary | None = None,
+           reuse_key: dict[str, Any] | None = None) -> Manifest:
     """Check the parts (`stats` read back from them, one per unit) and rows in == rows out (+ skipped empties),
     then write _manifest.json and, last, _SUCCESS; `guard(name)` runs before each write (the lease check)."""
     sha256 = sha256 or ckpt.fingerprint()
@@ -132,6 +134,14 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
         drift = compare(distribution, histograms, previous.predicted_label_distribution, previous.score_histograms,
                         previous.output, cfg.drift_psi_threshold, cfg.drift_share_threshold)
     scored_rows = sum(u.num_rows for u in units if u.name in scored_names)
+    if reuse is not None:  # rows reused and from where, as the committed parts (of any run) say
+        reused_from: Counter[str] = Counter()
+        for s in stats:
+            if s.rows_reused:
+                reused_from[s.reused_from] += s.rows_reused
+        reuse = ReuseSummary(mode=reuse.mode, source=reuse.source, note=reuse.note,
+                             rows_reused=sum(reused_from.values()), reused_from=dict(reused_from))
+    texts_scored = [s.texts_scored for s in stats]
     per_file: Counter[str] = Counter()
     for s in stats:
         per_file[s.input] += s.rows_in
@@ -152,7 +162,9 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
         config=asdict(cfg), versions=versions(), score_histograms=histograms, drift=drift,
         run_id=run_id, scored_with=settings or {}, part_runs=dict(Counter(s.run_id or "?" for s in stats)),
         precisions_used=dict(Counter(s.precision_used or "?" for s in stats)),
-        windows_scored=sum(s.windows for s in stats),
+        windows_scored=sum(s.windows for s in stats), duplicate_rows=sum(s.duplicate_rows for s in stats),
+        texts_scored=None if None in texts_scored else sum(t or 0 for t in texts_scored), reuse=reuse,
+        reuse_key=reuse_key or {},
     )
     for name, data in ((MANIFEST, (manifest.to_json(indent=2) + "\n").encode()), (SUCCESS, b"")):
         if guard is not None:

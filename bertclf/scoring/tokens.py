@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -17,9 +17,11 @@ import pyarrow.compute as pc
 
 from bertclf.errors import DataError
 from bertclf.records import WorkUnit
+from bertclf.scoring.reuse import HASH_DTYPE, hash_array, hashes_of, text_hashes
 from bertclf.units import check_utf8, is_text_type, read_unit
 
 TOKENS_COLUMN = "__bertclf_input_ids"
+HASH_COLUMN = "__bertclf_text_hash"
 Tokenize = Callable[[list[str]], list[list[int]]]
 
 
@@ -35,16 +37,19 @@ class ReadSettings:
 
 @dataclass
 class TokenizedBatch:
-    """Rows ready for the model: their pass-through columns and token ids, with what reading them counted."""
+    """Rows ready for the model: their pass-through columns, token ids and text hashes (bertclf.scoring.reuse),
+    with what reading them counted."""
 
     passthrough: pa.Table
     token_ids: list[list[int]]
     rows_in: int
     empty: int
+    text_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, HASH_DTYPE))
 
 
 def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize) -> Iterator[TokenizedBatch]:
-    """A unit's rows in read batches (only the needed columns), empty texts handled, tokenized."""
+    """A unit's rows in read batches (only the needed columns), empty texts handled, hashed, and tokenized once
+    per distinct text of the batch."""
     columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
     rows_read = 0
     for record_batch in read_unit(unit, columns, s.read_batch_rows):
@@ -53,7 +58,20 @@ def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize) -> It
         rows_read += rows_in
         table, empty = _handle_empty(table, unit.uri, s)
         texts = table[s.text_column].to_pylist()
-        yield TokenizedBatch(table.select(list(s.passthrough)), tokenize(texts) if texts else [], rows_in, empty)
+        hashes = text_hashes(texts)
+        yield TokenizedBatch(table.select(list(s.passthrough)), _tokenize_distinct(texts, hashes, tokenize),
+                             rows_in, empty, hashes)
+
+
+def _tokenize_distinct(texts: list[str], hashes: np.ndarray, tokenize: Tokenize) -> list[list[int]]:
+    """Token ids per row, each distinct text tokenized once (rows of one text share one list)."""
+    if not texts:
+        return []
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    if len(first) == len(texts):
+        return tokenize(texts)
+    ids = tokenize([texts[i] for i in first])
+    return [ids[j] for j in inverse.reshape(-1)]
 
 
 def _checked_text(table: pa.Table, unit: WorkUnit, column: str, rows_before: int) -> pa.Table:
@@ -103,6 +121,7 @@ def pack(batches: Iterator[TokenizedBatch]) -> PackedUnit:
     for b in batches:
         rows_in, empty = rows_in + b.rows_in, empty + b.empty
         table = b.passthrough.append_column(TOKENS_COLUMN, pa.array(b.token_ids, pa.list_(pa.int32())))
+        table = table.append_column(HASH_COLUMN, hash_array(b.text_hashes))
         if writer is None:
             writer = pa.ipc.new_stream(sink, table.schema)
         writer.write_table(table)
@@ -119,9 +138,10 @@ def unpack(unit: PackedUnit) -> Iterator[TokenizedBatch]:
             ids = batch.column(TOKENS_COLUMN)
             offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
             token_ids = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(ids))]
-            passthrough = pa.Table.from_batches([batch]).drop_columns([TOKENS_COLUMN])
+            text_hashes = hashes_of(batch.column(HASH_COLUMN))
+            passthrough = pa.Table.from_batches([batch]).drop_columns([TOKENS_COLUMN, HASH_COLUMN])
             rows += batch.num_rows
-            yield TokenizedBatch(passthrough, token_ids, batch.num_rows, 0)
+            yield TokenizedBatch(passthrough, token_ids, batch.num_rows, 0, text_hashes)
     if unit.rows_in > rows or unit.empty:  # rows skipped as empty, or no batch at all
         yield TokenizedBatch(pa.table({}), [], unit.rows_in - rows, unit.empty)
 

@@ -1,0 +1,194 @@
+"""Skip work already done: texts keyed by a hash, each part's compact index, and the previous output to copy from.
+
+A scored text is known by the 128-bit blake2b of its UTF-8 bytes. Each committed part has an index beside it,
+`_reuse/<part name>`: one row per distinct text of the part (its hash and its probabilities), written before the
+part itself, so a committed part always has one. A later run with `reuse: previous` finds one earlier committed
+output scored by the same checkpoint and settings (`reuse_key`), and each scoring actor loads that output's indexes
+once, as two sorted numpy arrays, to look up the texts of every unit it scores. The driver only reads manifests and
+lists index names: it never holds a text or a hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bertclf import storage
+from bertclf.dates import fill_date, has_date
+from bertclf.errors import RecordError
+from bertclf.records import Manifest, ReuseSource
+from bertclf.scoring.manifest import SUCCESS
+
+INDEX_DIR = "_reuse"  # "_" so Parquet readers of the output skip it, like _manifest.json
+HASH_BYTES = 16
+HASH_DTYPE = f"S{HASH_BYTES}"
+INDEX_KEY = "bertclf.reuse_key"  # footer key of an index: the reuse key and the precision its actor ran
+
+log = logging.getLogger("bertclf")
+
+
+def text_hashes(texts: list[str]) -> np.ndarray:
+    """Per text, the 16-byte blake2b of its UTF-8 bytes (numpy S16: fixed width, sortable, no Python objects)."""
+    return np.array([hashlib.blake2b(t.encode("utf-8"), digest_size=HASH_BYTES).digest() for t in texts],
+                    dtype=HASH_DTYPE)
+
+
+def hash_array(hashes: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """Hashes as an Arrow fixed_size_binary(16) column, without a Python object per row."""
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(HASH_BYTES), len(hashes),
+                                                [None, pa.py_buffer(np.ascontiguousarray(hashes).tobytes())])
+
+
+def hashes_of(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed_size_binary(16) column back as numpy S16."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return np.frombuffer(column.buffers()[1], HASH_DTYPE, count=len(column), offset=column.offset * HASH_BYTES)
+
+
+def reuse_key(sha256: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' probabilities for one text the same: the weights, the label head's bias, the length and
+    the long-text windows (the precision an actor ran is checked per index). Thresholds only change `predicted`,
+    which is recomputed from the copied probabilities."""
+    labels = {k: v for k, v in settings.get("labels", {}).items() if k != "thresholds"}
+    return json.loads(json.dumps({"checkpoint_sha256": sha256, "labels": labels,
+                                  **{k: settings.get(k) for k in ("max_length", "long_text", "chunk_stride")}}))
+
+
+class ScoredTexts:
+    """Distinct text hashes, sorted, with their probabilities: a unit's texts so far, or a previous output's index.
+
+    Memory: 16 bytes + 4 per label for each distinct text.
+    """
+
+    def __init__(self, labels: int, keys: np.ndarray | None = None, probs: np.ndarray | None = None,
+                 from_previous: np.ndarray | None = None):
+        self.keys = np.empty(0, HASH_DTYPE) if keys is None else keys
+        self.probs = np.empty((0, labels), np.float32) if probs is None else probs
+        self.from_previous = np.zeros(len(self.keys), bool) if from_previous is None else from_previous
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, position) per hash; positions index keys/probs where found."""
+        if not len(self.keys) or not len(hashes):
+            return np.zeros(len(hashes), bool), np.zeros(len(hashes), np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, hashes), len(self.keys) - 1)
+        return self.keys[pos] == hashes, pos
+
+    def add(self, hashes: np.ndarray, probs: np.ndarray, from_previous: np.ndarray) -> None:
+        """Add texts not held yet (the caller looked them up first); keeps the keys sorted and unique."""
+        keys = np.concatenate([self.keys, hashes])
+        self.keys, first = np.unique(keys, return_index=True)
+        self.probs = np.concatenate([self.probs, probs.astype(np.float32, copy=False)])[first]
+        self.from_previous = np.concatenate([self.from_previous, from_previous])[first]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.probs.nbytes
+
+
+def write_index(local_path: str, texts: ScoredTexts, key: dict[str, Any]) -> None:
+    """A part's index: its distinct texts' hashes and probabilities (float32, as in the part), key in the footer."""
+    labels = texts.probs.shape[1]
+    values = pa.array(np.ascontiguousarray(texts.probs, np.float32).reshape(-1), pa.float32())
+    table = pa.table({"hash": hash_array(texts.keys), "probs": pa.FixedSizeListArray.from_arrays(values, labels)})
+    table = table.replace_schema_metadata({INDEX_KEY: json.dumps(key, sort_keys=True)})
+    pq.write_table(table, local_path, compression="zstd")
+
+
+def read_index(uri: str, labels: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(key, hashes, probs) of one part's index."""
+    fs, path = storage.resolve(uri)
+    table = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), f"reading {uri}")
+    key = json.loads((table.schema.metadata or {}).get(INDEX_KEY.encode(), b"{}"))
+    probs = table["probs"].combine_chunks().flatten().to_numpy().reshape(-1, labels)
+    return key, hashes_of(table["hash"]).copy(), probs
+
+
+def load_previous(source: ReuseSource, key: dict[str, Any], labels: int) -> tuple[ScoredTexts, list[str]]:
+    """One actor's copy of a previous output's indexes whose key (precision run included) is this actor's; returns
+    it and one line per index left out and why."""
+    def read(name: str):
+        return name, *read_index(storage.join(source.output, INDEX_DIR, name), labels)
+
+    keys, probs, skipped = [], [], []
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(source.parts)))) as pool:
+        for name, theirs, k, p in pool.map(read, source.parts):
+            if theirs != key:
+                skipped.append(f"{name}: scored with {_diff(theirs, key)}")
+                continue
+            keys.append(k)
+            probs.append(p)
+    texts = ScoredTexts(labels)
+    if keys:
+        texts.add(np.concatenate(keys), np.concatenate(probs), np.ones(sum(map(len, keys)), bool))
+    return texts, skipped
+
+
+def _diff(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    return "; ".join(f"{k} {json.dumps(theirs.get(k))} (this run: {json.dumps(ours.get(k))})" for k in keys)
+
+
+def find_previous(output: str, candidates: list[str], key: dict[str, Any], labels: int, max_mb: int,
+                  read_manifest: Callable[[str], Manifest]) -> tuple[ReuseSource | None, str]:
+    """The first candidate output that is committed, scored with this key, has indexes and fits an actor's memory;
+    else None and why none was taken (each refusal is logged)."""
+    reasons = []
+    for uri in candidates:
+        uri = storage.absolute(uri)
+        if uri.rstrip("/") == output.rstrip("/"):
+            continue
+        why = _refusal(uri, key, labels, max_mb, read_manifest)
+        if isinstance(why, ReuseSource):
+            return why, ""
+        log.info("reuse: not reusing %s: %s", uri, why)
+        reasons.append(f"{uri}: {why}")
+    return None, "; ".join(reasons) or "no earlier output to reuse"
+
+
+def _refusal(uri: str, key: dict[str, Any], labels: int, max_mb: int,
+             read_manifest: Callable[[str], Manifest]) -> ReuseSource | str:
+    if not storage.exists(storage.join(uri, SUCCESS)):
+        return f"no {SUCCESS} (not scored, or not finished)"
+    try:
+        manifest = read_manifest(uri)
+    except (FileNotFoundError, RecordError, storage.StorageError, OSError) as exc:
+        return f"its manifest can't be read ({type(exc).__name__}: {exc})"
+    if not manifest.reuse_key:
+        return "its manifest records no reuse key (scored before bertclf wrote reuse indexes)"
+    if manifest.reuse_key != key:
+        return f"scored with another checkpoint or settings: {_diff(manifest.reuse_key, key)}"
+    indexed = storage.list_names(storage.join(uri, INDEX_DIR))
+    parts = [p.name for p in manifest.parts if p.name in indexed]
+    if not parts:
+        return "none of its parts has a reuse index"
+    mb = manifest.rows_out * (HASH_BYTES + 4 * labels) / 2**20
+    if mb > max_mb:
+        return (f"its index ({manifest.rows_out} rows, up to {mb:.0f} MiB per scoring actor) is over "
+                f"reuse_index_max_mb={max_mb}")
+    return ReuseSource(output=uri, parts=parts, rows=manifest.rows_out)
+
+
+def candidates(output_template: str, date: dt.date, reuse_from: str | None, lookback_days: int) -> list[str]:
+    """Where to look: reuse_from when given, else the earlier {date} partitions of the output, nearest first."""
+    if reuse_from:
+        return [fill_date(reuse_from, date)]
+    if not has_date(output_template):
+        return []
+    return [fill_date(output_template, date - dt.timedelta(days=k)) for k in range(1, lookback_days + 1)]
+
+
+__all__ = ["INDEX_DIR", "ScoredTexts", "candidates", "find_previous", "hash_array", "hashes_of", "load_previous",
+           "read_index", "reuse_key", "text_hashes", "write_index"]
