@@ -103,7 +103,7 @@ def write_days(args: argparse.Namespace, root: Path) -> dict:
 def score(ckpt: str, inputs: str, output: str, date: str, **kw) -> dict:
     from bertclf import scoring
     from bertclf.config import ScoreConfig
-    from bertclf.scoring.manifest import read_manifest
+    from bertclf.scoring import read_manifest
 
     t0 = time.perf_counter()
     summary = scoring.run(ScoreConfig(checkpoint=ckpt, input=inputs, output=output, date=date, id_column="id", **kw))

@@ -206,6 +206,18 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                         num(row["planned_sdpa"].get("seconds_per_step"), 1),
                         num(row.get("peak_ratio_whole_vs_planned"), 2)]
                        for r in memory for row in r["rows"]])]
+    nightly = [r for (b, _), r in groups.items() if b == "nightly"]
+    if nightly:
+        parts += ["", "Nightly reuse (`benchmarks/nightly.py`: day 2's corpus repeats a share of day 1's texts; day 2 "
+                  "scored with `reuse: previous` against `reuse: none`, same checkpoint, same run):", "",
+                  markdown_table(
+                      ["CPU class", "date", "rows", "repeated", "full rows/s", "reuse rows/s", "`speedup`",
+                       "`agreement`", "`max_abs_dprob`", "note"],
+                      [[r["cpu_class"], str(r.get("date", ""))[:10], num(r.get("rows"), 0),
+                        f"{r.get('repeat_share', 0):.0%}", num(r.get("full_rows_per_s"), 1),
+                        num(r.get("reuse_rows_per_s"), 1), num(r.get("speedup"), 2),
+                        num(r["quality"].get("agreement"), 4), f"{r['quality'].get('max_abs_dprob', 0):.1e}",
+                        "machine busy at start" if r.get("warning") else ""] for r in nightly])]
     serve = [r for (b, _), r in groups.items() if b == "serve"]
     if serve:
         parts += ["", "Serving (`benchmarks/serve.py`: `bertclf serve` on 127.0.0.1 under concurrent clients, against "

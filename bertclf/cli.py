@@ -140,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline unless the user sets HF_HUB_OFFLINE=0
     args = build_parser().parse_args(argv)
     try:
+        # a bad interval stops here (exit 2), not in a worker an hour in; only a good one reaches the environment
         if args.progress_seconds is not None:
-            os.environ[EVERY_ENV] = f"{args.progress_seconds:g}"
-        every_seconds()  # a bad BERTCLF_PROGRESS_SECONDS stops here (exit 2), not in a worker an hour in
+            os.environ[EVERY_ENV] = f"{every_seconds(str(args.progress_seconds)):g}"
+        every_seconds()
         logs.setup(args.log_level)
         log.debug("bertclf %s %s on %s", __version__, args.command, logs.versions())
         return _dispatch(args)

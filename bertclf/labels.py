@@ -137,3 +137,8 @@ def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits))
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["LabelFormat", "LabelSpace", "TaskType", "encode_targets", "label_format", "labels_in_column",
+           "probabilities", "task_for_format"]

@@ -19,9 +19,9 @@ EVERY_ENV = "BERTCLF_PROGRESS_SECONDS"
 DEFAULT_EVERY_S = 30.0
 
 
-def every_seconds() -> float:
-    """The interval between progress lines, from BERTCLF_PROGRESS_SECONDS (seconds, > 0)."""
-    raw = os.environ.get(EVERY_ENV, "").strip()
+def every_seconds(raw: str | None = None) -> float:
+    """The interval between progress lines: `raw`, else BERTCLF_PROGRESS_SECONDS (seconds, > 0)."""
+    raw = (os.environ.get(EVERY_ENV, "") if raw is None else raw).strip()
     if not raw:
         return DEFAULT_EVERY_S
     try:

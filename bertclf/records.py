@@ -447,3 +447,9 @@ class TrackingRef(Record):
     tracking_uri: str
     experiment_id: str
     run_id: str
+
+
+# the records other modules, jobs and benchmarks use
+__all__ = ["Record", "CheckpointMeta", "CheckpointRef", "DataSummary", "DriftReport", "EmptyTexts", "EpochRecord",
+           "InputRows", "LabelDrift", "Lease", "Manifest", "PartEntry", "PartStats", "ReuseSource", "ReuseSummary",
+           "TrackingRef", "TuningInfo", "UnitCounts", "UnitPlan", "UnitResult", "WorkUnit"]

@@ -34,6 +34,27 @@ sys.path.insert(0, str(REPO / "cluster"))  # cluster/local.py picks ports and st
 from local import free_port, start_moto, wait_for_port  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _process_settings_restored():
+    """`bertclf.cli.main` exports --log-level and --progress-seconds to the environment and configures logging for
+    the process (as a CLI should); in-process CLI tests must not hand either to the tests after them."""
+    import logging
+
+    names = ("BERTCLF_LOG_LEVEL", "BERTCLF_PROGRESS_SECONDS")
+    saved_env = {n: os.environ.get(n) for n in names}
+    root, ours = logging.getLogger(), logging.getLogger("bertclf")
+    saved_logging = (root.level, list(root.handlers), ours.level)
+    yield
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    root.setLevel(saved_logging[0])
+    root.handlers[:] = saved_logging[1]
+    ours.setLevel(saved_logging[2])
+
+
 def make_rows(n: int, seed: int, multi_label: bool) -> list[dict]:
     """Synthetic labelled texts whose words predict their labels, so a tiny model can learn something."""
     rng = random.Random(seed)

@@ -110,9 +110,11 @@ def test_cli_output_follows_the_log_level(tiny_model, tmp_path, capsys, monkeypa
     assert "unknown log level 'LOUD'" in capsys.readouterr().err
 
 
-def test_cli_refuses_a_bad_progress_interval(capsys):
+def test_cli_refuses_a_bad_progress_interval_and_keeps_it_out_of_the_environment(capsys, monkeypatch):
+    monkeypatch.delenv("BERTCLF_PROGRESS_SECONDS", raising=False)
     assert main(["predict", "--checkpoint", "nowhere", "x", "--progress-seconds", "0"]) == 2
     assert "BERTCLF_PROGRESS_SECONDS" in capsys.readouterr().err
+    assert "BERTCLF_PROGRESS_SECONDS" not in os.environ, "a refused interval must not reach later runs or workers"
 
 
 def test_version_comes_from_package_metadata(capsys):
