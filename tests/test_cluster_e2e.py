@@ -1,5 +1,5 @@
-"""End to end as users run it: cluster/local.py up, `ray job submit` of train then score against the local
-S3 server, outputs and job status checked, then cluster/local.py down."""
+"""End to end as users run it: cluster/local.py up, `ray job submit` of score (by default) and of train then score
+(slow) against the local S3 server, outputs and job status checked, then cluster/local.py down."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 
 import boto3
 import pytest
-from conftest import REPO, build_tiny_bert, free_port, make_rows, write_rows
+from conftest import REPO, build_tiny_bert, free_port, make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf import storage
 
@@ -57,39 +57,55 @@ def _submit(client: dict, script: str, *args: str) -> subprocess.CompletedProces
                           timeout=600)
 
 
-def test_submit_train_then_score_on_the_local_cluster(local_cluster, tmp_path):
+@pytest.fixture
+def on_s3(local_cluster, tmp_path):
+    """The cluster's S3 credentials in this process; bucket e2e holding three labelled shards and a validation file."""
     _, client = local_cluster
     old = {k: os.environ.get(k) for k in client}
     os.environ.update({k: v for k, v in client.items() if k.startswith("AWS_")})
     try:
-        boto3.client("s3", endpoint_url=client["AWS_ENDPOINT_URL"]).create_bucket(Bucket="e2e")
-        storage.upload_dir(build_tiny_bert(tmp_path / "tiny"), "s3://e2e/models/tiny-bert")
+        s3 = boto3.client("s3", endpoint_url=client["AWS_ENDPOINT_URL"])
+        if "e2e" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+            s3.create_bucket(Bucket="e2e")
         for i in range(3):
             write_rows(tmp_path / f"t{i}.parquet", make_rows(100, i, multi_label=False))
             storage.write_bytes(f"s3://e2e/train/t{i}.parquet", (tmp_path / f"t{i}.parquet").read_bytes())
         write_rows(tmp_path / "v.parquet", make_rows(40, 9, multi_label=False))
         storage.write_bytes("s3://e2e/val/v.parquet", (tmp_path / "v.parquet").read_bytes())
-
-        trained = _submit(client, "jobs/train.py", "--train", "s3://e2e/train/", "--validation", "s3://e2e/val/",
-                          "--output", "s3://e2e/runs/tiny", "--model", "s3://e2e/models/tiny-bert",
-                          "--epochs", "1", "--num-workers", "2", "--set", "precision=fp32", "--set", "max_length=32")
-        assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
-        assert "succeeded" in trained.stdout + trained.stderr
-        assert storage.exists("s3://e2e/runs/tiny/best/bertclf.json")
-
-        scored = _submit(client, "jobs/score.py", "--checkpoint", "s3://e2e/runs/tiny/best",
-                         "--input", "s3://e2e/train/", "--output", "s3://e2e/scores/date={date}",
-                         "--date", "2026-11-22", "--id-column", "id")
-        assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
-        assert "progress:" in scored.stdout and "scored 300/300 rows" in scored.stdout
-        manifest = storage.read_json("s3://e2e/scores/date=2026-11-22/_manifest.json")
-        assert manifest["rows_in"] == manifest["rows_out"] == 300
-        assert storage.exists("s3://e2e/scores/date=2026-11-22/_SUCCESS")
-
-        bad = _submit(client, "jobs/score.py", "--checkpoint", "s3://e2e/runs/tiny/best", "--input",
-                      "s3://e2e/train/", "--output", "s3://e2e/scores/bad", "--text-column", "body")
-        assert bad.returncode != 0
-        assert "text column 'body' not found" in bad.stdout + bad.stderr
+        yield client
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _score_and_refuse_a_bad_column(client: dict, checkpoint: str, output: str) -> None:
+    """A score job commits 300 rows with progress lines; a job naming a missing column fails and says so."""
+    scored = _submit(client, "jobs/score.py", "--checkpoint", checkpoint, "--input", "s3://e2e/train/",
+                     "--output", f"{output}/date={{date}}", "--date", "2026-11-22", "--id-column", "id")
+    assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
+    assert "progress:" in scored.stdout and "scored 300/300 rows" in scored.stdout
+    manifest = storage.read_json(f"{output}/date=2026-11-22/_manifest.json")
+    assert manifest["rows_in"] == manifest["rows_out"] == 300
+    assert storage.exists(f"{output}/date=2026-11-22/_SUCCESS")
+
+    bad = _submit(client, "jobs/score.py", "--checkpoint", checkpoint, "--input", "s3://e2e/train/",
+                  "--output", f"{output}/bad", "--text-column", "body")
+    assert bad.returncode != 0
+    assert "text column 'body' not found" in bad.stdout + bad.stderr
+
+
+def test_submit_score_on_the_local_cluster(on_s3, tiny_model, tmp_path):
+    storage.upload_dir(save_tiny_checkpoint(tmp_path / "ckpt", tiny_model, "multi_class"), "s3://e2e/ckpt")
+    _score_and_refuse_a_bad_column(on_s3, "s3://e2e/ckpt", "s3://e2e/scores-of-ckpt")
+
+
+@pytest.mark.slow  # a training job then scoring jobs (~125 s on 2 cores); training in Ray Train runs by default
+def test_submit_train_then_score_on_the_local_cluster(on_s3, tmp_path):
+    storage.upload_dir(build_tiny_bert(tmp_path / "tiny"), "s3://e2e/models/tiny-bert")
+    trained = _submit(on_s3, "jobs/train.py", "--train", "s3://e2e/train/", "--validation", "s3://e2e/val/",
+                      "--output", "s3://e2e/runs/tiny", "--model", "s3://e2e/models/tiny-bert",
+                      "--epochs", "1", "--num-workers", "2", "--set", "precision=fp32", "--set", "max_length=32")
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "succeeded" in trained.stdout + trained.stderr
+    assert storage.exists("s3://e2e/runs/tiny/best/bertclf.json")
+    _score_and_refuse_a_bad_column(on_s3, "s3://e2e/runs/tiny/best", "s3://e2e/scores")

@@ -65,13 +65,12 @@ def test_evaluate_can_score_a_chunk_checkpoint_truncated_and_its_report_gives_th
         two_checkpoints, ray_local, tmp_path):
     ckpts, data = two_checkpoints
     chunked = evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data))
-    as_truncated = evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data, long_text="truncate"))
+    as_truncated = evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data, long_text="truncate",
+                                           report=str(tmp_path / "report")))
     truncated = evaluate(EvaluateConfig(checkpoint=str(ckpts["truncate"]), data=data))
     assert chunked["long_text"] == "chunk" and as_truncated["long_text"] == truncated["long_text"] == "truncate"
     assert as_truncated["roc_auc_macro"] == truncated["roc_auc_macro"], "the override is the truncated checkpoint"
     assert chunked["roc_auc_macro"] != truncated["roc_auc_macro"], "pooled windows see the whole text"
-    reported = evaluate(EvaluateConfig(checkpoint=str(ckpts["chunk"]), data=data, long_text="truncate",
-                                       report=str(tmp_path / "report")))
     page = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert page["long_text"] == "truncate" and page["headline"] == {k: as_truncated[k] for k in page["headline"]}
-    assert reported["per_label"] == as_truncated["per_label"] == page["per_label"], "one engine, one set of numbers"
+    assert page["long_text"] == "truncate" and page["headline"] == {k: truncated[k] for k in page["headline"]}
+    assert as_truncated["per_label"] == truncated["per_label"] == page["per_label"], "one engine, one set of numbers"

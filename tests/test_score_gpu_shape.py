@@ -74,6 +74,7 @@ def test_gpu_node_tokenizes_on_cpu_actors_and_scores_like_the_fused_pipeline(ray
     assert storage.exists(f"s3://{bucket}/gpu_shaped/_SUCCESS")
 
 
+@pytest.mark.slow  # the fused pipeline's version of this runs by default (test_score_integration)
 def test_a_unit_the_tokenizer_stage_cannot_read_fails_by_file_without_success(ray_with_a_gpu, checkpoint_dir,
                                                                               tmp_path):
     corpus = tmp_path / "corpus"

@@ -222,6 +222,7 @@ def test_another_checkpoints_scores_are_never_reused(ray_local, other_ckpt, days
     assert np.abs(other - ours).max() > 1e-3, "the other head's probabilities, not copies of day 1's"
 
 
+@pytest.mark.slow  # reuse on local outputs runs by default; this adds S3 and reuse_from
 def test_reuse_from_an_explicit_output_on_s3(ray_local, ckpt, days, scored, bucket):
     root, old, day2 = days
     for f in (root / f"date={DAY2}").iterdir():

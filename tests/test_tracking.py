@@ -252,6 +252,7 @@ def test_a_server_that_is_down_fails_the_run_before_training_with_exit_2(tiny_mo
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "ray_train").exists()
 
 
+@pytest.mark.slow  # three epochs through a proxy (~50 s on 2 cores); a server down at the start runs by default
 def test_a_server_that_goes_away_mid_run_costs_a_warning_and_training_completes(ray_local, tiny_model,
                                                                                 mlflow_server, tmp_path, caplog):
     """The run starts through a proxy; once epoch 1 is in MLflow the proxy goes away. Every epoch still lands in

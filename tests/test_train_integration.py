@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import make_rows, write_rows
 
 from bertclf import storage
@@ -72,8 +73,8 @@ def test_two_workers_train_from_s3_shards_a_killed_worker_resumes_and_best_lands
     assert meta["metrics"]["f1_macro"] == max(m["f1_macro"] for m in lines), "best/ holds the best epoch (ties: any)"
 
 
-def test_multi_class_with_a_hash_split_and_the_same_command_again_resumes(ray_local, tiny_model, tmp_path):
-    """No validation data: a hash split of train. Run again with more epochs: resumes from the latest checkpoint."""
+def _multi_class_from_a_hash_split(tiny_model, tmp_path) -> dict:
+    """No validation data: a hash split of train. One epoch, checked; returns the run's settings."""
     from transformers import AutoModelForSequenceClassification
 
     write_rows(tmp_path / "all.parquet", make_rows(300, seed=5, multi_label=False))
@@ -88,7 +89,18 @@ def test_multi_class_with_a_hash_split_and_the_same_command_again_resumes(ray_lo
     assert meta["labels"]["task"] == "multi_class" and "accuracy" in first[0]
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "best")
     assert model.config.problem_type == "single_label_classification"
+    return cfg
 
+
+def test_multi_class_from_a_hash_split(ray_local, tiny_model, tmp_path):
+    _multi_class_from_a_hash_split(tiny_model, tmp_path)
+
+
+@pytest.mark.slow  # two training runs (~80 s on 2 cores); resuming after a killed worker runs by default
+def test_multi_class_with_a_hash_split_and_the_same_command_again_resumes(ray_local, tiny_model, tmp_path):
+    """Run again with more epochs: resumes from the latest checkpoint."""
+    cfg = _multi_class_from_a_hash_split(tiny_model, tmp_path)
+    first = _metrics_lines(cfg["output"])
     run(_config(epochs=2, **cfg))
     second = _metrics_lines(cfg["output"])
     assert [m["epoch"] for m in second] == [1, 2]

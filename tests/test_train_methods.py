@@ -17,8 +17,9 @@ from bertclf.scoring import run as score
 from bertclf.training import run as train
 
 
-# prefix is slow-marked to keep the default suite short: its loading by every path is in test_adapters.py
-@pytest.mark.parametrize("method", ["lora", pytest.param("prefix", marks=pytest.mark.slow)])
+# slow (~100 s a method on 2 cores): training, resuming and loading each method by every path is in test_adapters.py
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "prefix"])
 def test_method_trains_on_two_workers_resumes_and_scores(ray_local, tiny_model, bucket, tmp_path, method):
     train_uri, val_uri = _shards_to_s3(tmp_path, bucket, multi_label=True)
     output = f"s3://{bucket}/runs/{method}"

@@ -54,6 +54,7 @@ def test_asha_stops_trailing_trials_and_publishes_the_best(tiny_model, tmp_path,
     assert not (output / "best" / "train_state.safetensors").exists()
 
 
+@pytest.mark.slow  # a whole search, killed and resumed (~150 s on 2 cores)
 def test_search_writes_the_table_publishes_the_best_and_resumes_after_the_driver_is_killed(
         tiny_model, tmp_path, s3_server):
     """Paths relative to where the command runs, as users write them (trials run in other directories)."""
