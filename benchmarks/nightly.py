@@ -51,7 +51,7 @@ def make_checkpoint(workdir: Path) -> str:
     """The packaged MiniLM with a seeded 28-label multi-label head, saved as a bertclf checkpoint (no training)."""
     import torch
 
-    from bertclf import checkpoint
+    from bertclf import adapters
     from bertclf.config import PACKAGED_MODEL
     from bertclf.labels import LabelSpace
     from bertclf.modeling import build_classifier, load_tokenizer, resolve_model_dir
@@ -65,8 +65,8 @@ def make_checkpoint(workdir: Path) -> str:
     torch.manual_seed(0)
     model_dir = resolve_model_dir(PACKAGED_MODEL)
     space = LabelSpace("multi_label", names, [])
-    checkpoint.save_model_dir(directory, build_classifier(model_dir, space), load_tokenizer(model_dir),
-                              CheckpointMeta(labels=space, max_length=64, epoch=0))
+    adapters.save_model_dir(directory, build_classifier(model_dir, space), load_tokenizer(model_dir),
+                            CheckpointMeta(labels=space, max_length=64, epoch=0))
     return str(directory)
 
 

@@ -215,3 +215,9 @@ def load_for_inference(model_dir: str | Path, device=None, adapter: str | None =
     model.to(device)
     modeling.keep_head_in_fp32(hf_model(model))
     return model, modeling.load_tokenizer(str(model_dir))
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["DEFAULT_ADAPTER_LR", "PREFIX_ALTERNATIVES", "apply_method", "check_method_fits", "default_lora_targets",
+           "encoder_learning_rate", "hf_model", "load_adapter", "load_for_inference", "load_weights", "lora_targets",
+           "save", "save_model_dir", "takes_prefix", "tuning_info"]
