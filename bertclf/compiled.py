@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when what goes into a compiled graph changes, so old cache entries are never loaded
 MIN_PARAMETERS_FOR_AUTO = 5_000_000  # below this a forward is too cheap for a compile to pay back
+EAGER_CPU_CLASSES = frozenset({"avx2"})  # auto stays eager here: the compiled fp32 graph ran slower than eager
 
 CompiledForward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,12 +34,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BERTCLF_COMPILE_CACHE") or Path.home() / ".cache" / "bertclf" / "compiled")
 
 
-def wanted(setting: str, model, device_type: str) -> bool:
-    """compile: on / off / auto (a model big enough for the compile to pay back); CPU actors only: the graph is
-    compiled for this CPU, and GPUs run their own fused kernels (SDPA, bf16) eagerly."""
+def wanted(setting: str, model, device_type: str, cpu: str | None = None) -> bool:
+    """compile: on / off / auto (a model big enough for the compile to pay back, on a CPU class where the graph
+    beats eager; `cpu`: this machine's class unless given); CPU actors only: the graph is compiled for this CPU,
+    and GPUs run their own fused kernels (SDPA, bf16) eagerly."""
     if device_type != "cpu" or setting == "off":
         return False
-    return setting == "on" or sum(p.numel() for p in model.parameters()) >= MIN_PARAMETERS_FOR_AUTO
+    if setting == "on":
+        return True
+    if sum(p.numel() for p in model.parameters()) < MIN_PARAMETERS_FOR_AUTO:
+        return False
+    from bertclf.resources import cpu_class
+
+    return (cpu or cpu_class()) not in EAGER_CPU_CLASSES
 
 
 def cache_key(fingerprint: str, bf16: bool, max_rows: int, max_length: int) -> str:

@@ -125,7 +125,9 @@ def test_auto_compiles_only_models_worth_it_on_cpu(compiled_predictor):
     assert compiled.wanted("on", tiny, "cpu") and not compiled.wanted("off", tiny, "cpu")
     assert not compiled.wanted("on", tiny, "cuda")
     big = torch.nn.Linear(2500, 2500)  # 6.25M parameters
-    assert compiled.wanted("auto", big, "cpu") and not compiled.wanted("auto", big, "cuda")
+    assert compiled.wanted("auto", big, "cpu", cpu="avx512_bf16") and not compiled.wanted("auto", big, "cuda")
+    assert not compiled.wanted("auto", big, "cpu", cpu="avx2"), "AVX2: the fp32 graph measured slower than eager"
+    assert compiled.wanted("on", big, "cpu", cpu="avx2")
 
 
 def test_scoring_actors_load_the_node_cache_and_match_eager(ray_local, compiled_predictor, checkpoint_dir, tmp_path):
