@@ -101,7 +101,8 @@ class Explainer:
 
 
 def _merge_word_pieces(text: str, enc, per_token: np.ndarray) -> list[WordAttribution]:
-    """Sum the attributions of a word's pieces, the word spelled as in the text; [CLS]/[SEP] are dropped."""
+    """Sum the attributions of a word's pieces, the word spelled as in the text; [CLS]/[SEP] are dropped.
+    SentencePiece tokenizers (DeBERTa-v2/v3) start a word's span at the space before it: the space is not shown."""
     spans: list[list] = []  # [start, end, score] per word
     last_word: int | None = None
     for i, (word_id, (start, end)) in enumerate(zip(enc.word_ids(0), enc["offset_mapping"][0].tolist(),
@@ -114,7 +115,7 @@ def _merge_word_pieces(text: str, enc, per_token: np.ndarray) -> list[WordAttrib
         else:
             spans.append([start, end, float(per_token[i])])
         last_word = word_id
-    return [WordAttribution(word=text[start:end], score=score) for start, end, score in spans]
+    return [WordAttribution(word=text[start:end].strip(), score=score) for start, end, score in spans]
 
 
 def render_terminal(explanations: list[Explanation]) -> str:

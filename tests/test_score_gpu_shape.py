@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from conftest import make_rows, save_tiny_checkpoint, write_rows
+from tiny_architectures import ARCHITECTURES, arch_checkpoint, reference_probabilities
 
 from bertclf import storage
 from bertclf.config import ScoreConfig
@@ -72,6 +73,24 @@ def test_gpu_node_tokenizes_on_cpu_actors_and_scores_like_the_fused_pipeline(ray
     for name in ("prob_anger", "prob_fear", "prob_joy"):
         np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy())
     assert storage.exists(f"s3://{bucket}/gpu_shaped/_SUCCESS")
+
+
+@pytest.mark.slow  # seven scoring runs; the tiny BERT's runs above by default
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_gpu_shaped_plan_scores_each_architecture(ray_with_a_gpu, arch, tmp_path):
+    """Each architecture's tokenizer in the CPU stage, its model in the GPU actor: the texts' plain-transformers
+    probabilities come back."""
+    ckpt = arch_checkpoint(tmp_path / arch, arch)
+    rows = [{"id": f"r{i}", "text": r["text"]} for i, r in enumerate(make_rows(40, 5, True))]
+    write_rows(tmp_path / "in.parquet", rows, row_group_size=20)
+    out = tmp_path / "scores"
+    summary = run(ScoreConfig(checkpoint=str(ckpt), input=str(tmp_path / "in.parquet"), output=str(out),
+                              precision="fp32", compile="off", max_batch_rows=8))
+    assert summary.rows_out == 40 and all(r.gpu_ids == ["0"] and r.tokenizer_pid != r.actor_pid
+                                          for r in summary.scored)
+    table = _scores(str(out))
+    got = np.stack([table[f"prob_{n}"].to_numpy() for n in ("anger", "fear", "joy")], axis=1)
+    np.testing.assert_allclose(got, reference_probabilities(ckpt, table["text"].to_pylist()), atol=1e-5)
 
 
 @pytest.mark.slow  # the fused pipeline's version of this runs by default (test_score_integration)
