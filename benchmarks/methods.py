@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     result = {"benchmark": "methods", "dataset": args.dataset, "title": title, "date": started[:10],
               "started": started, "cpu_class": machine["cpu_class"], "machine": machine, "config": args.config,
-              "overrides": args.set, "methods": rows, "versions": bc.versions()}
+              "model": cfg.model, "overrides": args.set, "methods": rows, "versions": bc.versions()}
     path = Path(args.json) if args.json else bc.RESULTS_DIR / f"{started[:10]}-methods-{args.dataset}.json"
     bc.write_json(path, result)
     return 0

@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from bertclf.config import PACKAGED_MODEL
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -34,10 +36,17 @@ def load_results(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
     return out
 
 
+def model_name(result: dict) -> str:
+    """The model a result was made with, without the `packaged:` prefix; results from before this was recorded
+    were all made with the default (the packaged MiniLM)."""
+    return (result.get("model") or PACKAGED_MODEL).removeprefix("packaged:")
+
+
 def group_key(result: dict) -> tuple[str, str]:
-    """Results replace each other per benchmark and CPU class (quality: per dataset)."""
+    """Results replace each other per benchmark, CPU class (quality, methods: dataset) and model."""
     benchmark = result.get("benchmark", "unknown")
-    return benchmark, result.get("dataset" if benchmark in ("quality", "methods") else "cpu_class") or "unknown"
+    subject = result.get("dataset" if benchmark in ("quality", "methods") else "cpu_class") or "unknown"
+    return benchmark, f"{subject} {model_name(result)}"
 
 
 def newest(results: list[dict]) -> dict[tuple[str, str], dict]:
@@ -169,10 +178,11 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
     train = [r for (b, _), r in groups.items() if b == "train"]
     parts = ["Scoring (`benchmarks/score.py`: bertclf end to end against a one-process fp32 HF pipeline):", "",
              markdown_table(
-                 ["CPU class", "machine", "date", "rows", "precision", "compile", "baseline rows/s", "bertclf rows/s",
-                  "`speedup`", "`compiled_vs_eager`", "`agreement`", "`max_abs_dprob`", "`memory_ratio_10x`",
-                  "`peak_fraction`"],
-                 [[r["cpu_class"], machine_name(r), str(r.get("date", ""))[:10], num(r.get("rows"), 0),
+                 ["CPU class", "machine", "model", "date", "rows", "precision", "compile", "baseline rows/s",
+                  "bertclf rows/s", "`speedup`", "`compiled_vs_eager`", "`agreement`", "`max_abs_dprob`",
+                  "`memory_ratio_10x`", "`peak_fraction`"],
+                 [[r["cpu_class"], machine_name(r), model_name(r), str(r.get("date", ""))[:10],
+                   num(r.get("rows"), 0),
                    r.get("precision", "-"), r.get("compile", "off"), num(r.get("baseline_rows_per_s"), 1),
                    num(r.get("bertclf_rows_per_s"), 1), num(r.get("speedup"), 2), num(r.get("compiled_vs_eager"), 2),
                    num(r.get("agreement"), 4), num(r.get("max_abs_dprob"), 4), num(r.get("memory_ratio_10x"), 2),
@@ -253,9 +263,11 @@ def quality_table(groups: dict[tuple[str, str], dict]) -> str:
             continue
         for s in r.get("splits", []):
             split = f"`{s['split']}`" + (f" ({s['note']})" if s.get("note") else "")
-            rows.append([r.get("title", r["dataset"]), split, num(s.get("rows"), 0), str(s.get("labels", "-")),
-                         *(num(s.get(key), 3) for key, _ in QUALITY_COLUMNS), str(r.get("date", ""))[:10]])
-    return markdown_table(["dataset", "split", "rows", "labels", *(name for _, name in QUALITY_COLUMNS), "date"], rows)
+            rows.append([r.get("title", r["dataset"]), model_name(r), split, num(s.get("rows"), 0),
+                         str(s.get("labels", "-")), *(num(s.get(key), 3) for key, _ in QUALITY_COLUMNS),
+                         str(r.get("date", ""))[:10]])
+    return markdown_table(["dataset", "model", "split", "rows", "labels", *(name for _, name in QUALITY_COLUMNS),
+                           "date"], rows)
 
 
 def methods_table(groups: dict[tuple[str, str], dict]) -> str:
@@ -267,12 +279,12 @@ def methods_table(groups: dict[tuple[str, str], dict]) -> str:
         for m in r["methods"]:
             tests = ", ".join(f"`{split}` {num(v.get('accuracy', v.get('f1_macro')), 3)}"
                               for split, v in m["splits"].items())
-            rows.append([r.get("title", r["dataset"]), m["method"], tests,
+            rows.append([r.get("title", r["dataset"]), model_name(r), m["method"], tests,
                          f"{m['trainable_parameters']:,} of {m['total_parameters']:,}", num(m["samples_per_s"], 0),
                          f"{m['wall_seconds'] / 60:.1f} min", f"{m['checkpoint_mb']:.0f} MB", r["cpu_class"],
                          str(r.get("date", ""))[:10]])
-    return markdown_table(["dataset", "method", "test metric", "trainable parameters", "samples/s", "wall time",
-                           "checkpoint", "CPU class", "date"], rows)
+    return markdown_table(["dataset", "model", "method", "test metric", "trainable parameters", "samples/s",
+                           "wall time", "checkpoint", "CPU class", "date"], rows)
 
 
 def replace_between(text: str, name: str, body: str) -> str:

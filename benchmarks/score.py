@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "score", "rows": n, "warning": "; ".join(warnings) or None, "date": started,
         "finished": bc.now_utc(), "cpu_class": machine["cpu_class"], "precision": precision, "machine": machine,
-        "versions": bc.versions(),
+        "versions": bc.versions(), "model": ckpt.meta.training_config.get("model"),
         "checkpoint": {"uri": ckpt_uri, "source": ckpt_source, "training_seconds": ckpt_train_s,
                        "task": ckpt.space.task, "labels": len(ckpt.space.names), "max_length": ckpt.max_length},
         "dtype": precision, "baseline_dtype": "fp32", "bertclf_layout": run_n["plan"],
