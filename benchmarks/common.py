@@ -115,13 +115,14 @@ def can_time(precision: str) -> bool:
     return precision == "fp32" or cpu_has_native_bf16()
 
 
-def matmul_peak_gflops(dtype_name: str, n: int = 2048, trials: int = 7, min_seconds: float = 0.25) -> float:
-    """Best-of-`trials` GFLOP/s of an n x n matmul with torch on all cores (2*n^3 FLOPs per matmul)."""
+def matmul_peak_gflops(dtype_name: str, n: int = 2048, trials: int = 7, min_seconds: float = 0.25,
+                       threads: int | None = None) -> float:
+    """Best-of-`trials` GFLOP/s of an n x n matmul with torch on `threads` (all cores) (2*n^3 FLOPs per matmul)."""
     import torch
 
     if not can_time(dtype_name):
         raise ValueError(f"{dtype_name} is emulated on this CPU: its matmul peak is not measured")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(dtype)

@@ -3,8 +3,8 @@
     python benchmarks/nightly.py --rows 8000 [--repeat-share 0.8] [--checkpoint URI] [--workdir DIR] [--json PATH]
 
 Steps: (1) a checkpoint (--checkpoint, or the packaged all-MiniLM-L6-v2 with a seeded, untrained 28-label head:
-speed does not depend on what the head learned); (2) two days of N rows from GoEmotions train: day 1 is N distinct
-texts, day 2 is --repeat-share of N texts drawn from day 1 (each once: within-day duplicates would add the
+speed does not depend on what the head learned); (2) two days of N rows from GoEmotions (all splits): day 1 is N
+distinct texts, day 2 is --repeat-share of N texts drawn from day 1 (each once: within-day duplicates would add the
 within-unit dedup's gain to the ratio) and the rest texts day 1 never had, shuffled, under new ids; (3) on one local
 Ray, warmed up: day 1 scored into `scores/date=<day 1>`, then day 2 scored twice, in the same run and order
 alternating over --repeats: a full re-score (`reuse: none`, `dedupe: false`: every row through the model, as before
@@ -27,6 +27,7 @@ import common as bc
 bc.setup_env()
 
 DAY1, DAY2 = "2026-11-21", "2026-11-22"
+SPLITS = ("train", "validation", "test")  # a speed benchmark: every distinct text is usable, none chooses settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,14 +78,16 @@ def write_days(args: argparse.Namespace, root: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    texts = list(dict.fromkeys(bc.read_goemotions(args.data_dir, "train", ["text"])["text"].to_pylist()))
+    texts = list(dict.fromkeys(t for split in SPLITS
+                               for t in bc.read_goemotions(args.data_dir, split, ["text"])["text"].to_pylist()))
     n = args.rows
-    if 2 * n > len(texts):
-        raise SystemExit(f"--rows {n}: GoEmotions train has {len(texts)} distinct texts, at most {len(texts) // 2}")
+    repeated = round(args.repeat_share * n)
+    if 2 * n - repeated > len(texts):
+        raise SystemExit(f"--rows {n}: day 1's {n} texts and day 2's {n - repeated} new ones need "
+                         f"{2 * n - repeated} distinct texts; GoEmotions has {len(texts)}")
     rng = random.Random(args.seed)
     rng.shuffle(texts)
     day1, unseen = texts[:n], texts[n:]
-    repeated = round(args.repeat_share * n)
     day2 = rng.sample(day1, repeated) + unseen[:n - repeated]
     rng.shuffle(day2)
     shutil.rmtree(root, ignore_errors=True)
@@ -97,7 +100,7 @@ def write_days(args: argparse.Namespace, root: Path) -> dict:
             table = pa.table({"id": [f"{day}-{k}-{j}" for j in range(len(chunk))], "text": chunk})
             pq.write_table(table, folder / f"part-{k}.parquet", row_group_size=args.row_group_rows)
     return {"rows_per_day": n, "day2_rows_from_day1": repeated, "day2_new_rows": n - repeated,
-            "source": "GoEmotions train (distinct texts, shuffled with --seed)"}
+            "source": f"GoEmotions {', '.join(SPLITS)} (distinct texts, shuffled with --seed)"}
 
 
 def score(ckpt: str, inputs: str, output: str, date: str, **kw) -> dict:

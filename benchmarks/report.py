@@ -228,6 +228,19 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                         num(r.get("reuse_rows_per_s"), 1), num(r.get("speedup"), 2),
                         num(r["quality"].get("agreement"), 4), f"{r['quality'].get('max_abs_dprob', 0):.1e}",
                         "machine busy at start" if r.get("warning") else ""] for r in nightly])]
+    ops = [r for (b, _), r in groups.items() if b == "ops"]
+    if ops:
+        parts += ["", "Where a scoring actor's time goes (`benchmarks/ops.py`: torch.profiler over the forward of "
+                  "GoEmotions validation texts in an actor's micro-batches and threads; matmul GFLOP/s from the "
+                  "profiler's FLOP count, against the matmul peak on the same threads):", "",
+                  markdown_table(
+                      ["CPU class", "date", "precision", "compile", "threads", "rows/s", "matmul share",
+                       "matmul GFLOP/s", "of peak", "ops by share of time"],
+                      [[r["cpu_class"], str(r.get("date", ""))[:10], r.get("precision", "-"), r.get("compile", "-"),
+                        str(r.get("threads")), num(r.get("rows_per_s"), 0), f"{r['matmul_share']:.0%}",
+                        num(r.get("matmul_gflops"), 1), num(r.get("matmul_fraction_of_peak"), 2),
+                        ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.0%}" for o in r["ops"])]
+                       for r in ops])]
     serve = [r for (b, _), r in groups.items() if b == "serve"]
     if serve:
         parts += ["", "Serving (`benchmarks/serve.py`: `bertclf serve` on 127.0.0.1 under concurrent clients, against "
