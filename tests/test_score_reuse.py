@@ -22,7 +22,7 @@ from bertclf.config import ScoreConfig
 from bertclf.errors import ConfigError
 from bertclf.scoring import run
 from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, read_index, text_hashes, write_index
-from bertclf.scoring.tokens import TokenizedBatch, pack, unpack
+from bertclf.scoring.tokens import TokenizedBatch, pack, pooled, unpack
 
 LABELS = ["anger", "fear", "joy"]
 DAY1, DAY2 = "2026-11-21", "2026-11-22"
@@ -113,6 +113,24 @@ def test_index_round_trip_and_hashes_survive_the_gpu_stage_payload(tmp_path):
     batch = TokenizedBatch(pa.table({"id": ["a", "b", "c", "d"]}), [[5], [6], [5], [7]], 4, 0, hashes)
     (back,) = list(unpack(pack(iter([batch]))))
     assert (back.text_hashes == hashes).all() and back.token_ids == batch.token_ids
+
+
+def test_read_batches_are_pooled_until_the_model_has_a_full_batch_of_new_texts():
+    """With most texts in the previous index, batches merge until `rows` texts need the model; rows keep their
+    order and counts, and without a previous index the batches pass unchanged."""
+    texts = [f"text {i}" for i in range(100)]
+    previous = ScoredTexts(3)
+    old = [t for i, t in enumerate(texts) if i % 5]  # 80% of the texts were scored before
+    previous.add(np.sort(text_hashes(old)), np.zeros((len(old), 3), np.float32), np.zeros(len(old), bool))
+    batches = [TokenizedBatch(pa.table({"id": texts[i:i + 10]}), [[i + k] for k in range(10)], 11, 1,
+                              text_hashes(texts[i:i + 10])) for i in range(0, 100, 10)]
+    pools = list(pooled(iter(batches), previous, rows=6))
+    assert [p.rows_in for p in pools] == [33, 33, 33, 11]  # 2 new texts a batch: 3 batches give 6, the last 1
+    assert [p.empty for p in pools] == [3, 3, 3, 1]
+    assert pa.concat_tables([p.passthrough for p in pools])["id"].to_pylist() == texts
+    assert [ids for p in pools for ids in p.token_ids] == [[i] for i in range(100)]
+    assert (np.concatenate([p.text_hashes for p in pools]) == text_hashes(texts)).all()
+    assert list(pooled(iter(batches), None, rows=6)) == batches
 
 
 def test_reuse_from_with_reuse_none_is_a_config_error():

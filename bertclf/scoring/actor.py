@@ -29,7 +29,7 @@ from bertclf.scoring.drift import HIST_BINS, probability_histograms
 from bertclf.scoring.lease import check_lease
 from bertclf.scoring.manifest import ScoreError
 from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, load_previous, write_index
-from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, tokenized_batches, unpack
+from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, pooled, tokenized_batches, unpack
 from bertclf.units import file_metadata
 
 PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
@@ -140,7 +140,7 @@ class UnitScorer:
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
-            for batch in batches:
+            for batch in pooled(batches, self._previous_index(), s.read.read_batch_rows):
                 rows_in += batch.rows_in
                 empty += batch.empty
                 if not batch.token_ids:

@@ -8,7 +8,7 @@ ids, packed as one Arrow IPC payload per unit so a unit still reaches exactly on
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from bertclf.errors import DataError
 from bertclf.records import WorkUnit
-from bertclf.scoring.reuse import HASH_DTYPE, hash_array, hashes_of, text_hashes
+from bertclf.scoring.reuse import HASH_DTYPE, ScoredTexts, hash_array, hashes_of, text_hashes
 from bertclf.units import check_utf8, is_text_type, read_unit
 
 TOKENS_COLUMN = "__bertclf_input_ids"
@@ -61,6 +61,35 @@ def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize) -> It
         hashes = text_hashes(texts)
         yield TokenizedBatch(table.select(list(s.passthrough)), _tokenize_distinct(texts, hashes, tokenize),
                              rows_in, empty, hashes)
+
+
+def merge_batches(batches: list[TokenizedBatch]) -> TokenizedBatch:
+    """Consecutive read batches of one unit as one batch, rows in order."""
+    if len(batches) == 1:
+        return batches[0]
+    return TokenizedBatch(pa.concat_tables([b.passthrough for b in batches]),
+                          [ids for b in batches for ids in b.token_ids], sum(b.rows_in for b in batches),
+                          sum(b.empty for b in batches), np.concatenate([b.text_hashes for b in batches]))
+
+
+def pooled(batches: Iterable[TokenizedBatch], previous: ScoredTexts | None, rows: int) -> Iterator[TokenizedBatch]:
+    """Read batches merged until they hold at least `rows` texts that `previous` (a reuse source's index) lacks,
+    so the model still sorts and batches pools as large as a full re-score's when most texts are copied: pools of
+    a fifth of the size run about a fifth slower (more padding, more partial micro-batches). Without a reuse
+    source the batches pass as they are."""
+    if previous is None:
+        yield from batches
+        return
+    pool: list[TokenizedBatch] = []
+    to_run = 0
+    for batch in batches:
+        pool.append(batch)
+        to_run += int(np.count_nonzero(~previous.lookup(np.unique(batch.text_hashes))[0]))
+        if to_run >= rows:
+            yield merge_batches(pool)
+            pool, to_run = [], 0
+    if pool:
+        yield merge_batches(pool)
 
 
 def _tokenize_distinct(texts: list[str], hashes: np.ndarray, tokenize: Tokenize) -> list[list[int]]:
