@@ -1,5 +1,6 @@
 """Every path for every architecture a user brings. The seven tiny random encoders (tests/tiny_architectures.py)
-go through `predict`, `explain` and `score` through Ray Data in the default suite. The slower paths are marked
+go through `predict` and `explain` in the default suite, and `score` through Ray Data there for one architecture per
+tokenizer family (all seven with `-m slow`). The slower paths are marked
 `slow`: 2-worker training with each method the architecture takes, then resume, `report` and `serve` on the
 result; `tune`; the compiled graph. The GPU-shaped plan per architecture is in test_score_gpu_shape.py."""
 
@@ -58,15 +59,21 @@ def test_predict_and_explain_each_architecture(checkpoints, arch):
     assert sum(w.score for w in e.words) == pytest.approx(gap, abs=0.02 * max(1.0, abs(gap)))  # completeness
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+# one per tokenizer family in the default suite (each run starts a scoring actor: ~9 s); the rest are `slow`
+TOKENIZER_FAMILIES = {"bert", "roberta", "deberta-v2"}  # WordPiece, byte-level BPE, Unigram
+
+
+@pytest.mark.parametrize("arch", [a if a in TOKENIZER_FAMILIES else pytest.param(a, marks=pytest.mark.slow)
+                                  for a in ARCHITECTURES])
 def test_score_each_architecture_through_ray_data(ray_local, checkpoints, arch, tmp_path):
     rows = [{"id": f"r{i}", "text": r["text"]} for i, r in enumerate(make_rows(40, 3, True))]
     write_rows(tmp_path / "in.parquet", rows, row_group_size=20)
     summary = score(ScoreConfig(checkpoint=str(checkpoints[arch]), input=str(tmp_path / "in.parquet"),
                                 output=str(tmp_path / "scores"), precision="fp32", compile="off", max_batch_rows=8))
     assert summary.rows_out == 40 and (tmp_path / "scores" / "_SUCCESS").exists()
-    table = _scores(tmp_path / "scores")
-    want = reference_probabilities(checkpoints[arch], table["text"].to_pylist())
+    table = _scores(tmp_path / "scores")  # the output carries ids and scores, not the texts
+    text_of = {r["id"]: r["text"] for r in rows}
+    want = reference_probabilities(checkpoints[arch], [text_of[i] for i in table["id"].to_pylist()])
     got = np.stack([table[f"prob_{n}"].to_numpy() for n in NAMES], axis=1)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
