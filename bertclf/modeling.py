@@ -95,11 +95,25 @@ def attention_for(device_type: str, model=None) -> str:
     return "sdpa" if getattr(classifier_class(config), "_supports_sdpa", False) else "eager"
 
 
+def without_cudnn_attention() -> None:
+    """Take cuDNN out of SDPA's CUDA backends for this process, leaving flash and memory-efficient attention.
+    With a padding mask, cuDNN attention builds an execution plan for every new (batch, length) shape, and
+    batches of texts sorted by length bring a new shape nearly every time: on an H200 that made bf16 scoring of
+    short texts several times slower than fp32 (benchmarks/results/NOTES.md, 2026-12-04)."""
+    import torch
+
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def from_pretrained(model_dir: str, attention: str, **kwargs):
     """AutoModelForSequenceClassification.from_pretrained with `attention`, falling back to eager where a class
-    refuses SDPA after all (custom code the class lookup can't see)."""
+    refuses SDPA after all (custom code the class lookup can't see). SDPA (chosen on GPUs only) runs without
+    cuDNN's kernels (without_cudnn_attention)."""
     from transformers import AutoModelForSequenceClassification
 
+    if attention == "sdpa":
+        without_cudnn_attention()
     try:
         return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation=attention, **kwargs)
     except ValueError as exc:

@@ -51,7 +51,7 @@ class TrainPlan:
 # Micro-batch token budgets (tokens, rows): a CPU core is saturated by small batches, a GPU wants large ones.
 CPU_BATCH_BUDGET = (2048, 64)
 GPU_BATCH_BUDGET = (65536, 1024)
-TOKENIZERS_PER_GPU = 4  # at most, CPU tokenizer actors feeding each GPU actor (README: "GPU sizing")
+TOKENIZERS_PER_GPU = 12  # at most, CPU tokenizer actors feeding each GPU actor (benchmarks/README.md: "GPU sizing")
 
 
 @dataclass(frozen=True)

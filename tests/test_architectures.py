@@ -50,8 +50,14 @@ def test_attention_is_chosen_per_model_class(tiny, arch):
     assert attention_for("cpu", str(tiny[arch])) == "eager"
     expected = "sdpa" if arch in SDPA else "eager"
     assert attention_for("cuda", str(tiny[arch])) == expected
-    model = build_classifier(str(tiny[arch]), SPACE, device_type="cuda")  # built on CPU with the CUDA choice
-    assert model.config._attn_implementation == expected
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        model = build_classifier(str(tiny[arch]), SPACE, device_type="cuda")  # built on CPU with the CUDA choice
+        assert model.config._attn_implementation == expected
+        # SDPA runs without cuDNN's kernels, which build a plan per batch shape; eager leaves the setting alone
+        assert torch.backends.cuda.cudnn_sdp_enabled() == (expected == "eager")
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

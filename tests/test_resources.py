@@ -102,7 +102,7 @@ def test_scoring_gpu_one_actor_per_gpu():
 
 
 @pytest.mark.parametrize("cpus, gpus, tokenizers",
-                         [(48, 4, 16), (16, 4, 12), (8, 1, 4), (4, 1, 3), (2, 1, 1), (6, 4, 2)])
+                         [(48, 4, 44), (16, 4, 12), (16, 1, 12), (8, 1, 7), (4, 1, 3), (2, 1, 1), (6, 4, 2)])
 def test_gpu_plan_feeds_each_gpu_from_cpu_tokenizers_within_the_cpus(cpus, gpus, tokenizers):
     plan = plan_scoring({"CPU": cpus, "GPU": gpus})
     assert (plan.num_actors, plan.cpus_per_actor, plan.tokenizers) == (gpus, 1.0, tokenizers)

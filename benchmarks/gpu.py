@@ -1,0 +1,339 @@
+"""GPU check and sizing, run on one GPU without Ray: the pieces Ray's GPU workers, scoring actors and Serve
+replicas run, called directly.
+
+    python benchmarks/gpu.py --models minilm=DIR mpnet=DIR --short texts.parquet --long texts.parquet --out r.json
+
+1. Every architecture (the seven tiny random encoders of tests/tiny_architectures.py): the classifier built as a
+   GPU train worker builds it (attention chosen per model class), each method it takes trained for a few bf16
+   steps through the worker's own `accumulate_gradients` with the worker's planned GPU token budget, and a
+   checkpoint's probabilities from `Predictor` on the GPU (fp32 and bf16) against the CPU's fp32.
+2. Real sizes (a model directory's config and tokenizer; random weights where it holds none, since speed and
+   memory do not depend on the values): scoring rows/s and peak memory in fp32 and bf16 at three micro-batch
+   budgets, short and 512-token texts; one tokenizer process's rows/s (how many CPU tokenizers feed a GPU actor);
+   training samples/s and peak memory per batch against the memory planner's estimate.
+
+Figures are for the GPU the run lands on; the result JSON names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+BUDGETS = [(16384, 256), (65536, 1024), (262144, 4096)]  # (max tokens, max rows) per scoring micro-batch
+TRAIN_LENGTHS = [128, 512]
+TRAIN_BATCH = 32
+TRAIN_STEPS = 13
+DEVICE = "cuda"  # --device cpu: a smoke run of this script on a machine without a GPU (its figures mean nothing)
+CPU_SMOKE_SHARE = 4 * 2**30
+
+
+def gib(n: float) -> float:
+    return round(n / 2**30, 3)
+
+
+def synthetic_rows(n: int, seed: int) -> tuple[list[str], list[list[float]]]:
+    """Texts whose words predict their labels (the tests' synthetic rows) with multi-hot targets."""
+    from conftest import make_rows
+    from tiny_architectures import LABEL_WORDS
+
+    names = sorted(LABEL_WORDS)
+    rows = make_rows(n, seed, True)
+    return [r["text"] for r in rows], [[float(name in r["labels"]) for name in names] for r in rows]
+
+
+def batches(tokenizer, texts: list[str], targets: list[list[float]], size: int, max_length: int):
+    import numpy as np
+
+    from bertclf.training.batching import Batch
+
+    for i in range(0, len(texts), size):
+        enc = tokenizer(texts[i:i + size], truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+                        return_token_type_ids=False)
+        yield Batch(enc["input_ids"], enc["attention_mask"], np.asarray(targets[i:i + size], dtype=np.float32))
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    import torch
+
+    return gib(torch.cuda.max_memory_allocated()) if DEVICE == "cuda" else None
+
+
+def precisions() -> tuple[str, ...]:
+    """bf16 on the GPU; fp32 alone in a CPU smoke run (bf16 is emulated, minutes per matmul, on AVX2 CPUs)."""
+    return ("fp32", "bf16") if DEVICE == "cuda" else ("fp32",)
+
+
+def worker(model, device, cfg):
+    """What `accumulate_gradients` reads of a train worker, with the token budget a GPU worker plans."""
+    import torch
+
+    from bertclf.adapters import hf_model
+    from bertclf.training.memory import plan_for_model
+    from bertclf.training.worker import _gpu_token_budget
+
+    budget = (_gpu_token_budget(cfg, model, device, True) if DEVICE == "cuda" else
+              plan_for_model(model, hf_model(model).config, cfg, share_bytes=CPU_SMOKE_SHARE, device_type="cpu",
+                             bf16=True).max_tokens_per_batch)
+    return SimpleNamespace(model=model, device=device, bf16=DEVICE == "cuda", loss_fn=torch.nn.BCEWithLogitsLoss(),
+                           max_tokens_per_batch=budget)
+
+
+def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
+    import torch
+    from tiny_architectures import LABEL_WORDS
+
+    from bertclf import adapters
+    from bertclf.config import TrainConfig
+    from bertclf.labels import LabelSpace
+    from bertclf.modeling import attention_for, build_classifier, keep_head_in_fp32, load_tokenizer
+    from bertclf.training.worker import accumulate_gradients
+
+    cfg = TrainConfig(model=str(model_dir), method=method, lora_rank=4, prefix_length=4, max_length=32,
+                      batch_size=16, learning_rate=2e-3)
+    space = LabelSpace("multi_label", sorted(LABEL_WORDS), [])
+    model = adapters.apply_method(build_classifier(str(model_dir), space, False, DEVICE), cfg)
+    keep_head_in_fp32(adapters.hf_model(model))
+    model.to(device).train()
+    w = worker(model, device, cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, fused=True)
+    texts, targets = synthetic_rows(16 * steps, seed=1)
+    losses = []
+    for batch in batches(load_tokenizer(str(model_dir)), texts, targets, 16, 32):
+        losses.append(float(accumulate_gradients(w, batch)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"attention": attention_for(DEVICE, str(model_dir)), "loss_first": round(losses[0], 4),
+            "loss_last": round(losses[-1], 4), "finite": all(math.isfinite(x) for x in losses),
+            "planned_max_tokens": w.max_tokens_per_batch}
+
+
+def architectures(workdir: Path) -> dict:
+    import numpy as np
+    import torch
+    from conftest import save_tiny_checkpoint
+    from tiny_architectures import ARCHITECTURES, TAKES_PREFIX, build_tiny
+
+    from bertclf.inference import Predictor
+
+    device = torch.device(DEVICE)
+    texts, _ = synthetic_rows(64, seed=3)
+    out = {}
+    for arch in ARCHITECTURES:
+        entry: dict = {"methods": {}}
+        try:
+            model_dir = build_tiny(workdir / arch / "base", arch)
+            for method in ["full", "lora", "prefix"] if arch in TAKES_PREFIX else ["full", "lora"]:
+                entry["methods"][method] = train_steps(model_dir, method, device)
+            ckpt = save_tiny_checkpoint(workdir / arch / "ckpt", model_dir, "multi_label", [0.45, 0.5, 0.55])
+            cpu = Predictor.load(str(ckpt), device="cpu", precision="fp32").probabilities(texts)
+            for precision in precisions():
+                got = Predictor.load(str(ckpt), device=DEVICE, precision=precision).probabilities(texts)
+                entry[f"predict_{precision}_max_abs_dprob"] = float(np.abs(got - cpu).max())
+            entry["ok"] = True
+        except Exception as exc:  # a failing architecture is a finding; the others still run
+            entry.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+        print(f"[gpu] {arch}: {json.dumps(entry)}", flush=True)
+        out[arch] = entry
+    return out
+
+
+def random_checkpoint(model_dir: Path, workdir: Path, max_length: int) -> Path:
+    """A bertclf checkpoint of the model (28 multi-label outputs); random weights where the directory has none."""
+    import transformers as t
+
+    from bertclf import adapters
+    from bertclf.labels import LabelSpace
+    from bertclf.modeling import build_classifier, load_tokenizer
+    from bertclf.records import CheckpointMeta
+
+    source = model_dir
+    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
+        source = workdir / "weights"
+        t.AutoModel.from_config(t.AutoConfig.from_pretrained(model_dir)).save_pretrained(source)
+        load_tokenizer(str(model_dir)).save_pretrained(source)
+    space = LabelSpace("multi_label", [f"label{i:02d}" for i in range(28)], [0.5] * 28)
+    ckpt = workdir / "ckpt"
+    adapters.save_model_dir(ckpt, build_classifier(str(source), space), load_tokenizer(str(source)),
+                            CheckpointMeta(labels=space, max_length=max_length, epoch=1))
+    return ckpt
+
+
+def variants(ckpt: Path) -> list[tuple[str, bool]]:
+    """(precision, cuDNN attention on): bertclf's settings, and for SDPA models on a GPU also bf16 with torch's
+    default backend order (cuDNN first), the baseline for `without_cudnn_attention`."""
+    from bertclf.modeling import attention_for
+
+    runs = [(precision, False) for precision in precisions()]
+    return runs + ([("bf16", True)] if DEVICE == "cuda" and attention_for(DEVICE, str(ckpt)) == "sdpa" else [])
+
+
+def scoring(ckpt: Path, texts: list[str], max_length: int) -> dict:
+    import torch
+
+    from bertclf.inference import Predictor
+
+    tokenizer_rows = []
+    p = Predictor.load(str(ckpt), device=DEVICE, precision="fp32")
+    t0 = time.perf_counter()
+    ids = p.tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                      return_token_type_ids=False)["input_ids"]
+    tokenizer_rows.append(len(texts) / (time.perf_counter() - t0))
+    out = {"rows": len(texts), "max_length": max_length, "mean_tokens": round(sum(map(len, ids)) / len(ids), 1),
+           "tokenizer_rows_per_s_one_process": round(tokenizer_rows[0], 1), "runs": []}
+    for precision, cudnn in variants(ckpt):
+        p = Predictor.load(str(ckpt), device=DEVICE, precision=precision)
+        if cudnn:
+            torch.backends.cuda.enable_cudnn_sdp(True)  # torch's default, the baseline bertclf turns off
+        for max_tokens, max_rows in BUDGETS:
+            p.max_tokens, p.max_rows = max_tokens, max_rows
+            p.probabilities_for_ids(ids[:2048])  # warm-up: kernels, allocator
+            reset_peak()
+            t0 = time.perf_counter()
+            p.probabilities_for_ids(ids)  # returns host arrays: the device is done
+            seconds = time.perf_counter() - t0
+            run = {"precision": precision, "cudnn_sdpa": cudnn, "max_tokens": max_tokens, "max_rows": max_rows,
+                   "rows_per_s": round(len(ids) / seconds, 1), "peak_gib": peak_gib()}
+            print(f"[gpu]   score {json.dumps(run)}", flush=True)
+            out["runs"].append(run)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        del p
+    return out
+
+
+def training(ckpt: Path, texts: list[str]) -> list[dict]:
+    """Full fine-tuning steps of TRAIN_BATCH rows padded to each length, bf16 autocast, against the planner."""
+    import torch
+
+    from bertclf.adapters import hf_model
+    from bertclf.config import TrainConfig
+    from bertclf.modeling import attention_for, from_pretrained, load_tokenizer
+    from bertclf.training.memory import ModelShape, activation_bytes_per_row, fixed_bytes
+    from bertclf.training.worker import accumulate_gradients
+
+    device = torch.device(DEVICE)
+    tokenizer = load_tokenizer(str(ckpt))
+    results = []
+    for length in TRAIN_LENGTHS:
+        model = from_pretrained(str(ckpt), attention_for(DEVICE, str(ckpt))).to(device).train()
+        config = hf_model(model).config
+        w = worker(model, device, TrainConfig(model=str(ckpt), max_length=length, batch_size=TRAIN_BATCH))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+        long_text = " ".join(texts)  # one long text cut to `length` tokens: every row is full length
+        rows = [long_text] * TRAIN_BATCH
+        target = [[0.0] * config.num_labels for _ in rows]
+        (batch,) = batches(tokenizer, rows, target, TRAIN_BATCH, length)
+        reset_peak()
+        steps, t0 = 0, 0.0
+        for step in range(TRAIN_STEPS):
+            if step == 3:  # three warm-up steps
+                sync()
+                t0 = time.perf_counter()
+            accumulate_gradients(w, batch)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += step >= 3
+        sync()
+        seconds = time.perf_counter() - t0
+        params = sum(p.numel() for p in model.parameters())
+        shape = ModelShape.from_config(config, params)
+        eager = attention_for(DEVICE, config) == "eager"
+        rows_per_micro = max(1, min(TRAIN_BATCH, w.max_tokens_per_batch // length))
+        planned = fixed_bytes(shape, bf16=DEVICE == "cuda") + rows_per_micro * activation_bytes_per_row(
+            shape, length, bf16=DEVICE == "cuda", eager_attention=eager)
+        run = {"length": length, "batch": TRAIN_BATCH, "attention": "eager" if eager else "sdpa",
+               "planned_max_tokens": w.max_tokens_per_batch, "samples_per_s": round(steps * TRAIN_BATCH / seconds, 1),
+               "peak_gib": peak_gib(), "planner_estimate_gib": gib(planned)}
+        print(f"[gpu]   train {json.dumps(run)}", flush=True)
+        results.append(run)
+        del model, optimizer, w
+    return results
+
+
+def sizes(models: dict[str, Path], short: list[str], long: list[str], workdir: Path) -> dict:
+    out = {}
+    for name, model_dir in models.items():
+        print(f"[gpu] {name}", flush=True)
+        try:
+            ckpt = random_checkpoint(model_dir, workdir / name, 512)
+            out[name] = {"random_weights": not any(model_dir.glob("*.safetensors")),
+                         "score_short": scoring(ckpt, short, 128), "score_long": scoring(ckpt, long, 512),
+                         "train": training(ckpt, long)}
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            print(f"[gpu] {name}: {out[name]['error']}", flush=True)
+    return out
+
+
+def texts_of(path: str | None, limit: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["text"])["text"].to_pylist()[:limit] if path else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="*", default=[], help="NAME=DIR: a model directory (config, tokenizer)")
+    ap.add_argument("--short", help="Parquet with a text column: short texts (scored at 128 tokens)")
+    ap.add_argument("--long", help="Parquet with a text column: long texts (scored and trained at 512 tokens)")
+    ap.add_argument("--short-rows", type=int, default=20000)
+    ap.add_argument("--long-rows", type=int, default=2000)
+    ap.add_argument("--skip-architectures", action="store_true")
+    ap.add_argument("--steps", type=int, default=13, help="training steps per length (3 of them warm-up)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run of this script")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers
+
+    global DEVICE, TRAIN_STEPS
+    DEVICE, TRAIN_STEPS = args.device, args.steps
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("[gpu] no CUDA device: nothing to check", file=sys.stderr)
+        return 2
+    short = texts_of(args.short, args.short_rows)
+    short = (short * math.ceil(args.short_rows / max(1, len(short))))[:args.short_rows] if short else short
+    long = texts_of(args.long, args.long_rows)
+    cuda = DEVICE == "cuda"
+    result = {"benchmark": "gpu", "date": time.strftime("%Y-%m-%d"), "device": DEVICE,
+              "gpu": torch.cuda.get_device_name() if cuda else None,
+              "gpu_memory_gib": gib(torch.cuda.get_device_properties(0).total_memory) if cuda else None,
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_architectures:
+            result["architectures"] = architectures(Path(tmp) / "arch")
+        models = dict(m.split("=", 1) for m in args.models)
+        result["sizes"] = sizes({k: Path(v) for k, v in models.items()}, short, long, Path(tmp) / "sizes")
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    failed = [a for a, e in result.get("architectures", {}).items() if not e["ok"]]
+    print(f"[gpu] wrote {args.out}; architectures failing: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
