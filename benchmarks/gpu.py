@@ -94,9 +94,9 @@ def worker(model, device, cfg):
 
     from bertclf.adapters import hf_model
     from bertclf.training.memory import plan_for_model
-    from bertclf.training.worker import _gpu_token_budget
+    from bertclf.training.worker import gpu_token_budget
 
-    budget = (_gpu_token_budget(cfg, model, device, True) if DEVICE == "cuda" else
+    budget = (gpu_token_budget(cfg, model, device, True) if DEVICE == "cuda" else
               plan_for_model(model, hf_model(model).config, cfg, share_bytes=CPU_SMOKE_SHARE, device_type="cpu",
                              bf16=True).max_tokens_per_batch)
     return SimpleNamespace(model=model, device=device, bf16=DEVICE == "cuda", loss_fn=torch.nn.BCEWithLogitsLoss(),

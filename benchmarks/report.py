@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bertclf.config import PACKAGED_MODEL
@@ -200,61 +201,61 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                    num(r.get("speedup_vs_fixed_padding"), 2),
                    "-" if r.get("time_to_macro_f1_0_35") is None else f"{r['time_to_macro_f1_0_35']:.0f} s"]
                   for r in train])]
-    memory = [r for (b, _), r in groups.items() if b == "memory"]
-    if memory:
-        parts += ["", "Training memory (`benchmarks/memory.py`: peak RSS of one worker's optimizer step of 32 rows of "
-                  "newsgroups20 posts at each length, the packaged model, fp32 or bf16 as the CPU runs it; `whole`: "
-                  "the batch in one forward/backward, `planned`: bertclf's token-budget micro-batches):", "",
-                  markdown_table(
-                      ["CPU class", "date", "precision", "length", "rows per micro-batch", "whole MiB", "planned MiB",
-                       "planned, SDPA MiB", "whole s/step", "planned s/step", "planned, SDPA s/step",
-                       "whole / planned"],
-                      [[r["cpu_class"], str(r.get("date", ""))[:10], r.get("precision", "-"), str(row["length"]),
-                        str(row["planned_rows"]), num(row["whole"].get("peak_rss_mib"), 0),
-                        num(row["planned"].get("peak_rss_mib"), 0), num(row["planned_sdpa"].get("peak_rss_mib"), 0),
-                        num(row["whole"].get("seconds_per_step"), 1), num(row["planned"].get("seconds_per_step"), 1),
-                        num(row["planned_sdpa"].get("seconds_per_step"), 1),
-                        num(row.get("peak_ratio_whole_vs_planned"), 2)]
-                       for r in memory for row in r["rows"]])]
-    nightly = [r for (b, _), r in groups.items() if b == "nightly"]
-    if nightly:
-        parts += ["", "Nightly reuse (`benchmarks/nightly.py`: day 2's corpus repeats a share of day 1's texts; day 2 "
-                  "scored with `reuse: previous` against `reuse: none`, same checkpoint, same run):", "",
-                  markdown_table(
-                      ["CPU class", "date", "rows", "repeated", "full rows/s", "reuse rows/s", "`speedup`",
-                       "`agreement`", "`max_abs_dprob`", "note"],
-                      [[r["cpu_class"], str(r.get("date", ""))[:10], num(r.get("rows"), 0),
-                        f"{r.get('repeat_share', 0):.0%}", num(r.get("full_rows_per_s"), 1),
-                        num(r.get("reuse_rows_per_s"), 1), num(r.get("speedup"), 2),
-                        num(r["quality"].get("agreement"), 4), f"{r['quality'].get('max_abs_dprob', 0):.1e}",
-                        "machine busy at start" if r.get("warning") else ""] for r in nightly])]
-    ops = [r for (b, _), r in groups.items() if b == "ops"]
-    if ops:
-        parts += ["", "Where a scoring actor's time goes (`benchmarks/ops.py`: torch.profiler over the forward of "
-                  "GoEmotions validation texts in an actor's micro-batches and threads; matmul GFLOP/s from the "
-                  "profiler's FLOP count, against the matmul peak on the same threads):", "",
-                  markdown_table(
-                      ["CPU class", "date", "precision", "compile", "threads", "rows/s", "matmul share",
-                       "matmul GFLOP/s", "of peak", "ops by share of time"],
-                      [[r["cpu_class"], str(r.get("date", ""))[:10], r.get("precision", "-"), r.get("compile", "-"),
-                        str(r.get("threads")), num(r.get("rows_per_s"), 0), f"{r['matmul_share']:.0%}",
-                        num(r.get("matmul_gflops"), 1), num(r.get("matmul_fraction_of_peak"), 2),
-                        ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.0%}" for o in r["ops"])]
-                       for r in ops])]
-    serve = [r for (b, _), r in groups.items() if b == "serve"]
-    if serve:
-        parts += ["", "Serving (`benchmarks/serve.py`: `bertclf serve` on 127.0.0.1 under concurrent clients, against "
-                  "`Predictor.predict` in one process on the same texts):", "",
-                  markdown_table(
-                      ["CPU class", "date", "precision", "replicas x clients", "texts/request", "requests/s", "texts/s",
-                       "vs in-process", "p50 / p95 / p99 ms", "failed / lost", "memory, 2nd half / 1st"],
-                      [[r["cpu_class"], str(r.get("started", ""))[:10], r.get("precision", "-"),
-                        f"{r.get('replicas')} x {r.get('concurrency')}", str(run["texts_per_request"]),
-                        num(run["requests_per_s"], 1), num(run["texts_per_s"], 1), num(run["vs_in_process"], 2),
-                        " / ".join(num(run["latency_ms"][k], 0) for k in ("p50", "p95", "p99")),
-                        f"{run['failed']} / {run['lost_answers']}", num(run.get("memory_growth_second_half"), 3)]
-                       for r in serve for run in r["runs"]])]
+    parts += optional_table(
+        groups, "memory",
+        "Training memory (`benchmarks/memory.py`: peak RSS of one worker's optimizer step of 32 rows of "
+        "newsgroups20 posts at each length, the packaged model, fp32 or bf16 as the CPU runs it; `whole`: "
+        "the batch in one forward/backward, `planned`: bertclf's token-budget micro-batches):",
+        ["CPU class", "date", "precision", "length", "rows per micro-batch", "whole MiB", "planned MiB",
+         "planned, SDPA MiB", "whole s/step", "planned s/step", "planned, SDPA s/step", "whole / planned"],
+        lambda r: [[r["cpu_class"], str(r.get("date", ""))[:10], r.get("precision", "-"), str(row["length"]),
+                    str(row["planned_rows"]), num(row["whole"].get("peak_rss_mib"), 0),
+                    num(row["planned"].get("peak_rss_mib"), 0), num(row["planned_sdpa"].get("peak_rss_mib"), 0),
+                    num(row["whole"].get("seconds_per_step"), 1), num(row["planned"].get("seconds_per_step"), 1),
+                    num(row["planned_sdpa"].get("seconds_per_step"), 1),
+                    num(row.get("peak_ratio_whole_vs_planned"), 2)] for row in r["rows"]])
+    parts += optional_table(
+        groups, "nightly",
+        "Nightly reuse (`benchmarks/nightly.py`: day 2's corpus repeats a share of day 1's texts; day 2 "
+        "scored with `reuse: previous` against `reuse: none`, same checkpoint, same run):",
+        ["CPU class", "date", "rows", "repeated", "full rows/s", "reuse rows/s", "`speedup`", "`agreement`",
+         "`max_abs_dprob`", "note"],
+        lambda r: [[r["cpu_class"], str(r.get("date", ""))[:10], num(r.get("rows"), 0),
+                    f"{r.get('repeat_share', 0):.0%}", num(r.get("full_rows_per_s"), 1),
+                    num(r.get("reuse_rows_per_s"), 1), num(r.get("speedup"), 2),
+                    num(r["quality"].get("agreement"), 4), f"{r['quality'].get('max_abs_dprob', 0):.1e}",
+                    "machine busy at start" if r.get("warning") else ""]])
+    parts += optional_table(
+        groups, "ops",
+        "Where a scoring actor's time goes (`benchmarks/ops.py`: torch.profiler over the forward of "
+        "GoEmotions validation texts in an actor's micro-batches and threads; matmul GFLOP/s from the "
+        "profiler's FLOP count, against the matmul peak on the same threads):",
+        ["CPU class", "date", "precision", "compile", "threads", "rows/s", "matmul share", "matmul GFLOP/s",
+         "of peak", "ops by share of time"],
+        lambda r: [[r["cpu_class"], str(r.get("date", ""))[:10], r.get("precision", "-"), r.get("compile", "-"),
+                    str(r.get("threads")), num(r.get("rows_per_s"), 0), f"{r['matmul_share']:.0%}",
+                    num(r.get("matmul_gflops"), 1), num(r.get("matmul_fraction_of_peak"), 2),
+                    ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.0%}" for o in r["ops"])]])
+    parts += optional_table(
+        groups, "serve",
+        "Serving (`benchmarks/serve.py`: `bertclf serve` on 127.0.0.1 under concurrent clients, against "
+        "`Predictor.predict` in one process on the same texts):",
+        ["CPU class", "date", "precision", "replicas x clients", "texts/request", "requests/s", "texts/s",
+         "vs in-process", "p50 / p95 / p99 ms", "failed / lost", "memory, 2nd half / 1st"],
+        lambda r: [[r["cpu_class"], str(r.get("started", ""))[:10], r.get("precision", "-"),
+                    f"{r.get('replicas')} x {r.get('concurrency')}", str(run["texts_per_request"]),
+                    num(run["requests_per_s"], 1), num(run["texts_per_s"], 1), num(run["vs_in_process"], 2),
+                    " / ".join(num(run["latency_ms"][k], 0) for k in ("p50", "p95", "p99")),
+                    f"{run['failed']} / {run['lost_answers']}", num(run.get("memory_growth_second_half"), 3)]
+                   for run in r["runs"]])
     return "\n".join(parts)
+
+
+def optional_table(groups: dict[tuple[str, str], dict], benchmark: str, intro: str, header: list[str],
+                   rows: Callable[[dict], list[list[str]]]) -> list[str]:
+    """The lines of one benchmark's table (its intro, then the rows of each newest result), or none without one."""
+    results = [r for (b, _), r in groups.items() if b == benchmark]
+    return ["", intro, "", markdown_table(header, [row for r in results for row in rows(r)])] if results else []
 
 
 def trainer_rate(result: dict, padding: str, against_key: str) -> str:

@@ -45,3 +45,6 @@ def length_grouped_batches(pools: Iterable[dict[str, np.ndarray]], tokenizer, *,
         for rows in chunks:
             ids, mask = pad_batch([token_ids[i] for i in rows], tokenizer.pad_token_id)
             yield Batch(ids, mask, pool["target"][rows])
+
+
+__all__ = ["Batch", "length_grouped_batches"]

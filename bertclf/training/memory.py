@@ -148,3 +148,7 @@ def train_workers_share(nodes: list[dict], num_workers: int, cpus_per_worker: fl
     if not shares:
         raise ConfigError(f"no alive Ray node has {cpus_per_worker:g} CPU(s) for a train worker")
     return min(shares)
+
+
+__all__ = ["GIB", "MemoryPlan", "ModelShape", "activation_bytes_per_row", "fixed_bytes", "micro_batch_rows",
+           "node_share", "plan_for_model", "plan_memory", "train_workers_share"]

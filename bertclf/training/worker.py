@@ -134,11 +134,11 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
                   model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
                   shard=ray.train.get_dataset_shard("train"), val_texts=val_texts, val_targets=val_targets,
                   steps_per_epoch=steps_per_epoch, tuning=tuning,
-                  max_tokens_per_batch=plan.max_tokens_per_batch or _gpu_token_budget(cfg, raw_model, device, bf16),
+                  max_tokens_per_batch=plan.max_tokens_per_batch or gpu_token_budget(cfg, raw_model, device, bf16),
                   start_epoch=start_epoch, history=history)
 
 
-def _gpu_token_budget(cfg: TrainConfig, model, device, bf16: bool) -> int:
+def gpu_token_budget(cfg: TrainConfig, model, device, bf16: bool) -> int:
     """The micro-batch budget of a GPU worker, planned from its device's memory (the driver can't see it)."""
     import torch
 
@@ -314,3 +314,7 @@ def _param_groups(model, weight_decay: float, lr: float, head_lr: float) -> list
             groups[(id(param) in head, decays)].append(param)
     return [{"params": params, "lr": head_lr if is_head else lr, "weight_decay": weight_decay if decays else 0.0}
             for (is_head, decays), params in groups.items() if params]
+
+
+__all__ = ["METRICS_FILE", "Worker", "accumulate_gradients", "gpu_token_budget", "loss_function", "set_up",
+           "train_loop_per_worker", "train_one_epoch", "validate_and_report"]
