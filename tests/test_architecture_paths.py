@@ -20,7 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, free_port, make_rows, write_rows
-from tiny_architectures import ARCHITECTURES, TAKES_PREFIX, arch_checkpoint, build_tiny, reference_probabilities
+from tiny_architectures import (
+    ARCHITECTURES,
+    TAKES_PREFIX,
+    arch_checkpoint,
+    assert_scores_match_reference,
+    build_tiny,
+    reference_probabilities,
+)
 
 from bertclf.config import ReportConfig, ScoreConfig, ServeConfig, TrainConfig
 from bertclf.explain import Explainer
@@ -71,11 +78,7 @@ def test_score_each_architecture_through_ray_data(ray_local, checkpoints, arch, 
     summary = score(ScoreConfig(checkpoint=str(checkpoints[arch]), input=str(tmp_path / "in.parquet"),
                                 output=str(tmp_path / "scores"), precision="fp32", compile="off", max_batch_rows=8))
     assert summary.rows_out == 40 and (tmp_path / "scores" / "_SUCCESS").exists()
-    table = _scores(tmp_path / "scores")  # the output carries ids and scores, not the texts
-    text_of = {r["id"]: r["text"] for r in rows}
-    want = reference_probabilities(checkpoints[arch], [text_of[i] for i in table["id"].to_pylist()])
-    got = np.stack([table[f"prob_{n}"].to_numpy() for n in NAMES], axis=1)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert_scores_match_reference(_scores(tmp_path / "scores"), checkpoints[arch], rows)
 
 
 @pytest.mark.slow  # one torch.export + AOTInductor compile per architecture: about 30 s each on 2 cores

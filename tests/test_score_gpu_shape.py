@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from conftest import make_rows, save_tiny_checkpoint, write_rows
-from tiny_architectures import ARCHITECTURES, arch_checkpoint, reference_probabilities
+from tiny_architectures import ARCHITECTURES, arch_checkpoint, assert_scores_match_reference
 
 from bertclf import storage
 from bertclf.config import ScoreConfig
@@ -88,9 +88,7 @@ def test_gpu_shaped_plan_scores_each_architecture(ray_with_a_gpu, arch, tmp_path
                               precision="fp32", compile="off", max_batch_rows=8))
     assert summary.rows_out == 40 and all(r.gpu_ids == ["0"] and r.tokenizer_pid != r.actor_pid
                                           for r in summary.scored)
-    table = _scores(str(out))
-    got = np.stack([table[f"prob_{n}"].to_numpy() for n in ("anger", "fear", "joy")], axis=1)
-    np.testing.assert_allclose(got, reference_probabilities(ckpt, table["text"].to_pylist()), atol=1e-5)
+    assert_scores_match_reference(_scores(str(out)), ckpt, rows)
 
 
 @pytest.mark.slow  # the fused pipeline's version of this runs by default (test_score_integration)

@@ -103,3 +103,14 @@ def reference_probabilities(checkpoint: Path | str, texts: list[str], max_length
         return np.stack([torch.sigmoid(model(**tokenizer(t, truncation=True, max_length=max_length,
                                                           return_tensors="pt", return_token_type_ids=False)
                                              ).logits[0]).numpy() for t in texts])
+
+
+def assert_scores_match_reference(scores, checkpoint: Path | str, rows: list[dict]) -> None:
+    """A scoring output's probabilities (a table of `id` and `prob_<label>` columns; it carries no texts) equal
+    reference_probabilities of the input rows' texts, matched by id."""
+    import numpy as np
+
+    text_of = {r["id"]: r["text"] for r in rows}
+    ids = scores["id"].to_pylist()
+    got = np.stack([scores[f"prob_{n}"].to_numpy() for n in sorted(LABEL_WORDS)], axis=1)
+    np.testing.assert_allclose(got, reference_probabilities(checkpoint, [text_of[i] for i in ids]), atol=1e-5)
