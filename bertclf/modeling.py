@@ -98,8 +98,8 @@ def attention_for(device_type: str, model=None) -> str:
 def without_cudnn_attention() -> None:
     """Take cuDNN out of SDPA's CUDA backends for this process, leaving flash and memory-efficient attention.
     With a padding mask, cuDNN attention builds an execution plan for every new (batch, length) shape, and
-    batches of texts sorted by length bring a new shape nearly every time: on an H200 that made bf16 scoring of
-    short texts several times slower than fp32 (benchmarks/results/NOTES.md, 2026-12-04)."""
+    batches of texts sorted by length bring a new shape nearly every time, so planning outweighs the attention
+    itself (benchmarks/results/NOTES.md, 2026-12-04)."""
     import torch
 
     if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):

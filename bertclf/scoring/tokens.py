@@ -74,9 +74,9 @@ def merge_batches(batches: list[TokenizedBatch]) -> TokenizedBatch:
 
 def pooled(batches: Iterable[TokenizedBatch], previous: ScoredTexts | None, rows: int) -> Iterator[TokenizedBatch]:
     """Read batches merged until they hold at least `rows` texts that `previous` (a reuse source's index) lacks,
-    so the model still sorts and batches pools as large as a full re-score's when most texts are copied: pools of
-    a fifth of the size run about a fifth slower (more padding, more partial micro-batches). Without a reuse
-    source the batches pass as they are."""
+    so the model still sorts and batches pools as large as a full re-score's when most texts are copied (small
+    pools mean more padding and more partial micro-batches; benchmarks/results/NOTES.md, 2026-12-04). Without a
+    reuse source the batches pass as they are."""
     if previous is None:
         yield from batches
         return
