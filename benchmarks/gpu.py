@@ -33,6 +33,7 @@ BUDGETS = [(16384, 256), (65536, 1024), (262144, 4096)]  # (max tokens, max rows
 TRAIN_LENGTHS = [128, 512]
 TRAIN_BATCH = 32
 TRAIN_STEPS = 13
+WARMUP_STEPS = 3  # of TRAIN_STEPS, not timed
 DEVICE = "cuda"  # --device cpu: a smoke run of this script on a machine without a GPU (its figures mean nothing)
 CPU_SMOKE_SHARE = 4 * 2**30
 
@@ -89,18 +90,18 @@ def precisions() -> tuple[str, ...]:
 
 
 def worker(model, device, cfg):
-    """What `accumulate_gradients` reads of a train worker, with the token budget a GPU worker plans."""
+    """What `accumulate_gradients` reads of a train worker, with the memory plan a GPU worker makes (`plan`)."""
     import torch
 
     from bertclf.adapters import hf_model
     from bertclf.training.memory import plan_for_model
-    from bertclf.training.worker import gpu_token_budget
+    from bertclf.training.worker import gpu_memory_plan
 
-    budget = (gpu_token_budget(cfg, model, device, True) if DEVICE == "cuda" else
-              plan_for_model(model, hf_model(model).config, cfg, share_bytes=CPU_SMOKE_SHARE, device_type="cpu",
-                             bf16=True).max_tokens_per_batch)
+    plan = (gpu_memory_plan(cfg, model, device, True) if DEVICE == "cuda" else
+            plan_for_model(model, hf_model(model).config, cfg, share_bytes=CPU_SMOKE_SHARE, device_type="cpu",
+                           bf16=False))
     return SimpleNamespace(model=model, device=device, bf16=DEVICE == "cuda", loss_fn=torch.nn.BCEWithLogitsLoss(),
-                           max_tokens_per_batch=budget)
+                           max_tokens_per_batch=plan.max_tokens_per_batch, plan=plan)
 
 
 def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
@@ -162,8 +163,9 @@ def architectures(workdir: Path) -> dict:
     return out
 
 
-def random_checkpoint(model_dir: Path, workdir: Path, max_length: int) -> Path:
-    """A bertclf checkpoint of the model (28 multi-label outputs); random weights where the directory has none."""
+def random_checkpoint(model_dir: Path, workdir: Path, max_length: int) -> tuple[Path, bool]:
+    """A bertclf checkpoint of the model (28 multi-label outputs), and whether its weights are random (the
+    directory holds none)."""
     import transformers as t
 
     from bertclf import adapters
@@ -172,7 +174,8 @@ def random_checkpoint(model_dir: Path, workdir: Path, max_length: int) -> Path:
     from bertclf.records import CheckpointMeta
 
     source = model_dir
-    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
+    random = not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin"))
+    if random:
         source = workdir / "weights"
         t.AutoModel.from_config(t.AutoConfig.from_pretrained(model_dir)).save_pretrained(source)
         load_tokenizer(str(model_dir)).save_pretrained(source)
@@ -180,7 +183,7 @@ def random_checkpoint(model_dir: Path, workdir: Path, max_length: int) -> Path:
     ckpt = workdir / "ckpt"
     adapters.save_model_dir(ckpt, build_classifier(str(source), space), load_tokenizer(str(source)),
                             CheckpointMeta(labels=space, max_length=max_length, epoch=1))
-    return ckpt
+    return ckpt, random
 
 
 def variants(ckpt: Path) -> list[tuple[str, bool]]:
@@ -196,15 +199,15 @@ def scoring(ckpt: Path, texts: list[str], max_length: int) -> dict:
     import torch
 
     from bertclf.inference import Predictor
+    from bertclf.modeling import load_tokenizer
 
-    tokenizer_rows = []
-    p = Predictor.load(str(ckpt), device=DEVICE, precision="fp32")
+    tokenizer = load_tokenizer(str(ckpt))
     t0 = time.perf_counter()
-    ids = p.tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
-                      return_token_type_ids=False)["input_ids"]
-    tokenizer_rows.append(len(texts) / (time.perf_counter() - t0))
+    ids = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    tokenize_seconds = time.perf_counter() - t0
     out = {"rows": len(texts), "max_length": max_length, "mean_tokens": round(sum(map(len, ids)) / len(ids), 1),
-           "tokenizer_rows_per_s_one_process": round(tokenizer_rows[0], 1), "runs": []}
+           "tokenizer_rows_per_s_one_process": round(len(texts) / tokenize_seconds, 1), "runs": []}
     for precision, cudnn in variants(ckpt):
         p = Predictor.load(str(ckpt), device=DEVICE, precision=precision)
         if cudnn:
@@ -225,7 +228,7 @@ def scoring(ckpt: Path, texts: list[str], max_length: int) -> dict:
     return out
 
 
-def training(ckpt: Path, texts: list[str]) -> list[dict]:
+def training(ckpt: Path, texts: list[str], steps: int) -> list[dict]:
     """Full fine-tuning steps of TRAIN_BATCH rows padded to each length, bf16 autocast, against the planner."""
     import torch
 
@@ -248,25 +251,24 @@ def training(ckpt: Path, texts: list[str]) -> list[dict]:
         target = [[0.0] * config.num_labels for _ in rows]
         (batch,) = batches(tokenizer, rows, target, TRAIN_BATCH, length)
         reset_peak()
-        steps, t0 = 0, 0.0
-        for step in range(TRAIN_STEPS):
-            if step == 3:  # three warm-up steps
+        t0 = 0.0
+        for step in range(steps):
+            if step == WARMUP_STEPS:
                 sync()
                 t0 = time.perf_counter()
             accumulate_gradients(w, batch)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            steps += step >= 3
         sync()
+        timed = steps - WARMUP_STEPS
         seconds = time.perf_counter() - t0
         params = sum(p.numel() for p in model.parameters())
         shape = ModelShape.from_config(config, params)
         eager = attention_for(DEVICE, config) == "eager"
-        rows_per_micro = max(1, min(TRAIN_BATCH, w.max_tokens_per_batch // length))
-        planned = fixed_bytes(shape, bf16=DEVICE == "cuda") + rows_per_micro * activation_bytes_per_row(
+        planned = fixed_bytes(shape, bf16=DEVICE == "cuda") + w.plan.rows_at_max_length * activation_bytes_per_row(
             shape, length, bf16=DEVICE == "cuda", eager_attention=eager)
         run = {"length": length, "batch": TRAIN_BATCH, "attention": "eager" if eager else "sdpa",
-               "planned_max_tokens": w.max_tokens_per_batch, "samples_per_s": round(steps * TRAIN_BATCH / seconds, 1),
+               "planned_max_tokens": w.max_tokens_per_batch, "samples_per_s": round(timed * TRAIN_BATCH / seconds, 1),
                "peak_gib": peak_gib(), "planner_estimate_gib": gib(planned)}
         print(f"[gpu]   train {json.dumps(run)}", flush=True)
         results.append(run)
@@ -274,15 +276,15 @@ def training(ckpt: Path, texts: list[str]) -> list[dict]:
     return results
 
 
-def sizes(models: dict[str, Path], short: list[str], long: list[str], workdir: Path) -> dict:
+def sizes(models: dict[str, Path], short: list[str], long: list[str], workdir: Path, steps: int) -> dict:
     out = {}
     for name, model_dir in models.items():
         print(f"[gpu] {name}", flush=True)
         try:
-            ckpt = random_checkpoint(model_dir, workdir / name, 512)
-            out[name] = {"random_weights": not any(model_dir.glob("*.safetensors")),
+            ckpt, random = random_checkpoint(model_dir, workdir / name, 512)
+            out[name] = {"random_weights": random,
                          "score_short": scoring(ckpt, short, 128), "score_long": scoring(ckpt, long, 512),
-                         "train": training(ckpt, long)}
+                         "train": training(ckpt, long, steps)}
         except Exception as exc:
             out[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             print(f"[gpu] {name}: {out[name]['error']}", flush=True)
@@ -303,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short-rows", type=int, default=20000)
     ap.add_argument("--long-rows", type=int, default=2000)
     ap.add_argument("--skip-architectures", action="store_true")
-    ap.add_argument("--steps", type=int, default=13, help="training steps per length (3 of them warm-up)")
+    ap.add_argument("--steps", type=int, default=TRAIN_STEPS,
+                    help=f"training steps per length ({WARMUP_STEPS} of them warm-up, not timed)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run of this script")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -311,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    global DEVICE, TRAIN_STEPS
-    DEVICE, TRAIN_STEPS = args.device, args.steps
+    global DEVICE
+    DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("[gpu] no CUDA device: nothing to check", file=sys.stderr)
         return 2
@@ -328,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_architectures:
             result["architectures"] = architectures(Path(tmp) / "arch")
         models = dict(m.split("=", 1) for m in args.models)
-        result["sizes"] = sizes({k: Path(v) for k, v in models.items()}, short, long, Path(tmp) / "sizes")
+        result["sizes"] = sizes({k: Path(v) for k, v in models.items()}, short, long, Path(tmp) / "sizes",
+                                 args.steps)
     Path(args.out).write_text(json.dumps(result, indent=1))
     failed = [a for a, e in result.get("architectures", {}).items() if not e["ok"]]
     print(f"[gpu] wrote {args.out}; architectures failing: {failed or 'none'}")

@@ -102,8 +102,7 @@ def without_cudnn_attention() -> None:
     itself (benchmarks/results/NOTES.md, 2026-12-04)."""
     import torch
 
-    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def from_pretrained(model_dir: str, attention: str, **kwargs):

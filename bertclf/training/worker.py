@@ -27,7 +27,7 @@ from bertclf.resources import TrainPlan, use_bf16
 from bertclf.training.batching import Batch, length_grouped_batches
 from bertclf.training.data import TrainingData, positive_weights, validation_rows
 from bertclf.training.epochs import EpochTotals, checkpoint_meta, epoch_record, log_epoch, should_checkpoint
-from bertclf.training.memory import micro_batch_rows
+from bertclf.training.memory import MemoryPlan, micro_batch_rows, plan_for_model
 
 if TYPE_CHECKING:
     import torch
@@ -125,6 +125,7 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
             log.info(f"resumed from checkpoint after epoch {start_epoch}")
 
     loss_fn = loss_function(data, cfg.positive_weight, device)
+    max_tokens = plan.max_tokens_per_batch or gpu_memory_plan(cfg, raw_model, device, bf16).max_tokens_per_batch
     val_texts, val_targets = validation_rows(data, rank, world)
     if rank == 0:
         log.info(f"{world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
@@ -134,21 +135,20 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
                   model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
                   shard=ray.train.get_dataset_shard("train"), val_texts=val_texts, val_targets=val_targets,
                   steps_per_epoch=steps_per_epoch, tuning=tuning,
-                  max_tokens_per_batch=plan.max_tokens_per_batch or gpu_token_budget(cfg, raw_model, device, bf16),
+                  max_tokens_per_batch=max_tokens,
                   start_epoch=start_epoch, history=history)
 
 
-def gpu_token_budget(cfg: TrainConfig, model, device, bf16: bool) -> int:
-    """The micro-batch budget of a GPU worker, planned from its device's memory (the driver can't see it)."""
+def gpu_memory_plan(cfg: TrainConfig, model, device, bf16: bool) -> MemoryPlan:
+    """The micro-batch plan of a GPU worker, from its device's memory (the driver can't see it)."""
     import torch
 
     from bertclf.adapters import hf_model
-    from bertclf.training.memory import plan_for_model
 
     memory = plan_for_model(model, hf_model(model).config, cfg, device_type=device.type, bf16=bf16,
                             share_bytes=int(0.9 * torch.cuda.get_device_properties(device).total_memory))
     log.info(memory.describe())
-    return memory.max_tokens_per_batch
+    return memory
 
 
 def loss_function(data: TrainingData, positive_weight: str, device: Any) -> Any:
@@ -316,5 +316,5 @@ def _param_groups(model, weight_decay: float, lr: float, head_lr: float) -> list
             for (is_head, decays), params in groups.items() if params]
 
 
-__all__ = ["METRICS_FILE", "Worker", "accumulate_gradients", "gpu_token_budget", "loss_function", "set_up",
+__all__ = ["METRICS_FILE", "Worker", "accumulate_gradients", "gpu_memory_plan", "loss_function", "set_up",
            "train_loop_per_worker", "train_one_epoch", "validate_and_report"]
