@@ -73,6 +73,18 @@ def write_rows(path: Path | str, rows: list[dict], row_group_size: int | None = 
     pq.write_table(pa.Table.from_pylist(rows), str(path), row_group_size=row_group_size)
 
 
+def read_scores(output: str | Path) -> pa.Table:
+    """A scoring output's parts (local or s3://) as one table sorted by id; `_reuse/`, the manifest and the
+    success marker are not parts."""
+    import pyarrow.dataset as pads
+
+    from bertclf import storage
+
+    fs, path = storage.resolve(str(output))
+    files = sorted(f for f in storage.list_names(str(output)) if f.endswith(".parquet"))
+    return pads.dataset([f"{path}/{f}" for f in files], filesystem=fs, format="parquet").to_table().sort_by("id")
+
+
 def build_tiny_bert(directory: Path, extra_words: tuple[str, ...] = ()) -> Path:
     """A random 2-layer BERT (hidden 32) and a WordPiece vocab covering the synthetic words."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast

@@ -15,11 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, free_port, make_rows, write_rows
+from conftest import REPO, free_port, make_rows, read_scores, write_rows
 from tiny_architectures import (
     ARCHITECTURES,
     TAKES_PREFIX,
@@ -45,10 +43,6 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Per architecture, a bertclf checkpoint of its tiny model with a fresh multi-label head."""
     root = tmp_path_factory.mktemp("arch_checkpoints")
     return {arch: arch_checkpoint(root / arch, arch) for arch in ARCHITECTURES}
-
-
-def _scores(output: Path) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(output.glob("*.parquet"))).sort_by("id")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -78,7 +72,7 @@ def test_score_each_architecture_through_ray_data(ray_local, checkpoints, arch, 
     summary = score(ScoreConfig(checkpoint=str(checkpoints[arch]), input=str(tmp_path / "in.parquet"),
                                 output=str(tmp_path / "scores"), precision="fp32", compile="off", max_batch_rows=8))
     assert summary.rows_out == 40 and (tmp_path / "scores" / "_SUCCESS").exists()
-    assert_scores_match_reference(_scores(tmp_path / "scores"), checkpoints[arch], rows)
+    assert_scores_match_reference(read_scores(tmp_path / "scores"), checkpoints[arch], rows)
 
 
 @pytest.mark.slow  # one torch.export + AOTInductor compile per architecture: about 30 s each on 2 cores

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pytest
-from conftest import REPO, free_port, make_rows, save_tiny_checkpoint, write_rows
+from conftest import REPO, free_port, make_rows, read_scores, save_tiny_checkpoint, write_rows
 
 from bertclf import storage
 from bertclf.config import ScoreConfig, TrainConfig
@@ -83,12 +82,6 @@ def _wait_until_idle(timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-def _read_scores(output: str) -> pa.Table:
-    fs, path = storage.resolve(output)
-    files = sorted(f for f in storage.list_names(output) if f.endswith(".parquet"))
-    return pads.dataset([f"{path}/{f}" for f in files], filesystem=fs, format="parquet").to_table().sort_by("id")
-
-
 def _score_cfg(**kw) -> ScoreConfig:
     return ScoreConfig(**{"precision": "fp32", "rows_per_unit": 100, "read_batch_rows": 64, **kw})
 
@@ -152,7 +145,7 @@ def test_two_nodes_train_and_score_from_s3_and_score_as_one_node(ray_tmpdir, tin
     assert manifests[0]["checkpoint"]["uri"] == result.best_uri, "the checkpoint was read from s3://"
     assert [p["name"] for p in manifests[0]["parts"]] == [p["name"] for p in manifests[1]["parts"]]
     assert all(storage.exists(f"{root}/scores/{name}/_SUCCESS") for name in ("two", "one"))
-    scores_two, scores_one = _read_scores(f"{root}/scores/two"), _read_scores(f"{root}/scores/one")
+    scores_two, scores_one = read_scores(f"{root}/scores/two"), read_scores(f"{root}/scores/one")
     assert scores_two.num_rows == 400 and scores_two.equals(scores_one), "two nodes score exactly as one"
 
 
@@ -187,7 +180,7 @@ def _wait(procs: dict[str, subprocess.Popen], tmp_path: Path) -> dict[str, str]:
 def _check_scores(output: Path, rows: int) -> pa.Table:
     manifest = storage.read_json(str(output / "_manifest.json"))
     assert manifest["rows_in"] == manifest["rows_out"] == rows and (output / "_SUCCESS").exists()
-    return _read_scores(str(output))
+    return read_scores(str(output))
 
 
 def _corpus(root: Path) -> Path:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.dataset as pads
 import pytest
-from conftest import make_rows, save_tiny_checkpoint, write_rows
+from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
 from tiny_architectures import ARCHITECTURES, arch_checkpoint, assert_scores_match_reference
 
 from bertclf import storage
@@ -50,12 +48,6 @@ def _corpus_on_s3(bucket: str, tmp_path) -> str:
     return f"s3://{bucket}/corpus/"
 
 
-def _scores(output: str) -> pa.Table:
-    fs, path = storage.resolve(output)
-    files = sorted(f for f in storage.list_names(output) if f.endswith(".parquet"))
-    return pads.dataset([f"{path}/{f}" for f in files], filesystem=fs, format="parquet").to_table().sort_by("id")
-
-
 def test_gpu_node_tokenizes_on_cpu_actors_and_scores_like_the_fused_pipeline(ray_with_a_gpu, checkpoint_dir, bucket,
                                                                            tmp_path):
     corpus = _corpus_on_s3(bucket, tmp_path)
@@ -68,7 +60,7 @@ def test_gpu_node_tokenizes_on_cpu_actors_and_scores_like_the_fused_pipeline(ray
     assert all(r.gpu_ids == ["0"] for r in shaped.scored)
     assert all(r.tokenizer_pid != r.actor_pid for r in shaped.scored)
     assert all(r.tokenizer_pid == r.actor_pid and r.gpu_ids == ["0"] for r in fused.scored)
-    a, b = _scores(f"s3://{bucket}/gpu_shaped/"), _scores(f"s3://{bucket}/fused/")
+    a, b = read_scores(f"s3://{bucket}/gpu_shaped/"), read_scores(f"s3://{bucket}/fused/")
     assert a["id"].to_pylist() == b["id"].to_pylist() and a["predicted"].to_pylist() == b["predicted"].to_pylist()
     for name in ("prob_anger", "prob_fear", "prob_joy"):
         np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy())
@@ -88,7 +80,7 @@ def test_gpu_shaped_plan_scores_each_architecture(ray_with_a_gpu, arch, tmp_path
                               precision="fp32", compile="off", max_batch_rows=8))
     assert summary.rows_out == 40 and all(r.gpu_ids == ["0"] and r.tokenizer_pid != r.actor_pid
                                           for r in summary.scored)
-    assert_scores_match_reference(_scores(str(out)), ckpt, rows)
+    assert_scores_match_reference(read_scores(str(out)), ckpt, rows)
 
 
 @pytest.mark.slow  # the fused pipeline's version of this runs by default (test_score_integration)

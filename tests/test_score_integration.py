@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, save_tiny_checkpoint, write_rows
+from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
 
 from bertclf import adapters, storage
 from bertclf.checkpoint import CheckpointError
@@ -36,12 +35,6 @@ def corpus(tmp_path):
                 for j, r in enumerate(make_rows(200, i, True))]
         write_rows(root / f"part-{i}.parquet", rows, row_group_size=50)
     return root
-
-
-def _read_scores(output: str) -> pa.Table:
-    fs, path = storage.resolve(output)
-    files = sorted(f for f in storage.list_names(output) if f.endswith(".parquet"))
-    return pads.dataset([f"{path}/{f}" for f in files], filesystem=fs, format="parquet").to_table().sort_by("id")
 
 
 def _direct_probs(ckpt_dir, texts: list[str]) -> np.ndarray:
@@ -79,7 +72,7 @@ def test_three_files_on_s3_scored_exactly_once_and_match_a_direct_forward_pass(
     assert len(manifest["parts"]) == 12 and manifest["units"]["rows_per_unit"] == 75
     assert summary.actors_used == 2
 
-    scores = _read_scores(out)
+    scores = read_scores(out)
     ids = scores["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 600
     assert scores.schema.field("prob_joy").type == pa.float32()
@@ -114,7 +107,7 @@ def test_crash_then_rerun_equals_a_clean_run_and_a_finished_output_is_left_alone
     # resumed on one actor: the first run's unit plan is reused, so the units and names are the same
     resumed = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed, num_actors=1))
     assert resumed.units_scored == 4 and resumed.units_skipped == 8, "only the missing units are scored"
-    assert _read_scores(crashed).equals(_read_scores(clean))
+    assert read_scores(crashed).equals(read_scores(clean))
     assert storage.list_names(crashed) == storage.list_names(clean)
 
     again = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
@@ -263,7 +256,7 @@ def test_long_texts_are_scored_in_windows_and_pooled_to_one_row_each(ray_local, 
     summary = run(_cfg(checkpoint=str(ckpt), input=str(tmp_path / "long.parquet"), output=str(tmp_path / "out"),
                        passthrough_columns=[]))
     assert summary.rows_out == 30
-    got = _read_scores(str(tmp_path / "out"))
+    got = read_scores(str(tmp_path / "out"))
     probs = np.stack([got[f"prob_{n}"].to_numpy() for n in space.names], axis=1)
 
     model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()

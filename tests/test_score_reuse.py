@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, save_tiny_checkpoint, write_rows
+from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
 
 from bertclf import storage
 from bertclf.config import ScoreConfig
@@ -70,11 +70,6 @@ def days(tmp_path_factory):
 def _cfg(**kw) -> ScoreConfig:
     base = dict(precision="fp32", rows_per_unit=60, read_batch_rows=32, compile="off", num_actors=1)
     return ScoreConfig(**{**base, **kw})
-
-
-def _scores(output: str) -> pa.Table:
-    fs, path = storage.resolve(output)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table().sort_by("id")  # readers skip _reuse/
 
 
 def _probs(table: pa.Table) -> np.ndarray:
@@ -162,7 +157,7 @@ def test_repeated_texts_are_scored_once_per_unit_and_every_row_gets_them(ray_loc
     first, deduped, _ = scored
     full = str(tmp_path / "full")
     run(_cfg(checkpoint=str(ckpt), input=str(root / f"date={DAY1}"), output=full, reuse="none", dedupe=False))
-    _same_scores(_scores(str(deduped)), _scores(full))
+    _same_scores(read_scores(str(deduped)), read_scores(full))
 
     distinct = _distinct_per_part(str(deduped), _texts_by_id(root / f"date={DAY1}"))
     manifest = storage.read_json(f"{deduped}/_manifest.json")
@@ -184,7 +179,7 @@ def test_yesterdays_scores_are_reused_and_match_a_full_rescore(ray_local, ckpt, 
     template, inputs = str(tmp_path / "scores" / "date={date}"), str(root / "date={date}")
     summary = run(_cfg(checkpoint=str(ckpt), input=inputs, output=template, date=DAY2))
     day2_out = str(tmp_path / "scores" / f"date={DAY2}")
-    _same_scores(_scores(day2_out), _scores(full))
+    _same_scores(read_scores(day2_out), read_scores(full))
 
     repeated = sum(t in old for t in day2)
     manifest = storage.read_json(f"{day2_out}/_manifest.json")
@@ -210,7 +205,7 @@ def test_a_day_repeating_the_day_before_is_copied_whole_new_texts_included(ray_l
     day2_out = str(tmp_path / "scores" / f"date={DAY2}")
     assert third.rows_reused == 240 and third.reused_from == day2_out
     assert storage.read_json(f"{tmp_path}/scores/date=2026-11-23/_manifest.json")["texts_scored"] == 0
-    _same_scores(_scores(str(tmp_path / "scores" / "date=2026-11-23")), _scores(full))
+    _same_scores(read_scores(str(tmp_path / "scores" / "date=2026-11-23")), read_scores(full))
 
 
 def test_an_unfinished_output_is_never_reused(ray_local, ckpt, days, scored, tmp_path):
@@ -223,7 +218,7 @@ def test_an_unfinished_output_is_never_reused(ray_local, ckpt, days, scored, tmp
     assert refused.rows_reused == 0 and f"{day1_out}: no _SUCCESS" in manifest["reuse"]["note"]
     assert manifest["texts_scored"] == _distinct_per_part(str(tmp_path / f"date={DAY2}"),
                                                           _texts_by_id(root / f"date={DAY2}"))
-    _same_scores(_scores(str(tmp_path / f"date={DAY2}")), _scores(scored[2]))
+    _same_scores(read_scores(str(tmp_path / f"date={DAY2}")), read_scores(scored[2]))
 
 
 def test_another_checkpoints_scores_are_never_reused(ray_local, other_ckpt, days, scored, tmp_path):
@@ -236,7 +231,7 @@ def test_another_checkpoints_scores_are_never_reused(ray_local, other_ckpt, days
     assert "checkpoint_sha256" in manifest["reuse"]["note"]
     assert manifest["texts_scored"] == _distinct_per_part(str(tmp_path / f"date={DAY2}"),
                                                           _texts_by_id(root / f"date={DAY2}"))
-    other, ours = _probs(_scores(str(tmp_path / f"date={DAY2}"))), _probs(_scores(scored[2]))
+    other, ours = _probs(read_scores(str(tmp_path / f"date={DAY2}"))), _probs(read_scores(scored[2]))
     assert np.abs(other - ours).max() > 1e-3, "the other head's probabilities, not copies of day 1's"
 
 
@@ -254,4 +249,4 @@ def test_reuse_from_an_explicit_output_on_s3(ray_local, ckpt, days, scored, buck
     assert manifest["reuse"]["reused_from"] == {yesterday: summary.rows_reused}
     parts = {n for n in storage.list_names(today) if n.endswith(".parquet")}
     assert storage.list_names(f"{today}/{INDEX_DIR}") == parts
-    _same_scores(_scores(today), _scores(scored[2]))
+    _same_scores(read_scores(today), read_scores(scored[2]))
