@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_rows, write_rows
-from test_score_integration import _read_scores
+from conftest import make_rows, read_scores, write_rows
 from test_train_integration import _config, _metrics_lines, _shards_to_s3
 
 from bertclf import storage
@@ -43,7 +42,7 @@ def test_method_trains_on_two_workers_resumes_and_scores(ray_local, tiny_model, 
     summary = score(ScoreConfig(checkpoint=result.best_uri, input=corpus, output=f"s3://{bucket}/scores/{method}",
                                 precision="fp32"))
     assert summary.rows_out == 80
-    scored = _read_scores(f"s3://{bucket}/scores/{method}").to_pandas()
+    scored = read_scores(f"s3://{bucket}/scores/{method}").to_pandas()
     texts = sorted(make_rows(80, seed=7, multi_label=True), key=lambda r: r["id"])
     texts = [r["text"] for r in texts]
     direct = Predictor.load(result.best_uri, device="cpu").probabilities(texts)
