@@ -218,3 +218,25 @@ def test_two_runs_with_different_checkpoints_on_one_output(ray_local, checkpoint
     sha = _sha(checkpoints[0])
     assert {read_part_stats(str(output / n)).checkpoint_sha256 for n in _parts(output)} == {sha}
     assert json.loads((output / "_manifest.json").read_text())["checkpoint"]["sha256"] == sha
+
+
+def test_a_complete_output_of_another_checkpoint_is_refused_not_reported_done(ray_local, checkpoints, corpus,
+                                                                              tmp_path, capsys):
+    """Checkpoint A completed the output: scoring it with B exits 2 naming both checkpoints and --overwrite, and A's
+    scores stay; A again (same settings) is 'already complete'; A with another precision is refused too."""
+    from bertclf.cli import main
+
+    output = tmp_path / "out"
+    run(_cfg(checkpoints[0], corpus, output))
+    before = {n: (output / n).read_bytes() for n in _parts(output)}
+    code = main(["score", "--input", str(corpus), "--output", str(output), "--precision", "fp32",
+                 "--set", "rows_per_unit=25", "--checkpoint", str(checkpoints[1])])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(checkpoints[0]) in err and str(checkpoints[1]) in err and "--overwrite" in err
+    assert _sha(checkpoints[0])[:12] in err and _sha(checkpoints[1])[:12] in err
+    assert {n: (output / n).read_bytes() for n in _parts(output)} == before, "A's scores are left as they are"
+
+    assert run(_cfg(checkpoints[0], corpus, output)).already_complete, "same checkpoint and settings: nothing to do"
+    with pytest.raises(ResumeMismatchError, match=r'already complete.*precision: "fp32" vs "bf16"'):
+        run(_cfg(checkpoints[0], corpus, output, precision="bf16"))

@@ -20,7 +20,7 @@ from bertclf import checkpoint, logs, storage
 from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, resolve_date
-from bertclf.errors import DataError
+from bertclf.errors import DataError, RecordError
 from bertclf.progress import Progress
 from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitPlan, UnitResult, WorkUnit
 from bertclf.resources import ScorePlan, connect, plan_scoring
@@ -31,8 +31,10 @@ from bertclf.scoring.manifest import (
     LEGACY_MANIFEST,
     MANIFEST,
     SUCCESS,
+    CompleteOutputMismatchError,
     ResumeMismatchError,
     ScoreError,
+    check_complete,
     check_resume,
     commit,
     read_manifest,
@@ -101,7 +103,8 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     _check_output_outside_inputs(output, inputs)
 
     if storage.exists(storage.join(output, SUCCESS)) and not cfg.overwrite:
-        log.info("%s already has %s: nothing to do", output, SUCCESS)
+        _check_complete_output(cfg, output)  # written by another checkpoint or other settings: exit 2
+        log.info("%s already has %s, scored with this checkpoint and settings: nothing to do", output, SUCCESS)
         return ScoreSummary(output=output, already_complete=True)
 
     files = storage.list_parquet_files(inputs)
@@ -114,6 +117,20 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
 
     with LeaseKeeper(output, new_run_id()) as lease:  # refused (exit 2) while another run holds the output
         return _score_output(cfg, ckpt, output, date, files, footers, unreadable, passthrough, lease, t_start)
+
+
+def _check_complete_output(cfg: ScoreConfig, output: str) -> None:
+    """A complete output is left alone only when this run's checkpoint and settings wrote it (its manifest says)."""
+    ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
+    try:
+        manifest = read_manifest(output)
+    except (FileNotFoundError, RecordError) as exc:
+        raise CompleteOutputMismatchError(
+            f"{output} is complete ({SUCCESS}) but its manifest can't be read ({exc}), so which checkpoint wrote it "
+            f"is unknown: pass --overwrite to score it again with {cfg.checkpoint}, or choose another --output"
+        ) from None
+    passthrough = tuple(dict.fromkeys(c for c in [cfg.id_column, *cfg.passthrough_columns] if c))  # _check_columns'
+    check_complete(output, manifest, cfg.checkpoint, ckpt.fingerprint(), scored_with(cfg, ckpt, passthrough))
 
 
 def _reuse_source(cfg: ScoreConfig, output: str, date: dt.date, key: dict,

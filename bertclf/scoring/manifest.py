@@ -47,6 +47,10 @@ class ResumeMismatchError(InputError):
     """An output partly scored with another checkpoint or other settings (exit 2): finishing it would mix them."""
 
 
+class CompleteOutputMismatchError(ResumeMismatchError):
+    """A complete output (_SUCCESS) written by another checkpoint or other settings than this run's (exit 2)."""
+
+
 def scored_with(cfg: ScoreConfig, ckpt: LoadedCheckpoint, passthrough: tuple[str, ...]) -> dict[str, Any]:
     """The settings that change a part's numbers or columns, besides the weights (checkpoint_sha256): every part of
     one output must carry the same. JSON-shaped, so what is read back from a footer compares equal."""
@@ -82,6 +86,24 @@ def check_resume(output: str, existing: list[PartStats], sha256: str, settings: 
         f"{len(existing)} part(s) differ from this run (e.g. {first}: {'; '.join(diffs)}; the part's vs this run's). "
         "Finishing it would mix two models' scores in one output: re-run with the same checkpoint and settings, "
         "or pass --overwrite to delete its parts and score it all again")
+
+
+def check_complete(output: str, manifest: Manifest, checkpoint_uri: str, sha256: str,
+                   settings: dict[str, Any]) -> None:
+    """An output that another checkpoint or other settings completed is refused, not reported as done: a user who
+    retrained expects the new checkpoint's scores (exit 2, naming both checkpoints and --overwrite)."""
+    diffs = [] if manifest.checkpoint.sha256 == sha256 else [
+        f"checkpoint: {manifest.checkpoint.uri} (weights sha256 {manifest.checkpoint.sha256[:12]}…) wrote it, this "
+        f"run has {checkpoint_uri} (weights sha256 {sha256[:12]}…)"]
+    if manifest.scored_with:  # manifests before 2026-12 don't record the settings: the checkpoint is all we can check
+        diffs += [f"{key}: {json.dumps(manifest.scored_with.get(key))} vs {json.dumps(settings.get(key))}"
+                  for key in sorted(set(settings) | set(manifest.scored_with))
+                  if manifest.scored_with.get(key) != settings.get(key)]
+    if diffs:
+        raise CompleteOutputMismatchError(
+            f"{output} is already complete ({SUCCESS}), scored by {manifest.checkpoint.uri} with other weights or "
+            f"settings than this run's ({'; '.join(diffs)}; the output's vs this run's). Its scores are left as they "
+            f"are: pass --overwrite to replace them with {checkpoint_uri}'s, or choose another --output")
 
 
 def check_parts(output: str, units: list[WorkUnit], stats: list[PartStats], sha256: str,
@@ -205,5 +227,6 @@ def _share_change(distribution: dict[str, float], previous: Manifest | None) -> 
     return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(distribution))}
 
 
-__all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "ResumeMismatchError", "ScoreError", "check_parts",
-           "check_resume", "commit", "differences", "manifest_uri", "previous_manifest", "read_manifest", "scored_with"]
+__all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "CompleteOutputMismatchError", "ResumeMismatchError",
+           "ScoreError", "check_complete", "check_parts", "check_resume", "commit", "differences", "manifest_uri",
+           "previous_manifest", "read_manifest", "scored_with"]
