@@ -30,7 +30,7 @@ from bertclf.config import (
     load_config,
     parse_set_overrides,
 )
-from bertclf.errors import STORAGE_FAILURE, InputError, StorageError, is_input_failure
+from bertclf.errors import STORAGE_FAILURE, DataError, InputError, StorageError, is_input_failure, unicode_problem
 from bertclf.logs import DEFAULT_LEVEL, LEVEL_ENV, LEVELS
 from bertclf.progress import DEFAULT_EVERY_S, EVERY_ENV, every_seconds
 
@@ -236,6 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from bertclf import explain
 
+    _check_texts(args.texts)
     explainer = explain.Explainer.load(args.checkpoint, steps=args.steps)
     explanations = [e for text in args.texts for e in explainer.explain(text, args.label)]
     print(explain.render_json(explanations) if args.json else explain.render_terminal(explanations))
@@ -245,8 +246,19 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_texts(texts: list[str]) -> None:
+    """predict's and explain's text arguments, checked as serve checks a request's texts: one that isn't valid
+    Unicode (invalid UTF-8 in argv arrives as lone surrogates) is refused naming it (exit 2), not a tokenizer crash."""
+    for i, text in enumerate(texts, 1):
+        if problem := unicode_problem(text):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise DataError(f"text argument {i} ({ascii(shown)}) is {problem}: pass UTF-8 text")
+
+
 def _predict(args: argparse.Namespace) -> int:
     from bertclf.inference import predict_texts
+
+    _check_texts(args.texts)
 
     print(render_predictions(predict_texts(args.checkpoint, args.texts), as_json=args.json))
     return 0

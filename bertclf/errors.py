@@ -50,6 +50,16 @@ class TrackingError(InputError):
     can't be reached (exit 2 before any training: fix tracking_uri or set tracking none; nothing was trained)."""
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why a text can't be tokenized as Unicode (a lone surrogate such as "\\ud800", or the escapes Python makes of
+    invalid UTF-8 in argv), or None. The one check of serve's requests and predict's and explain's arguments."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode: {exc.reason} at character {exc.start}"
+    return None
+
+
 class StorageError(RuntimeError):
     """A URI that can't be read or written because storage or the network failed; the message names the URI.
 

@@ -34,7 +34,7 @@ from ray import serve
 
 from bertclf import __version__, logs
 from bertclf.config import ServeConfig, load_config
-from bertclf.errors import ConfigError
+from bertclf.errors import ConfigError, unicode_problem
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,8 @@ def parse_texts(body: bytes, cfg: ServeConfig) -> list[str]:
             raise RequestError(422, f"texts[{i}] is {type(text).__name__}, not a string")
         if len(text) > cfg.max_text_chars:
             raise RequestError(413, f"texts[{i}] has {len(text)} characters; the limit is {cfg.max_text_chars}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800") would fail the tokenizer's whole batch
-            raise RequestError(400, f"texts[{i}] is not valid Unicode: {exc.reason} at character {exc.start}") from None
+        if problem := unicode_problem(text):  # a lone surrogate ("\\ud800") would fail the tokenizer's whole batch
+            raise RequestError(400, f"texts[{i}] is {problem}")
     return texts
 
 

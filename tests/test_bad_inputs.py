@@ -300,3 +300,19 @@ def test_storage_failure_and_damaged_file_are_told_apart_on_local_files(tmp_path
         read_parquet_part(str(path), lambda: pq.read_table(str(path)))
     assert storage.is_transient(OSError("curlCode: 7, Could not connect to server"))
     assert not storage.is_transient(OSError("AWS Error ACCESS_DENIED: Access Denied (connection ok)"))
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_a_text_argument_that_is_not_unicode_exits_2_naming_it(command, tiny_ckpt):
+    """Invalid UTF-8 in argv (a lone surrogate's bytes) is refused as serve refuses it: exit 2 naming the argument,
+    no traceback, nothing loaded. Run as a process, so the bytes reach Python as a real shell passes them."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bertclf.cli", command, "--checkpoint", str(tiny_ckpt), "fine",
+                           b"\xed\xa0\x80 happy"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert "text argument 2" in proc.stderr and "not valid Unicode" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not proc.stdout
