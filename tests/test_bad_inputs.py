@@ -167,11 +167,36 @@ def score_s3_checkpoint_unreachable(e: Env) -> list[str]:
     return e.score_args(e.good_score_file(), "s3://models/r1/best")
 
 
+def _blank_texts(rows: list[dict], every: int) -> list[dict]:
+    """Labelled rows whose text is emptied (or blanked) in every `every`-th row: every=1 empties all of them."""
+    return [{**r, "text": ["", "  "][i % 2]} if i % every == 0 else r for i, r in enumerate(rows)]
+
+
+def train_all_empty_texts(e: Env) -> list[str]:
+    write_rows(e.tmp / "blank.parquet", _blank_texts(make_rows(50, 1, True), every=1))
+    return e.train_args(e.tmp / "blank.parquet")
+
+
+def evaluate_all_empty_texts(e: Env) -> list[str]:
+    """The same data train refuses: one rule for labelled texts on every path (was: metrics printed, exit 0)."""
+    write_rows(e.tmp / "blank.parquet", _blank_texts(make_rows(50, 1, True), every=1))
+    return ["evaluate", "--checkpoint", str(e.ckpt), "--data", str(e.tmp / "blank.parquet")]
+
+
+def evaluate_some_empty_texts(e: Env) -> list[str]:
+    write_rows(e.tmp / "some.parquet", [*make_rows(30, 1, True), {"text": None, "labels": ["joy"]},
+                                        *_blank_texts(make_rows(20, 2, True), every=10)])
+    return ["evaluate", "--checkpoint", str(e.ckpt), "--data", str(e.tmp / "some.parquet")]
+
+
 CASES: list[tuple[Callable[[Env], list[str]], int, str]] = [
     (train_invalid_utf8, 2, r"latin1\.parquet: text column 'text' holds invalid UTF-8 \(row 7\)"),
     (train_wrong_text_type, 2, r"numbers\.parquet: text column 'text' must hold strings"),
     (train_truncated_parquet, 2, r"train\.parquet.* is not a readable Parquet file"),
     (train_truncated_model, 2, r"model/model\.safetensors .*(truncated|not a valid safetensors)"),
+    (train_all_empty_texts, 2, r"blank\.parquet: text column 'text' has 0 null and 50 empty row\(s\); drop or fill"),
+    (evaluate_all_empty_texts, 2, r"blank\.parquet: text column 'text' has 0 null and 50 empty row\(s\); drop or fill"),
+    (evaluate_some_empty_texts, 2, r"some\.parquet: text column 'text' has 1 null and 2 empty row\(s\)"),
     (train_s3_unreachable, 1, r"s3://corpus/train.*storage/network failure \(a retry may fix it\)"),
     (score_invalid_utf8, 2, r"mojibake\.parquet: text column 'text' holds invalid UTF-8 \(row 11\)"),
     (score_wrong_text_type, 2, r"vectors\.parquet: text column 'text' must hold strings.*list<"),
