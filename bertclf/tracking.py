@@ -37,6 +37,22 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
+def check_uri(uri: str) -> None:
+    """A tracking URI this MLflow client can use, checked before any work (TrackingError, exit 2): MLflow 3 refuses a
+    file store (`file:///...`, `./mlruns`) unless MLFLOW_ALLOW_FILE_STORE is true, with an exception of its own
+    that would otherwise end the run as a crash."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.lower()
+    if (scheme == "file" or scheme == "" or len(scheme) == 1) and \
+            os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):  # "C:\\..." has scheme "c"
+        raise TrackingError(
+            f"tracking_uri {uri} is a file store (a directory of runs), which the MLflow client bertclf installs "
+            "refuses (its file backend is in maintenance mode). Use a database, e.g. "
+            "--tracking-uri sqlite:///$PWD/mlflow.db, or a server, e.g. --tracking-uri http://127.0.0.1:5000 "
+            "(`mlflow server --backend-store-uri sqlite:///mlflow.db`); MLFLOW_ALLOW_FILE_STORE=true opts back in")
+
+
 def _client(uri: str | None):
     """An MlflowClient for `uri` (None: MLFLOW_TRACKING_URI or MLflow's default) and the URI it resolved."""
     try:
@@ -48,6 +64,7 @@ def _client(uri: str | None):
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     resolved = uri or mlflow.get_tracking_uri()
+    check_uri(resolved)
     return MlflowClient(tracking_uri=resolved), resolved
 
 
@@ -176,6 +193,7 @@ def for_report(cfg: ReportConfig, checkpoint_uri: str) -> Run | None:
                      {"bertclf.command": "report", "bertclf.checkpoint": checkpoint_uri})
     if cfg.tracking_uri:
         ref = replace(ref, tracking_uri=cfg.tracking_uri)
+    check_uri(ref.tracking_uri)
     run = attach(ref)
     try:
         run.client.get_run(ref.run_id)

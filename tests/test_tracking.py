@@ -252,6 +252,34 @@ def test_a_server_that_is_down_fails_the_run_before_training_with_exit_2(tiny_mo
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "ray_train").exists()
 
 
+@pytest.mark.parametrize("uri", ["file:///tmp/bertclf-mlruns", "./mlruns"])
+def test_a_file_store_uri_is_refused_before_ray_with_exit_2_naming_the_fix(uri, tiny_model, tmp_path, capsys,
+                                                                           monkeypatch):
+    """MLflow 3 refuses file stores with an exception of its own: bertclf refuses the URI first (exit 2, the URI and
+    the fix named), before Ray starts and before MLflow writes anything; MLFLOW_ALLOW_FILE_STORE=true opts back in."""
+    from bertclf import tracking
+    from bertclf.errors import TrackingError
+    from bertclf.training import driver
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setattr(driver, "connect", lambda *a, **k: pytest.fail("Ray was started for a file-store URI"))
+    data = _data(tmp_path)
+    code = cli.main(["train", "--train", data["train"], "--validation", data["validation"], "--output",
+                     str(tmp_path / "run"), "--model", str(tiny_model), "--epochs", "1",
+                     "--set", "tracking=mlflow", "--set", f"tracking_uri={uri}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"tracking_uri {uri} is a file store" in err and "sqlite:///" in err and "http://" in err, err
+    assert "Traceback" not in err and not (tmp_path / "mlruns").exists()
+    with pytest.raises(TrackingError, match="file store"):
+        tracking.for_report(ReportConfig(tracking="mlflow", tracking_uri=uri), str(tmp_path / "no-checkpoint"))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracking.check_uri(uri)
+    tracking.check_uri("sqlite:///mlflow.db")
+    tracking.check_uri("http://127.0.0.1:5000")
+
+
 @pytest.mark.slow  # three epochs through a proxy (~50 s on 2 cores); a server down at the start runs by default
 def test_a_server_that_goes_away_mid_run_costs_a_warning_and_training_completes(ray_local, tiny_model,
                                                                                 mlflow_server, tmp_path, caplog):
