@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bertclf import checkpoint, modeling
+from bertclf.baseline import Baseline
 from bertclf.checkpoint import ADAPTER_DIR, ADAPTER_WEIGHTS
 from bertclf.config import TrainConfig
 from bertclf.errors import CheckpointError, ConfigError
@@ -159,12 +160,14 @@ def save(directory: Path, model) -> None:
     plain.save_pretrained(directory, safe_serialization=True)
 
 
-def save_model_dir(directory: Path, model, tokenizer, meta: CheckpointMeta) -> None:
-    """A checkpoint directory: the weights (with the adapter where the method keeps one), the tokenizer and, last,
-    bertclf.json."""
+def save_model_dir(directory: Path, model, tokenizer, meta: CheckpointMeta, baseline: Baseline | None = None) -> None:
+    """A checkpoint directory: the weights (with the adapter where the method keeps one), the tokenizer, the TF-IDF
+    baseline when the run fitted one and, last, bertclf.json."""
     directory.mkdir(parents=True, exist_ok=True)
     save(directory, model)
     tokenizer.save_pretrained(directory)
+    if baseline is not None:
+        baseline.save(directory)
     checkpoint.write_meta(directory, meta)
 
 

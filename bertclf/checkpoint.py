@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertclf import storage
+from bertclf.baseline import BASELINE_JSON, BASELINE_WEIGHTS
 from bertclf.config import TrainConfig
 from bertclf.errors import CheckpointError, InputError, ModelError, RecordError, StorageError
 from bertclf.labels import LabelSpace
@@ -50,23 +51,25 @@ class LoadedCheckpoint:
         return self.meta.max_length
 
     def fingerprint(self) -> str:
-        """sha256 of the weights (and the adapter's, when it has one), so scores can be traced to the exact model
-        that made them."""
-        if len(self.weight_files()) == 1:
-            return self.sha256(self.weight_files()[0])  # the same as hashing the one file's bytes
+        """sha256 of the files that make its probabilities (the weights, the adapter's, the baseline's), so scores
+        can be traced to the exact model that made them."""
+        files = self.model_files()
+        if len(files) == 1:
+            return self.sha256(files[0])  # the same as hashing the one file's bytes
         h = hashlib.sha256()
-        for name in self.weight_files():
+        for name in files:
             with open(self.local_dir / name, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
                     h.update(block)
         return h.hexdigest()
 
     def weight_files(self) -> list[str]:
-        """The weights this checkpoint loads, relative to its directory."""
-        files = ["model.safetensors"]
-        if self.meta.tuning.adapter:
-            files.append(f"{self.meta.tuning.adapter}/{ADAPTER_WEIGHTS}")
-        return files
+        """The safetensors this checkpoint loads, relative to its directory."""
+        return weight_files(self.meta)
+
+    def model_files(self) -> list[str]:
+        """Every file whose bytes change its probabilities: the weights and the baseline's vocabulary."""
+        return model_files(self.meta)
 
     def sha256(self, name: str) -> str:
         """sha256 of one file of the checkpoint, computed once."""
@@ -125,10 +128,24 @@ def check_model_weights(directory: str | Path, name: str) -> None:
         check_safetensors(path, f"model weights {path} (from --model {name})", ModelError)
 
 
+def weight_files(meta: CheckpointMeta) -> list[str]:
+    """The safetensors a checkpoint of this metadata loads: the model, its adapter, its baseline."""
+    files = ["model.safetensors"]
+    if meta.tuning.adapter:
+        files.append(f"{meta.tuning.adapter}/{ADAPTER_WEIGHTS}")
+    if meta.blend is not None:
+        files.append(BASELINE_WEIGHTS)
+    return files
+
+
+def model_files(meta: CheckpointMeta) -> list[str]:
+    """weight_files and the baseline's vocabulary: every file recorded (size, sha256) in bertclf.json."""
+    return weight_files(meta) + ([BASELINE_JSON] if meta.blend is not None else [])
+
+
 def _weights_record(directory: Path, meta: CheckpointMeta) -> dict[str, dict]:
-    files = ["model.safetensors"] + ([f"{meta.tuning.adapter}/{ADAPTER_WEIGHTS}"] if meta.tuning.adapter else [])
     return {name: {"bytes": (directory / name).stat().st_size, "sha256": file_sha256(directory / name)}
-            for name in files if (directory / name).is_file()}
+            for name in model_files(meta) if (directory / name).is_file()}
 
 
 def versions() -> dict[str, str]:
@@ -246,7 +263,7 @@ def load(uri: str) -> LoadedCheckpoint:
 
 def _check_weight_files(ckpt: LoadedCheckpoint) -> None:
     """Sizes against bertclf.json's record and every safetensors header: cheap, so every load does it."""
-    for name in ckpt.weight_files():
+    for name in ckpt.model_files():
         path = ckpt.local_dir / name
         label = f"checkpoint {storage.join(ckpt.uri, name)}"
         if not path.is_file():
@@ -255,7 +272,8 @@ def _check_weight_files(ckpt: LoadedCheckpoint) -> None:
         if want is not None and path.stat().st_size != int(want):
             raise CheckpointError(f"{label} is {path.stat().st_size} bytes but {MARKER} records {want}: truncated or "
                                   "replaced after the checkpoint was written; restore it or use another checkpoint")
-        check_safetensors(path, label)
+        if name.endswith(".safetensors"):
+            check_safetensors(path, label)
 
 
 def publish(local_dir: Path, uri: str) -> None:
@@ -281,5 +299,5 @@ def run_history(uri: str, meta: CheckpointMeta) -> list[EpochRecord]:
 
 # the interface other modules, jobs and benchmarks use
 __all__ = ["ADAPTER_DIR", "ADAPTER_WEIGHTS", "LoadedCheckpoint", "MARKER", "check_model_weights", "load",
-           "load_train_state", "long_text_setting", "publish", "read_metrics", "run_history", "save_train_state",
+           "load_train_state", "long_text_setting", "model_files", "publish", "read_metrics", "run_history", "save_train_state",
            "strip_training_state", "versions", "write_meta"]

@@ -33,6 +33,8 @@ EmptyTextPolicy = Literal["score", "skip", "error"]
 LongText = Literal["auto", "truncate", "chunk"]
 LongTextOverride = Literal["checkpoint", "truncate", "chunk"]  # at inference: the checkpoint's, or another
 Tracking = Literal["none", "mlflow"]
+BlendMode = Literal["auto", "on", "off"]
+TrainWindows = Literal["first", "sample"]
 ReuseMode = Literal["none", "previous"]
 
 __all__ = ["ConfigError", "EvaluateConfig", "PACKAGED_MODEL", "PACKAGED_MPNET_MODEL", "ReportConfig", "ScoreConfig",
@@ -111,6 +113,19 @@ class TrainConfig:
                      "overlapping by chunk_stride, and pool them per text); auto: chunk multi-label texts when over "
                      "5 percent of the sampled training texts are longer than max_length, else truncate")
     chunk_stride: int = key(64, help="tokens two neighbouring windows share under long_text chunk", flag=False)
+    train_windows: TrainWindows = key(
+        "first", help="which max_length window of a longer text trains: first (its start), or sample (one window "
+                      "drawn per text and epoch, so every part of long texts is learned at the cost of one window)")
+    blend: BlendMode = key(
+        "auto", help="mix a TF-IDF + logistic-regression baseline (fitted on the same split, always reported beside "
+                     "the transformer) into the checkpoint's probabilities, with the weight chosen on validation; "
+                     "auto: only where the blend beats the transformer alone by blend_margin on validation")
+    blend_margin: float = key(0.005, help="blend auto: the validation gain (in best_metric, or macro-F1) a blend "
+                                          "must bring over the transformer alone", flag=False)
+    baseline_max_rows: int = key(200_000, help="training rows the baseline is fitted on (a seeded sample beyond "
+                                               "that)", flag=False)
+    baseline_max_features: int = key(200_000, help="TF-IDF terms the baseline keeps (the most frequent)",
+                                     flag=False)
     seed: int = key(42, help="random seed")
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs")
     checkpoint_every: int = key(1, help="epochs between periodic checkpoints")
@@ -143,6 +158,9 @@ class TrainConfig:
             raise ConfigError(f"worker_memory_gb must be > 0, got {self.worker_memory_gb}")
         if self.chunk_stride < 0:
             raise ConfigError(f"chunk_stride must be >= 0, got {self.chunk_stride}")
+        if self.blend_margin < 0:
+            raise ConfigError(f"blend_margin must be >= 0, got {self.blend_margin}")
+        _at_least_one(self, "baseline_max_rows", "baseline_max_features")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.method == "lora" and not self.lora_target_modules:

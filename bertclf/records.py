@@ -319,6 +319,24 @@ class Manifest(Record):
 
 
 @dataclass
+class BlendChoice(Record):
+    """How a checkpoint mixes the transformer with its TF-IDF baseline (bertclf.blend): `weight` is the
+    transformer's share of the probabilities (1.0: the transformer alone), chosen on validation."""
+
+    mode: str  # auto / on / off, as configured
+    used: bool
+    weight: float
+    best_weight: float  # the best weight on validation, used or not
+    metric: str
+    transformer: float  # validation metric of the transformer alone
+    baseline: float  # ... of the baseline alone
+    blended: float  # ... at best_weight
+    margin: float
+    reason: str
+    thresholds: list[float] | None = None  # multi-label thresholds tuned for the blend (when used)
+
+
+@dataclass
 class EpochRecord(Record):
     """Everything known about one epoch: losses, validation metrics, thresholds (multi-label), throughput."""
 
@@ -343,11 +361,18 @@ class EpochRecord(Record):
     f1_micro_at_half: float | None = field(default=None, metadata={"json": "f1_micro_at_0.5"})
     thresholds: dict[str, float] | None = None  # tuned on validation (multi-label)
     per_label: dict[str, dict[str, float]] = field(default_factory=dict)
+    baseline: dict[str, float] | None = None  # the TF-IDF baseline's validation metrics (bertclf.baseline)
+    blend: BlendChoice | None = None  # the blend chosen on this epoch's validation (bertclf.blend)
 
     def scalars(self) -> dict[str, float]:
-        """The numeric metrics by JSON key (what Ray Train's report and checkpoint ranking see)."""
-        return {k: v for k, v in self.to_dict().items()
-                if k != "format" and isinstance(v, int | float) and not isinstance(v, bool)}
+        """The numeric metrics by JSON key (what Ray Train's report and checkpoint ranking see), with the
+        baseline's as baseline_<metric> and the blend's weight and score as blend_weight, blend_<metric>."""
+        out = {k: v for k, v in self.to_dict().items()
+               if k != "format" and isinstance(v, int | float) and not isinstance(v, bool)}
+        out.update({f"baseline_{k}": v for k, v in (self.baseline or {}).items()})
+        if self.blend is not None:
+            out.update({"blend_weight": self.blend.weight, f"blend_{self.blend.metric}": self.blend.blended})
+        return out
 
     def metric(self, name: str) -> float | None:
         return self.scalars().get(name)
@@ -395,10 +420,11 @@ class CheckpointMeta(Record):
     """bertclf.json: what a checkpoint predicts (labels, thresholds, max length) and how it was made.
 
     Format 2 keeps the best epoch's per-label scores inside `metrics` (format 1 kept them beside it). Format 3
-    adds `tuning`: a prefix-tuned checkpoint needs its adapter, which a format-2 reader would silently skip.
+    adds `tuning`: a prefix-tuned checkpoint needs its adapter, which a format-2 reader would silently skip. Format
+    4 adds `blend`: a format-3 reader would silently give the transformer's probabilities without the baseline.
     """
 
-    FORMAT: ClassVar[int] = 3
+    FORMAT: ClassVar[int] = 4
 
     labels: LabelSpace
     max_length: int
@@ -411,6 +437,7 @@ class CheckpointMeta(Record):
     tuning: TuningInfo = field(default_factory=TuningInfo)
     long_text: Literal["truncate", "chunk"] = "truncate"  # chunk: windows of max_length, pooled per text
     chunk_stride: int = 0  # tokens neighbouring windows share
+    blend: BlendChoice | None = None  # None: no baseline (checkpoints before 2026-12-06); else how it is mixed in
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
@@ -450,6 +477,6 @@ class TrackingRef(Record):
 
 
 # the records other modules, jobs and benchmarks use
-__all__ = ["Record", "CheckpointMeta", "CheckpointRef", "DataSummary", "DriftReport", "EmptyTexts", "EpochRecord",
+__all__ = ["Record", "BlendChoice", "CheckpointMeta", "CheckpointRef", "DataSummary", "DriftReport", "EmptyTexts", "EpochRecord",
            "InputRows", "LabelDrift", "Lease", "Manifest", "PartEntry", "PartStats", "ReuseSource", "ReuseSummary",
            "TrackingRef", "TuningInfo", "UnitCounts", "UnitPlan", "UnitResult", "WorkUnit"]

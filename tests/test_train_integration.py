@@ -57,7 +57,7 @@ def test_two_workers_train_from_s3_shards_a_killed_worker_resumes_and_best_lands
     assert not list(local.glob("*.bin")) and (local / "model.safetensors").exists()
 
     meta = json.loads((local / "bertclf.json").read_text())
-    assert meta["format"] == 3 and "per_label" in meta["metrics"], "per-label scores inside metrics"
+    assert meta["format"] == 4 and "per_label" in meta["metrics"], "per-label scores inside metrics"
     assert meta["max_length"] == 16, "max_length auto: the synthetic texts need at most 16 tokens"
     assert meta["training_config"]["max_tokens_per_batch"] == 64, "16-row steps, micro-batches of <= 4 x 16 tokens"
     assert meta["tuning"]["method"] == "full" and meta["tuning"]["loads_with_transformers"] is True

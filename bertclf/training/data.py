@@ -293,6 +293,29 @@ def train_dataset(data: TrainingData, seed: int, data_cpus: float, rows_per_unit
     return ds.map_batches(_ReadAndEncodeUnits(data), batch_size=1, num_cpus=data_cpus)
 
 
+def training_rows(data: TrainingData, max_rows: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Up to `max_rows` training rows (texts, targets), a seeded uniform sample beyond that, read one file at a
+    time so memory holds the sample and one file, whatever the data's size (the baseline is fitted on them)."""
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    targets: np.ndarray | None = None
+    keys = np.empty(0)
+    for uri in data.train_files:
+        table = read_table(uri, data.read_columns)
+        if data.validation_files is None:
+            table = table.filter(pa.array(~in_validation_split(table[data.text_column].to_pylist(),
+                                                                data.validation_fraction)))
+        batch = encode_batch(table, data)
+        texts += batch["text"].tolist()
+        targets = batch["target"] if targets is None else np.concatenate([targets, batch["target"]])
+        keys = np.concatenate([keys, rng.random(table.num_rows)])
+        if len(texts) > max_rows:
+            keep = np.sort(np.argpartition(keys, max_rows)[:max_rows])
+            texts, targets, keys = [texts[i] for i in keep], targets[keep], keys[keep]
+    assert targets is not None
+    return texts, targets
+
+
 def validation_rows(data: TrainingData, rank: int, world: int) -> tuple[list[str], np.ndarray]:
     """This worker's slice (every world-th row) of the validation set, read directly: small and exact."""
     texts: list[str] = []

@@ -14,12 +14,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bertclf import checkpoint, storage, tracking
+from bertclf.baseline import Baseline
 from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
 from bertclf.modeling import load_tokenizer, resolve_model_dir
 from bertclf.records import EpochRecord, TrackingRef
 from bertclf.resources import TrainPlan, connect, plan_training
+from bertclf.training.classical import fit_on_cluster
 from bertclf.training.data import TrainingData, class_prior_bias, inspect_training_data, train_dataset
 from bertclf.training.lengths import (
     CHUNK_WHEN_LONGER,
@@ -62,7 +66,8 @@ def run(cfg: TrainConfig, callbacks: list | None = None, parent: TrackingRef | N
         log.info("resources: cluster has %s; plan: %s", {k: v for k, v in cluster.items() if k in ("CPU", "GPU")},
                  plan.describe())
         plan = dataclasses.replace(plan, max_tokens_per_batch=_plan_worker_memory(cfg, data, plan))
-        result = _fit(cfg, data, plan, callbacks or [], tracked.ref if tracked else None)
+        baseline = fit_on_cluster(cfg, data)
+        result = _fit(cfg, data, plan, callbacks or [], tracked.ref if tracked else None, baseline)
         published = _publish_best(cfg, result, tracked)
         ok = True
         return published
@@ -167,7 +172,8 @@ def _check_method(cfg: TrainConfig, model_dir: str, data: TrainingData) -> None:
              f"{info.trainable_parameters:,}", f"{info.total_parameters:,}")
 
 
-def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan, callbacks: list, tracked: TrackingRef | None):
+def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan, callbacks: list, tracked: TrackingRef | None,
+         baseline: tuple[Baseline, np.ndarray]):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -175,7 +181,7 @@ def _fit(cfg: TrainConfig, data: TrainingData, plan: TrainPlan, callbacks: list,
     trainer = TorchTrainer(
         train_loop_per_worker,
         # rank 0 logs each epoch to MLflow itself, from the record it writes to metrics.jsonl (bertclf.tracking)
-        train_loop_config={"cfg": cfg, "data": data, "plan": plan, "tracking": tracked},
+        train_loop_config={"cfg": cfg, "data": data, "plan": plan, "tracking": tracked, "baseline": baseline},
         scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": plan.cpus_per_worker}),
         run_config=RunConfig(

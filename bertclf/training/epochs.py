@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertclf.blend import choose, selection_metric
 from bertclf.config import TrainConfig, as_dict
 from bertclf.labels import LabelSpace, probabilities
 from bertclf.metrics import classification_metrics, tune_thresholds
@@ -16,6 +17,8 @@ from bertclf.records import CheckpointMeta, EpochRecord, TuningInfo
 from bertclf.training.data import TrainingData
 
 log = logging.getLogger(__name__)
+
+BASELINE_KEYS = ("f1_micro", "f1_macro", "f1_weighted", "roc_auc_macro", "accuracy", "subset_accuracy")
 
 
 @dataclass
@@ -75,6 +78,19 @@ def epoch_record(epoch: int, space: LabelSpace, logits: np.ndarray, targets: np.
     )
 
 
+def with_baseline(record: EpochRecord, space: LabelSpace, targets: np.ndarray, logits: np.ndarray,
+                  baseline_probs: np.ndarray, cfg: TrainConfig) -> EpochRecord:
+    """The record with the TF-IDF baseline's validation metrics (thresholds tuned as the transformer's) and the
+    blend chosen on this epoch's validation (bertclf.blend)."""
+    metric = selection_metric(space, cfg.best_metric)
+    thresholds = tune_thresholds(targets, baseline_probs) if space.task == "multi_label" else None
+    m = classification_metrics(space, targets, baseline_probs, thresholds)
+    scores = {k: round(float(m[k]), 6) for k in BASELINE_KEYS if m.get(k) is not None}
+    transformer = probabilities(space.task, space.adjusted_logits(logits))
+    choice = choose(cfg.blend, space, targets, transformer, baseline_probs, metric, cfg.blend_margin)
+    return dataclasses.replace(record, baseline=scores, blend=choice)
+
+
 def log_epoch(record: EpochRecord, epochs: int) -> None:
     keys = ["train_loss", "val_loss", "f1_micro", "f1_macro", "f1_weighted", "roc_auc_macro", "accuracy",
             "subset_accuracy", "hamming_loss", "f1_macro_at_0.5"]
@@ -84,6 +100,12 @@ def log_epoch(record: EpochRecord, epochs: int) -> None:
              + f" | {record.samples_per_s:.1f} samples/s, {record.train_seconds:.1f}s "
              f"(waiting for data {record.data_wait_seconds:.1f}s, of which first batch "
              f"{record.first_batch_seconds:.1f}s)")
+    if record.blend is not None:
+        b = record.blend
+        verb = "beats" if b.transformer > b.baseline else "loses to" if b.transformer < b.baseline else "ties"
+        log.info(f"epoch {record.epoch}/{epochs} the transformer {verb} the TF-IDF baseline by "
+                 f"{b.transformer - b.baseline:+.4f} {b.metric} on validation ({b.transformer:.4f} vs "
+                 f"{b.baseline:.4f}); blend at weight {b.best_weight}: {b.blended:.4f}; {b.reason}")
 
 
 def should_checkpoint(epoch: int, cfg: TrainConfig, history: list[EpochRecord]) -> bool:
@@ -101,9 +123,11 @@ def checkpoint_meta(cfg: TrainConfig, data: TrainingData, record: EpochRecord, h
                     tuning: TuningInfo) -> CheckpointMeta:
     """bertclf.json of this epoch's checkpoint: the label space with this epoch's tuned thresholds."""
     space = data.space
-    if record.thresholds:
+    if record.blend is not None and record.blend.thresholds:
+        space = dataclasses.replace(space, thresholds=list(record.blend.thresholds))
+    elif record.thresholds:
         space = dataclasses.replace(space, thresholds=[record.thresholds[n] for n in space.names])
     return CheckpointMeta(labels=space, max_length=cfg.max_length, epoch=record.epoch, metrics=record,
                           history=[h.without_per_label() for h in history], training_config=as_dict(cfg),
                           long_text="chunk" if cfg.long_text == "chunk" else "truncate", chunk_stride=cfg.chunk_stride,
-                          data=data.summary(), tuning=tuning)
+                          data=data.summary(), tuning=tuning, blend=record.blend)

@@ -26,11 +26,20 @@ from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
 from bertclf.training.batching import Batch, length_grouped_batches
 from bertclf.training.data import TrainingData, positive_weights, validation_rows
-from bertclf.training.epochs import EpochTotals, checkpoint_meta, epoch_record, log_epoch, should_checkpoint
+from bertclf.training.epochs import (
+    EpochTotals,
+    checkpoint_meta,
+    epoch_record,
+    log_epoch,
+    should_checkpoint,
+    with_baseline,
+)
 from bertclf.training.memory import MemoryPlan, micro_batch_rows, plan_for_model
 
 if TYPE_CHECKING:
     import torch
+
+    from bertclf.baseline import Baseline
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +71,16 @@ class Worker:
     start_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
     tracker: Any = None  # rank 0's bertclf.tracking.Run when the run is tracked
+    baseline: Baseline | None = None  # the run's TF-IDF baseline (bertclf.training.classical), saved in checkpoints
+    val_baseline: np.ndarray | None = None  # its probabilities for this rank's validation rows
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point on each worker."""
     worker = set_up(config["cfg"], config["data"], config["plan"])
+    if config.get("baseline") is not None:
+        worker.baseline, val_probs = config["baseline"]
+        worker.val_baseline = val_probs[worker.rank::worker.world]
     if worker.rank == 0 and config.get("tracking") is not None:
         from bertclf import tracking
 
@@ -233,11 +247,11 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
     local_logits = logits_for_texts(w.raw_model, w.tokenizer, w.val_texts, max_length=w.cfg.max_length,
                                     bf16=w.bf16, device=w.device, long_text=w.cfg.long_text,
                                     chunk_stride=w.cfg.chunk_stride, task=w.data.space.task)
-    gathered: list = [(local_logits, w.val_targets)]
+    gathered: list = [(local_logits, w.val_targets, w.val_baseline)]
     summed = totals
     if w.world > 1:
         gathered = [None] * w.world
-        dist.all_gather_object(gathered, (local_logits, w.val_targets))
+        dist.all_gather_object(gathered, (local_logits, w.val_targets, w.val_baseline))
         summed = totals.all_reduced()
 
     metrics: dict[str, float] = {}
@@ -245,7 +259,10 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
     if w.rank == 0:
         logits = np.concatenate([g[0] for g in gathered])
         targets = np.concatenate([g[1] for g in gathered])
+        baseline = np.concatenate([g[2] for g in gathered]) if w.baseline is not None else None
         record = epoch_record(epoch, w.data.space, logits, targets, summed, totals.seconds, w.world)
+        if baseline is not None:
+            record = with_baseline(record, w.data.space, targets, logits, baseline, w.cfg)
         w.history.append(record)
         metrics = record.scalars()
         log_epoch(record, w.cfg.epochs)
@@ -258,7 +275,7 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
             meta = checkpoint_meta(w.cfg, w.data, record, w.history, w.tuning)
             from bertclf import adapters
 
-            adapters.save_model_dir(tmp, w.raw_model, w.tokenizer, meta)
+            adapters.save_model_dir(tmp, w.raw_model, w.tokenizer, meta, w.baseline)
             checkpoint.save_train_state(tmp, w.optimizer, w.scheduler,
                                         {"epoch": epoch + 1, "history": [r.to_dict() for r in w.history]})
             ckpt = ray.train.Checkpoint.from_directory(str(tmp))
