@@ -225,16 +225,26 @@ def copy_data(dest: Path, source: Path = SHARED_DATA) -> Path:
 def image_view(site_packages: Path, dest: Path, packages: Iterable[str] = GPU_IMAGE_PACKAGES) -> list[str]:
     """dest/: symbolic links to the top-level modules and dist-info folders of those distributions in
     `site_packages` that the GPU image holds too, and to nothing else (no ray, no MISSING, no bertclf), so a fresh
-    venv that adds dest/ to its path imports what the GPU machine imports. Returns the distributions linked."""
-    wanted = {canonical(p) for p in packages}
+    venv that adds dest/ to its path imports what the GPU machine imports. This venv's versions may need
+    distributions the image's versions don't (huggingface-hub 2 needs httpx2): those requirements are linked too,
+    except ray and MISSING, which must come from the carried wheels. Returns the distributions linked."""
     site_packages = site_packages.resolve()
+    dists = {canonical(d.metadata["Name"] or ""): d for d in md.distributions(path=[str(site_packages)])}
+    carried = {canonical(n) for n in MISSING} | {"ray"}
+    wanted = {canonical(p) for p in packages} & set(dists)
+    todo = list(wanted)
+    while todo:  # the closure over requirements without extras, as pip would have installed them
+        for req in dists[todo.pop()].requires or []:
+            if "extra ==" in req.replace("extra==", "extra =="):
+                continue
+            name = canonical(re.split(r"[ ;<>=!~\[(]", req.strip(), maxsplit=1)[0])
+            if name in dists and name not in wanted and name not in carried:
+                wanted.add(name)
+                todo.append(name)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    linked = []
-    for dist in md.distributions(path=[str(site_packages)]):
-        name = canonical(dist.metadata["Name"] or "")
-        if name not in wanted:
-            continue
+    for name in sorted(wanted):
+        dist = dists[name]
         tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
         tops.add(Path(dist._path).name)  # type: ignore[attr-defined]  # the dist-info folder itself
         for top in tops:
@@ -242,8 +252,7 @@ def image_view(site_packages: Path, dest: Path, packages: Iterable[str] = GPU_IM
             if top.endswith(".pth") or top == "__pycache__" or not src.exists() or (dest / top).exists():
                 continue
             (dest / top).symlink_to(src)
-        linked.append(name)
-    return sorted(linked)
+    return sorted(wanted)
 
 
 # --- budget and plan ---------------------------------------------------------------------------------------------
