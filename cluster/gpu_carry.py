@@ -231,7 +231,7 @@ def image_view(site_packages: Path, dest: Path, packages: Iterable[str] = GPU_IM
     site_packages = site_packages.resolve()
     dists = {canonical(d.metadata["Name"] or ""): d for d in md.distributions(path=[str(site_packages)])}
     carried = {canonical(n) for n in MISSING} | {"ray"}
-    wanted = {canonical(p) for p in packages} & set(dists)
+    wanted = ({canonical(p) for p in packages} & set(dists)) - carried
     todo = list(wanted)
     while todo:  # the closure over requirements without extras, as pip would have installed them
         for req in dists[todo.pop()].requires or []:
