@@ -273,8 +273,8 @@ RUNS = [  # (run, carried folders, what it does)
      "bash cluster/gpu_check.sh install: pip install --no-index --no-deps --target .gpu/site the wheels, "
      "import check, nvidia-smi"),
     ("run 2 (check)", [".carry/model", ".carry/data"],
-     "bash cluster/gpu_check.sh run: ray start, train, report, model-only rows/s, score 200k rows with GPU "
-     "sampling, serve under load; .gpu/site from run 1 must still be there (call within ~30 s)"),
+     "bash cluster/gpu_check.sh run: ray start, train, report, model-only rows/s, score 1,000,000 rows with "
+     "GPU sampling, serve under load; .gpu/site from run 1 must still be there (call within ~30 s)"),
 ]
 
 
