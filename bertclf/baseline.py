@@ -85,8 +85,9 @@ class Baseline:
         """baseline.safetensors (arrays) and baseline.json (vocabulary, settings, format): no pickle."""
         from safetensors.numpy import save_file
 
-        save_file({"idf": np.ascontiguousarray(self.idf, np.float32), "coef": np.ascontiguousarray(self.coef, np.float32),
-                   "intercept": np.ascontiguousarray(self.intercept, np.float32)}, str(directory / BASELINE_WEIGHTS))
+        arrays = {"idf": self.idf, "coef": self.coef, "intercept": self.intercept}
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()},
+                  str(directory / BASELINE_WEIGHTS))
         (directory / BASELINE_JSON).write_text(json.dumps(
             {"format": FORMAT, "kind": "tfidf-logistic-regression", "task": self.task, "labels": self.labels,
              "settings": self.settings, "fit": self.fit_info, "vocabulary": self.vocabulary}))
@@ -183,7 +184,8 @@ def _fit_linear(space: LabelSpace, x, targets: np.ndarray, c: float) -> tuple[np
             return coef, intercept
         model = LogisticRegression(C=c, max_iter=200, tol=1e-3).fit(x, targets)
         if len(classes) == 2:  # sklearn's one binary row: softmax over (-w/2, +w/2) gives the same probabilities
-            rows, biases = np.vstack([-model.coef_[0] / 2, model.coef_[0] / 2]), np.array([-1, 1]) * model.intercept_[0] / 2
+            rows = np.vstack([-model.coef_[0] / 2, model.coef_[0] / 2])
+            biases = np.array([-1, 1]) * model.intercept_[0] / 2
         else:
             rows, biases = model.coef_, model.intercept_
         coef[model.classes_] = rows

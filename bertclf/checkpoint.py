@@ -63,6 +63,15 @@ class LoadedCheckpoint:
                     h.update(block)
         return h.hexdigest()
 
+    def files_sha256(self) -> str:
+        """sha256 over every file inference reads, by name: weights, adapter, baseline, model config and tokenizer
+        files. Reused scores must match it (bertclf.scoring.reuse): a swapped vocabulary id changes probabilities as
+        surely as a changed weight. bertclf.json is left out: what of it matters is compared field by field."""
+        h = hashlib.sha256()
+        for name in inference_files(self.local_dir, self.meta):
+            h.update(f"{name}\0{self.sha256(name)}\n".encode())
+        return h.hexdigest()
+
     def weight_files(self) -> list[str]:
         """The safetensors this checkpoint loads, relative to its directory."""
         return weight_files(self.meta)
@@ -136,6 +145,16 @@ def weight_files(meta: CheckpointMeta) -> list[str]:
     if meta.blend is not None:
         files.append(BASELINE_WEIGHTS)
     return files
+
+
+def inference_files(directory: Path, meta: CheckpointMeta) -> list[str]:
+    """The checkpoint's files that loading it for inference reads (relative, sorted): its top-level files and its
+    adapter's, less bertclf.json, the training state, tracking.json and hidden files."""
+    skip = {MARKER, TRAIN_STATE_TENSORS, TRAIN_STATE_JSON, "tracking.json"}
+    names = [p.name for p in directory.iterdir() if p.is_file()]
+    if meta.tuning.adapter and (directory / meta.tuning.adapter).is_dir():
+        names += [f"{meta.tuning.adapter}/{p.name}" for p in (directory / meta.tuning.adapter).iterdir() if p.is_file()]
+    return sorted(n for n in names if n not in skip and not n.rsplit("/", 1)[-1].startswith("."))
 
 
 def model_files(meta: CheckpointMeta) -> list[str]:
@@ -299,5 +318,6 @@ def run_history(uri: str, meta: CheckpointMeta) -> list[EpochRecord]:
 
 # the interface other modules, jobs and benchmarks use
 __all__ = ["ADAPTER_DIR", "ADAPTER_WEIGHTS", "LoadedCheckpoint", "MARKER", "check_model_weights", "load",
-           "load_train_state", "long_text_setting", "model_files", "publish", "read_metrics", "run_history", "save_train_state",
+           "load_train_state", "long_text_setting", "model_files",
+           "publish", "read_metrics", "run_history", "save_train_state",
            "strip_training_state", "versions", "write_meta"]

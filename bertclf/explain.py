@@ -38,6 +38,9 @@ class Explanation:
     baseline_logit: float
     delta: float  # sum(attributions) - (logit - baseline_logit): the integration's error
     words: list[WordAttribution] = field(default_factory=list)
+    # the checkpoint blends its TF-IDF baseline (bertclf.blend): the words explain the transformer's part only
+    blend_weight: float = 1.0
+    blended_probability: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,15 +91,18 @@ class Explainer:
             logits = self.predictor.model(input_ids=ids, attention_mask=mask).logits[0].float()
             base_logits = self.predictor.model(input_ids=baseline, attention_mask=mask).logits[0].float()
         probs = self.predictor.space.probabilities(logits[None, :].numpy())[0]
+        blended = self.predictor.probabilities([text])[0] if self.predictor.blends else None
         out = []
-        for name in self.labels_to_explain(probs, label):
+        for name in self.labels_to_explain(probs if blended is None else blended, label):
             j = self.predictor.space.names.index(name)
             attributions, delta = self._lig.attribute(inputs=ids, baselines=baseline, additional_forward_args=(mask, j),
                                                       n_steps=self.steps, return_convergence_delta=True)
             per_token = attributions.sum(dim=-1)[0].detach().numpy()
             out.append(Explanation(text=text, label=name, probability=float(probs[j]), logit=float(logits[j]),
                                    baseline_logit=float(base_logits[j]), delta=float(delta[0]),
-                                   words=_merge_word_pieces(text, enc, per_token)))
+                                   words=_merge_word_pieces(text, enc, per_token),
+                                   blend_weight=self.predictor.blend_weight if blended is not None else 1.0,
+                                   blended_probability=None if blended is None else float(blended[j])))
         return out
 
 
@@ -123,6 +129,9 @@ def render_terminal(explanations: list[Explanation]) -> str:
     for e in explanations:
         lines.append(f"{e.text!r}\n  {e.label}: p={e.probability:.3f}, logit {e.logit:+.3f} "
                      f"(baseline {e.baseline_logit:+.3f}; attributions sum within {abs(e.delta):.3g})")
+        if e.blended_probability is not None:
+            lines.append(f"  blended with the checkpoint's TF-IDF baseline (transformer weight {e.blend_weight}): "
+                         f"p={e.blended_probability:.3f}; the words explain the transformer's part")
         lines.append("  " + " ".join(f"{w.word}({w.score:+.2f})" for w in e.words))
     return "\n".join(lines)
 

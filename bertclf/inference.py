@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 from bertclf import compiled
+from bertclf.baseline import Baseline
+from bertclf.blend import combine
 from bertclf.compiled import CompiledGraph
+from bertclf.errors import CheckpointError
 from bertclf.labels import LabelSpace
 
 log = logging.getLogger(__name__)
@@ -179,6 +182,8 @@ class Predictor:
     long_text: str = "truncate"
     chunk_stride: int = 0
     checkpoint: Any = None  # the LoadedCheckpoint it came from: its fingerprint is hashed once, here or by a caller
+    baseline: Baseline | None = None  # the checkpoint's TF-IDF baseline, when its blend is used
+    blend_weight: float = 1.0  # the transformer's share of the probabilities (bertclf.blend)
 
     @classmethod
     def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
@@ -193,8 +198,10 @@ class Predictor:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_for_inference(ckpt.local_dir, target, ckpt.meta.tuning.adapter)
         mode, stride = checkpoint.long_text_setting(long_text, ckpt.meta)
+        baseline, weight = load_blend(ckpt)
         predictor = cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
-                        max_tokens, max_rows, long_text=mode, chunk_stride=stride, checkpoint=ckpt)
+                        max_tokens, max_rows, long_text=mode, chunk_stride=stride, checkpoint=ckpt,
+                        baseline=baseline, blend_weight=weight)
         if compiled.wanted(compile, model, target.type):
             predictor.graph = _compiled_graph(predictor, ckpt.fingerprint())
         return predictor
@@ -222,16 +229,38 @@ class Predictor:
         """Per text: truncated ids, or under long_text chunk the whole text's (windows are cut when scoring)."""
         return encode_texts(self.tokenizer, texts, self.max_length, self.long_text)
 
-    def probabilities_for_ids(self, token_ids: list[list[int]]) -> np.ndarray:
+    @property
+    def blends(self) -> bool:
+        """Whether the checkpoint's probabilities mix in its TF-IDF baseline."""
+        return self.baseline is not None and self.blend_weight < 1.0
+
+    def baseline_probabilities(self, texts: list[str]) -> np.ndarray | None:
+        """The baseline's part of these texts' probabilities, or None when the checkpoint does not blend. Computed
+        where the texts are (the tokenizing stage on GPU clusters) and handed on with the token ids."""
+        return self.baseline.probabilities(texts) if self.blends else None
+
+    def transformer_probabilities(self, token_ids: list[list[int]]) -> np.ndarray:
+        """The transformer's own probabilities (what `explain` explains)."""
         logits = logits_for_encoded(self.model, self.tokenizer, token_ids, max_length=self.max_length,
                                     long_text=self.long_text, chunk_stride=self.chunk_stride, task=self.space.task,
                                     max_tokens=self.max_tokens, max_rows=self.max_rows, bf16=self.bf16,
                                     device=self.device, graph=self._compiled_forward())
         return self.space.probabilities(logits)
 
+    def probabilities_for_ids(self, token_ids: list[list[int]], baseline: np.ndarray | None = None) -> np.ndarray:
+        """The checkpoint's probabilities: the transformer's, blended with `baseline` (baseline_probabilities of
+        the same texts) when the checkpoint blends."""
+        probs = self.transformer_probabilities(token_ids)
+        if not self.blends:
+            return probs
+        if baseline is None or len(baseline) != len(token_ids):
+            raise ValueError("this checkpoint blends its baseline: pass baseline_probabilities of the same texts")
+        return combine(probs, baseline, self.blend_weight)
+
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        """(rows, labels) float32: sigmoid (multi-label) or softmax (multi-class) per text."""
-        return self.probabilities_for_ids(self.token_ids(texts))
+        """(rows, labels) float32: sigmoid (multi-label) or softmax (multi-class) per text, blended with the
+        baseline's where the checkpoint says so."""
+        return self.probabilities_for_ids(self.token_ids(texts), self.baseline_probabilities(texts))
 
     def predict(self, texts: list[str]) -> list[dict]:
         """One dict per text: its predicted labels and every label's probability (highest first)."""
@@ -241,6 +270,19 @@ class Predictor:
         return [{"text": t, "predicted": predicted[i],
                  "probabilities": dict(sorted(zip(names, map(float, probs[i]), strict=True), key=lambda kv: -kv[1]))}
                 for i, t in enumerate(texts)]
+
+
+def load_blend(ckpt) -> tuple[Baseline | None, float]:
+    """(baseline, transformer weight) of a LoadedCheckpoint: its baseline only where its blend is used; checkpoints
+    from before the baseline existed, or with the blend off, give the transformer alone."""
+    blend = ckpt.meta.blend
+    if blend is None or not blend.used:
+        return None, 1.0
+    baseline = Baseline.load(ckpt.local_dir)
+    if baseline is None:
+        raise CheckpointError(f"checkpoint {ckpt.uri}: bertclf.json blends a baseline at weight {blend.weight} but "
+                              "baseline.json is missing: restore it or use another checkpoint")
+    return baseline, blend.weight
 
 
 def _compiled_graph(predictor: Predictor, fingerprint: str) -> CompiledGraph | None:
@@ -261,5 +303,6 @@ def predict_texts(checkpoint_uri: str, texts: list[str]) -> list[dict]:
 
 
 # the interface other modules, jobs and benchmarks use
-__all__ = ["Predictor", "encode_texts", "logits_for_texts", "pad_batch", "plan_microbatches", "predict_texts",
+__all__ = ["Predictor", "encode_texts", "load_blend",
+           "logits_for_texts", "pad_batch", "plan_microbatches", "predict_texts",
            "tokenize"]

@@ -477,6 +477,7 @@ class TrackingRef(Record):
 
 
 # the records other modules, jobs and benchmarks use
-__all__ = ["Record", "BlendChoice", "CheckpointMeta", "CheckpointRef", "DataSummary", "DriftReport", "EmptyTexts", "EpochRecord",
+__all__ = ["Record", "BlendChoice",
+           "CheckpointMeta", "CheckpointRef", "DataSummary", "DriftReport", "EmptyTexts", "EpochRecord",
            "InputRows", "LabelDrift", "Lease", "Manifest", "PartEntry", "PartStats", "ReuseSource", "ReuseSummary",
            "TrackingRef", "TuningInfo", "UnitCounts", "UnitPlan", "UnitResult", "WorkUnit"]

@@ -102,16 +102,28 @@ def build_tiny_bert(directory: Path, extra_words: tuple[str, ...] = ()) -> Path:
     return directory
 
 
-def save_tiny_checkpoint(directory: Path, tiny_model: Path, task: str, thresholds: list[float] | None = None) -> Path:
-    """A bertclf checkpoint of the tiny BERT with a fresh head over the three synthetic labels."""
-    from bertclf import adapters
-    from bertclf.labels import LabelSpace
+def save_tiny_checkpoint(directory: Path, tiny_model: Path, task: str, thresholds: list[float] | None = None,
+                         blend_weight: float | None = None) -> Path:
+    """A bertclf checkpoint of the tiny BERT with a fresh head over the three synthetic labels; with
+    `blend_weight`, also a TF-IDF baseline fitted on synthetic rows and blended in at that transformer weight."""
+    from bertclf import adapters, baseline
+    from bertclf.labels import LabelSpace, encode_targets
     from bertclf.modeling import build_classifier, load_tokenizer
-    from bertclf.records import CheckpointMeta
+    from bertclf.records import BlendChoice, CheckpointMeta
 
     space = LabelSpace(task, sorted(LABEL_WORDS), thresholds or [])
+    fitted, blend = None, None
+    if blend_weight is not None:
+        multi = task == "multi_label"
+        table = pa.Table.from_pylist(make_rows(200, seed=11, multi_label=multi))
+        targets = encode_targets(table, space, "list" if multi else "single", "labels" if multi else "label", [])
+        texts = table["text"].to_pylist()
+        fitted = baseline.fit(space, texts[:150], targets[:150], texts[150:], targets[150:], "f1_macro",
+                              c_grid=(4.0,))
+        blend = BlendChoice(mode="on", used=True, weight=blend_weight, best_weight=blend_weight, metric="f1_macro",
+                            transformer=0.5, baseline=0.9, blended=0.9, margin=0.005, reason="test")
     adapters.save_model_dir(directory, build_classifier(str(tiny_model), space), load_tokenizer(str(tiny_model)),
-                              CheckpointMeta(labels=space, max_length=32, epoch=1))
+                            CheckpointMeta(labels=space, max_length=32, epoch=1, blend=blend), fitted)
     return directory
 
 

@@ -112,7 +112,8 @@ class UnitScorer:
             t0 = time.perf_counter()
             try:
                 if "tokens" not in batch:
-                    stats = self.score_unit(unit, tokenized_batches(unit, self.settings.read, self.predictor.token_ids))
+                    stats = self.score_unit(unit, tokenized_batches(unit, self.settings.read, self.predictor.token_ids,
+                                                                    self.predictor.baseline_probabilities))
                     result = UnitResult(unit=unit.name, input=unit.uri, stats=stats)
                 elif batch["tokenize_error"][i]:  # reading or tokenizing failed in the CPU stage
                     result = UnitResult(unit=unit.name, input=unit.uri, error=str(batch["tokenize_error"][i]))
@@ -211,7 +212,8 @@ class UnitScorer:
         run = ~known & ~from_previous
         run_ids = [batch.token_ids[i] for i in first[run]]
         if run_ids:
-            probs[run] = self.predictor.probabilities_for_ids(run_ids)
+            baseline = batch.baseline[first[run]] if batch.baseline is not None else None
+            probs[run] = self.predictor.probabilities_for_ids(run_ids, baseline)
         copied = from_previous.copy()
         if known.any():
             copied[known] = seen.from_previous[pos[known]]

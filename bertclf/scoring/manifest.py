@@ -58,7 +58,9 @@ def scored_with(cfg: ScoreConfig, ckpt: LoadedCheckpoint, passthrough: tuple[str
     long_text, chunk_stride = long_text_setting(cfg.long_text, meta)
     settings = {"labels": ckpt.space.to_dict(), "max_length": meta.max_length, "long_text": long_text,
                 "chunk_stride": chunk_stride, "precision": cfg.precision,
-                "text_column": cfg.text_column, "columns": list(passthrough), "empty_text": cfg.empty_text}
+                "text_column": cfg.text_column, "columns": list(passthrough), "empty_text": cfg.empty_text,
+                "blend": meta.blend.weight if meta.blend is not None and meta.blend.used else None,
+                "files_sha256": ckpt.files_sha256()}
     return json.loads(json.dumps(settings))
 
 

@@ -56,12 +56,14 @@ def hashes_of(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def reuse_key(sha256: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """What makes two runs' probabilities for one text the same: the weights, the label head's bias, the length and
-    the long-text windows (the precision an actor ran is checked per index). Thresholds only change `predicted`,
-    which is recomputed from the copied probabilities."""
+    """What makes two runs' probabilities for one text the same: every file inference reads (weights, baseline,
+    tokenizer, model config: `files_sha256`), the label head's bias, the length, the long-text windows and the
+    blend weight (the precision an actor ran is checked per index). Thresholds only change `predicted`, which is
+    recomputed from the copied probabilities."""
     labels = {k: v for k, v in settings.get("labels", {}).items() if k != "thresholds"}
     return json.loads(json.dumps({"checkpoint_sha256": sha256, "labels": labels,
-                                  **{k: settings.get(k) for k in ("max_length", "long_text", "chunk_stride")}}))
+                                  **{k: settings.get(k) for k in ("max_length", "long_text", "chunk_stride",
+                                                                  "blend", "files_sha256")}}))
 
 
 class ScoredTexts:

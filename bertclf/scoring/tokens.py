@@ -22,7 +22,9 @@ from bertclf.units import check_utf8, is_text_type, read_unit
 
 TOKENS_COLUMN = "__bertclf_input_ids"
 HASH_COLUMN = "__bertclf_text_hash"
+BASELINE_COLUMN = "__bertclf_baseline_probs"
 Tokenize = Callable[[list[str]], list[list[int]]]
+BaselineProbs = Callable[[list[str]], np.ndarray | None]  # Predictor.baseline_probabilities
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,13 @@ class TokenizedBatch:
     rows_in: int
     empty: int
     text_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, HASH_DTYPE))
+    baseline: np.ndarray | None = None  # (rows, labels) the checkpoint's baseline probabilities, when it blends
 
 
-def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize) -> Iterator[TokenizedBatch]:
+def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize,
+                      baseline: BaselineProbs | None = None) -> Iterator[TokenizedBatch]:
     """A unit's rows in read batches (only the needed columns), empty texts handled, hashed, and tokenized once
-    per distinct text of the batch."""
+    per distinct text of the batch; with `baseline`, the baseline's probabilities too, while the texts are here."""
     columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
     rows_read = 0
     for record_batch in read_unit(unit, columns, s.read_batch_rows):
@@ -59,17 +63,23 @@ def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize) -> It
         table, empty = _handle_empty(table, unit.uri, s)
         texts = table[s.text_column].to_pylist()
         hashes = text_hashes(texts)
-        yield TokenizedBatch(table.select(list(s.passthrough)), _tokenize_distinct(texts, hashes, tokenize),
-                             rows_in, empty, hashes)
+        first, inverse = _distinct(hashes)
+        distinct = [texts[i] for i in first]
+        ids = tokenize(distinct) if texts else []
+        probs = baseline(distinct) if baseline is not None and texts else None
+        yield TokenizedBatch(table.select(list(s.passthrough)), [ids[j] for j in inverse], rows_in, empty, hashes,
+                             None if probs is None else probs[inverse])
 
 
 def merge_batches(batches: list[TokenizedBatch]) -> TokenizedBatch:
     """Consecutive read batches of one unit as one batch, rows in order."""
     if len(batches) == 1:
         return batches[0]
+    with_baseline = [b.baseline for b in batches if b.baseline is not None]
     return TokenizedBatch(pa.concat_tables([b.passthrough for b in batches]),
                           [ids for b in batches for ids in b.token_ids], sum(b.rows_in for b in batches),
-                          sum(b.empty for b in batches), np.concatenate([b.text_hashes for b in batches]))
+                          sum(b.empty for b in batches), np.concatenate([b.text_hashes for b in batches]),
+                          np.concatenate(with_baseline) if with_baseline else None)
 
 
 def pooled(batches: Iterable[TokenizedBatch], previous: ScoredTexts | None, rows: int) -> Iterator[TokenizedBatch]:
@@ -92,15 +102,13 @@ def pooled(batches: Iterable[TokenizedBatch], previous: ScoredTexts | None, rows
         yield merge_batches(pool)
 
 
-def _tokenize_distinct(texts: list[str], hashes: np.ndarray, tokenize: Tokenize) -> list[list[int]]:
-    """Token ids per row, each distinct text tokenized once (rows of one text share one list)."""
-    if not texts:
-        return []
+def _distinct(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each distinct text, distinct index of each row): each distinct text is tokenized once and
+    rows of one text share its token list."""
+    if not len(hashes):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
     _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    if len(first) == len(texts):
-        return tokenize(texts)
-    ids = tokenize([texts[i] for i in first])
-    return [ids[j] for j in inverse.reshape(-1)]
+    return first, inverse.reshape(-1)
 
 
 def _checked_text(table: pa.Table, unit: WorkUnit, column: str, rows_before: int) -> pa.Table:
@@ -151,6 +159,10 @@ def pack(batches: Iterator[TokenizedBatch]) -> PackedUnit:
         rows_in, empty = rows_in + b.rows_in, empty + b.empty
         table = b.passthrough.append_column(TOKENS_COLUMN, pa.array(b.token_ids, pa.list_(pa.int32())))
         table = table.append_column(HASH_COLUMN, hash_array(b.text_hashes))
+        if b.baseline is not None:
+            values = pa.array(np.ascontiguousarray(b.baseline, np.float32).reshape(-1), pa.float32())
+            table = table.append_column(BASELINE_COLUMN,
+                                        pa.FixedSizeListArray.from_arrays(values, b.baseline.shape[1]))
         if writer is None:
             writer = pa.ipc.new_stream(sink, table.schema)
         writer.write_table(table)
@@ -168,9 +180,14 @@ def unpack(unit: PackedUnit) -> Iterator[TokenizedBatch]:
             offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
             token_ids = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(ids))]
             text_hashes = hashes_of(batch.column(HASH_COLUMN))
-            passthrough = pa.Table.from_batches([batch]).drop_columns([TOKENS_COLUMN, HASH_COLUMN])
+            baseline = None
+            if BASELINE_COLUMN in batch.schema.names:
+                column = batch.column(BASELINE_COLUMN)
+                baseline = column.values.to_numpy().reshape(len(column), column.type.list_size)
+            passthrough = pa.Table.from_batches([batch]).drop_columns(
+                [c for c in (TOKENS_COLUMN, HASH_COLUMN, BASELINE_COLUMN) if c in batch.schema.names])
             rows += batch.num_rows
-            yield TokenizedBatch(passthrough, token_ids, batch.num_rows, 0, text_hashes)
+            yield TokenizedBatch(passthrough, token_ids, batch.num_rows, 0, text_hashes, baseline)
     if unit.rows_in > rows or unit.empty:  # rows skipped as empty, or no batch at all
         yield TokenizedBatch(pa.table({}), [], unit.rows_in - rows, unit.empty)
 
@@ -181,20 +198,23 @@ class UnitTokenizer:
     def __init__(self, checkpoint_uri: str, read: ReadSettings, long_text: str = "checkpoint"):
         from bertclf import checkpoint
         from bertclf.checkpoint import long_text_setting
-        from bertclf.inference import encode_texts
+        from bertclf.inference import encode_texts, load_blend
         from bertclf.modeling import load_tokenizer
 
         ckpt = checkpoint.load(checkpoint_uri)
         tokenizer = load_tokenizer(str(ckpt.local_dir))
         mode, _ = long_text_setting(long_text, ckpt.meta)
         self.tokenize: Tokenize = lambda texts: encode_texts(tokenizer, texts, ckpt.max_length, mode)
+        baseline, _ = load_blend(ckpt)
+        self.baseline: BaselineProbs | None = baseline.probabilities if baseline is not None else None
         self.read = read
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"unit": [], "tokens": [], "rows_in": [], "empty": [], "tokenize_error": []}
         for item in batch["unit"]:
             try:
-                packed, error = pack(tokenized_batches(WorkUnit.from_json(item), self.read, self.tokenize)), ""
+                packed, error = pack(tokenized_batches(WorkUnit.from_json(item), self.read, self.tokenize,
+                                                       self.baseline)), ""
             except Exception as exc:  # noqa: BLE001 - the scoring actor reports it as this unit's failure
                 packed, error = PackedUnit(b"", 0, 0), f"{type(exc).__name__}: {exc}"
             for key, value in (("unit", item), ("tokens", packed.payload), ("rows_in", packed.rows_in),
