@@ -158,6 +158,9 @@ class TrainConfig:
             raise ConfigError(f"worker_memory_gb must be > 0, got {self.worker_memory_gb}")
         if self.chunk_stride < 0:
             raise ConfigError(f"chunk_stride must be >= 0, got {self.chunk_stride}")
+        if self.train_windows == "sample" and self.long_text == "truncate":
+            raise ConfigError("train_windows sample trains on every window of long texts, so validation and scoring "
+                              "must pool them: set long_text chunk (or auto), or train_windows first")
         if self.blend_margin < 0:
             raise ConfigError(f"blend_margin must be >= 0, got {self.blend_margin}")
         _at_least_one(self, "baseline_max_rows", "baseline_max_features")

@@ -85,3 +85,11 @@ def is_input_failure(error: str) -> bool:
     about the input: the class is an InputError (or a UTF-8 decode error). Storage and unknown errors are not."""
     match = re.match(r"\s*([A-Za-z_][\w.]*)\s*:", error)
     return bool(match) and match.group(1).rsplit(".", 1)[-1] in _input_error_names()
+
+
+def is_storage_failure_text(error: str) -> bool:
+    """Whether a failure reported as text ("ClassName: message", e.g. a scoring unit's) is storage or the network
+    giving out after the retries (a StorageError, not about the input): the rest of the run would fail alike."""
+    match = re.match(r"\s*([A-Za-z_][\w.]*)\s*:", error)
+    return bool(match) and match.group(1).rsplit(".", 1)[-1] == "StorageError"
+

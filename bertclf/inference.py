@@ -303,6 +303,6 @@ def predict_texts(checkpoint_uri: str, texts: list[str]) -> list[dict]:
 
 
 # the interface other modules, jobs and benchmarks use
-__all__ = ["Predictor", "encode_texts", "load_blend",
+__all__ = ["Predictor", "encode_texts", "load_blend", "window_layout", "window_starts",
            "logits_for_texts", "pad_batch", "plan_microbatches", "predict_texts",
            "tokenize"]

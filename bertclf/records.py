@@ -120,19 +120,22 @@ def _decode(hint: Any, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class WorkUnit(Record):
-    """A run of whole row groups of one Parquet file: the grain of reading and of exactly-once output."""
+    """A run of whole row groups of one Parquet file, or a slice of rows of one row group whose texts are too much
+    work for one unit (long documents): the grain of reading and of exactly-once output."""
 
     uri: str
     row_groups: tuple[int, ...]
     num_rows: int
     file_index: int
+    row_range: tuple[int, int] | None = None  # [start, end) rows within its one row group; None: whole groups
 
     @property
     def name(self) -> str:
-        """Deterministic output name: input file stem + a hash of its URI + the row-group range."""
+        """Deterministic output name: input file stem + a hash of its URI + the row-group range (+ row slice)."""
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", posixpath.basename(self.uri).removesuffix(".parquet"))[:80]
         digest = hashlib.sha256(self.uri.encode()).hexdigest()[:10]
-        return f"{stem}-{digest}-rg{self.row_groups[0]:05d}-{self.row_groups[-1]:05d}.parquet"
+        rows = f"-r{self.row_range[0]:09d}-{self.row_range[1]:09d}" if self.row_range else ""
+        return f"{stem}-{digest}-rg{self.row_groups[0]:05d}-{self.row_groups[-1]:05d}{rows}.parquet"
 
 
 @dataclass
@@ -247,6 +250,7 @@ class UnitPlan(Record):
 
     rows_per_unit: int
     actors: int
+    text_bytes_per_unit: int | None = None  # None: plans from before units were sized by their texts' bytes
 
 
 @dataclass

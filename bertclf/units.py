@@ -103,10 +103,14 @@ def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, pq.File
             {uri: error for uri, _, error in results if error})
 
 
-def cut_units(files: list[str], footers: dict[str, pq.FileMetaData], rows_per_unit: int) -> list[WorkUnit]:
-    """Each readable file's row groups in runs of at most `rows_per_unit` rows (a larger group is a unit alone).
+def cut_units(files: list[str], footers: dict[str, pq.FileMetaData], rows_per_unit: int,
+              text_column: str | None = None, text_bytes_per_unit: int | None = None) -> list[WorkUnit]:
+    """Each readable file's row groups in runs of at most `rows_per_unit` rows and, given `text_bytes_per_unit`,
+    at most that many bytes of `text_column` (uncompressed, from the footer): the work of a unit follows its
+    texts' length, not its row count. A group over the byte budget is cut into row slices of about that size, so
+    one row group of long documents still spreads over every actor; a group over the row budget alone is a unit.
 
-    A file's units depend only on its own layout and `rows_per_unit`, so the same value always gives the same
+    A file's units depend only on its own layout and the two budgets, so the same values always give the same
     units and output names.
     """
     units: list[WorkUnit] = []
@@ -114,18 +118,54 @@ def cut_units(files: list[str], footers: dict[str, pq.FileMetaData], rows_per_un
         meta = footers.get(uri)
         if meta is None:
             continue
+        column = _column_index(meta, text_column)
         group: list[int] = []
-        rows = 0
+        rows = size = 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
-            if group and rows + n > rows_per_unit:
+            b = meta.row_group(g).column(column).total_uncompressed_size if column is not None else 0
+            if text_bytes_per_unit and b > text_bytes_per_unit and n > 1:
+                if group:
+                    units.append(WorkUnit(uri, tuple(group), rows, i))
+                    group, rows, size = [], 0, 0
+                units += _row_slices(uri, g, n, i, math.ceil(b / text_bytes_per_unit))
+                continue
+            if group and (rows + n > rows_per_unit or (text_bytes_per_unit and size + b > text_bytes_per_unit)):
                 units.append(WorkUnit(uri, tuple(group), rows, i))
-                group, rows = [], 0
+                group, rows, size = [], 0, 0
             group.append(g)
             rows += n
+            size += b
         if group:  # a file without row groups has no rows and so no unit
             units.append(WorkUnit(uri, tuple(group), rows, i))
     return units
+
+
+def _column_index(meta: pq.FileMetaData, name: str | None) -> int | None:
+    if name is None:
+        return None
+    for j in range(meta.num_columns):
+        if meta.schema.column(j).path == name:
+            return j
+    return None
+
+
+def _row_slices(uri: str, group: int, rows: int, file_index: int, parts: int) -> list[WorkUnit]:
+    """One row group as `parts` units of consecutive rows (as equal as the count allows)."""
+    parts = min(rows, parts)
+    bounds = [round(k * rows / parts) for k in range(parts + 1)]
+    return [WorkUnit(uri, (group,), bounds[k + 1] - bounds[k], file_index, (bounds[k], bounds[k + 1]))
+            for k in range(parts)]
+
+
+def text_bytes(footers: dict[str, pq.FileMetaData], text_column: str) -> int:
+    """Uncompressed bytes of the text column over every file (footers only)."""
+    total = 0
+    for meta in footers.values():
+        column = _column_index(meta, text_column)
+        if column is not None:
+            total += sum(meta.row_group(g).column(column).total_uncompressed_size for g in range(meta.num_row_groups))
+    return total
 
 
 def balanced_rows_per_unit(total_rows: int, workers: int, ceiling: int, units_per_worker: int = 4) -> int:
@@ -155,7 +195,7 @@ def read_unit(unit: WorkUnit, columns: list[str], batch_rows: int) -> Iterator[p
             with fs.open_input_file(path) as f:
                 batches = pq.ParquetFile(f).iter_batches(batch_size=batch_rows, row_groups=list(unit.row_groups),
                                                          columns=columns)
-                for i, batch in enumerate(batches):
+                for i, batch in enumerate(_in_range(batches, unit.row_range)):
                     if i >= done:
                         done += 1
                         yield batch
@@ -166,6 +206,22 @@ def read_unit(unit: WorkUnit, columns: list[str], batch_rows: int) -> Iterator[p
             if not is_storage_failure(unit.uri, exc):
                 raise _unreadable(unit.uri, exc, where) from None
             storage.retry_or_raise(exc, attempt, attempts, f"reading {unit.uri}{where}")
+
+
+def _in_range(batches: Iterator[pa.RecordBatch], row_range: tuple[int, int] | None) -> Iterator[pa.RecordBatch]:
+    """The batches' rows within [start, end) of the row group (all of them without a range)."""
+    if row_range is None:
+        yield from batches
+        return
+    start, end = row_range
+    offset = 0
+    for batch in batches:
+        lo, hi = max(start - offset, 0), min(end - offset, batch.num_rows)
+        offset += batch.num_rows
+        if hi > lo:
+            yield batch.slice(lo, hi - lo)
+        if offset >= end:
+            return
 
 
 def read_unit_table(unit: WorkUnit, columns: list[str]) -> pa.Table:

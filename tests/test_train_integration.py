@@ -69,7 +69,11 @@ def test_two_workers_train_from_s3_shards_a_killed_worker_resumes_and_best_lands
     assert sum(v["support"] for v in lines[-1]["per_label"].values()) > 0
     assert {"subset_accuracy", "hamming_loss", "f1_macro_at_0.5", "thresholds"} <= set(lines[0])
     assert all(0.05 <= t <= 0.95 for t in meta["labels"]["thresholds"])
-    assert meta["labels"]["thresholds"] == list(lines[meta["epoch"] - 1]["thresholds"].values())
+    best = lines[meta["epoch"] - 1]
+    assert {"f1_macro", "f1_micro"} <= set(best["baseline"]) and best["blend"] == meta["blend"]
+    assert meta["blend"]["mode"] == "auto" and (local / "baseline.safetensors").exists()
+    assert meta["labels"]["thresholds"] == (meta["blend"]["thresholds"] if meta["blend"]["used"]
+                                            else list(best["thresholds"].values()))
     assert meta["metrics"]["f1_macro"] == max(m["f1_macro"] for m in lines), "best/ holds the best epoch (ties: any)"
 
 

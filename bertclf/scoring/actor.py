@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from bertclf import storage
 from bertclf.errors import DataError
+from bertclf.progress import Progress
 from bertclf.records import PartStats, ReuseSource, UnitResult, WorkUnit
 from bertclf.scoring.drift import HIST_BINS, probability_histograms
 from bertclf.scoring.lease import check_lease
@@ -138,6 +139,8 @@ class UnitScorer:
         histograms = np.zeros((len(self.space.names), HIST_BINS), dtype=np.int64)
         rows_in = rows_out = empty = tokens = windows = scored = rows_reused = 0
         seen = ScoredTexts(len(self.space.names))  # this unit's distinct texts so far: its index when committed
+        # a unit of long documents can take minutes: say how far it is, not only when it ends
+        progress = Progress(f"unit {unit.name}", unit.num_rows, "rows", log=log)
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
@@ -158,6 +161,8 @@ class UnitScorer:
                 if writer is None:
                     writer = pq.ParquetWriter(local, out.schema, compression="zstd")
                 writer.write_table(out)
+                progress.update(rows_in, lambda: f"{windows:,} model inputs"  # noqa: B023 - called right here
+                                if self.predictor.long_text == "chunk" else "")
             stats = PartStats(unit=unit.name, input=unit.uri, row_groups=list(unit.row_groups), rows_in=rows_in,
                               rows_out=rows_out, empty_texts=empty, label_counts=dict(counts), tokens=tokens,
                               windows=windows,

@@ -20,7 +20,7 @@ from bertclf import checkpoint, logs, storage
 from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.dates import fill_date, resolve_date
-from bertclf.errors import DataError, RecordError
+from bertclf.errors import DataError, RecordError, StorageError, is_storage_failure_text
 from bertclf.progress import Progress
 from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitPlan, UnitResult, WorkUnit
 from bertclf.resources import ScorePlan, connect, plan_scoring
@@ -42,9 +42,12 @@ from bertclf.scoring.manifest import (
 )
 from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
 from bertclf.scoring.tokens import ReadSettings, UnitTokenizer
-from bertclf.units import balanced_rows_per_unit, cut_units, read_footers
+from bertclf.units import balanced_rows_per_unit, cut_units, read_footers, text_bytes
 
 PLAN = "_plan.json"
+# mean text bytes per row from which units are sized by their texts' bytes too (about 250 tokens and up: where a
+# row's work grows with its length beyond short texts' fixed costs); shorter corpora are cut by rows alone
+LONG_TEXT_BYTES = 1000
 
 
 class EmptyInputError(DataError):
@@ -162,8 +165,9 @@ def _score_output(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: d
         _start_clean(output, lease)
     done = storage.list_names(output)
     check_resume(output, _read_parts(output, sorted(n for n in done if n.endswith(".parquet"))), sha256, settings)
-    rows_per_unit = _unit_size(cfg, output, done, sum(m.num_rows for m in footers.values()), lease.check)
-    units = cut_units(files, footers, rows_per_unit)
+    plan = _unit_plan(cfg, output, done, footers, lease.check)
+    rows_per_unit = plan.rows_per_unit
+    units = cut_units(files, footers, rows_per_unit, cfg.text_column, plan.text_bytes_per_unit)
     todo = [u for u in units if u.name not in done]
     rows_total = sum(u.num_rows for u in units)
     log.info("scoring %s (run %s): %d file(s), %d row(s) in %d unit(s) of at most %d rows; %d unit(s) already done; "
@@ -245,20 +249,29 @@ def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
                              "its own scores; choose an output outside the input prefix")
 
 
-def _unit_size(cfg: ScoreConfig, output: str, done: set[str], rows: int, guard: Callable[[str], None]) -> int:
-    """Rows per unit for this output: the plan of the run that started it, else sized so every scoring actor
-    gets several units (at most `cfg.rows_per_unit`), recorded in _plan.json before the first part lands."""
+def _unit_plan(cfg: ScoreConfig, output: str, done: set[str], footers: dict, guard: Callable[[str], None]) -> UnitPlan:
+    """The unit size for this output: the plan of the run that started it, else sized so every scoring actor gets
+    several units by rows (at most `cfg.rows_per_unit`) and by text bytes (the work: long documents cost more per
+    row), recorded in _plan.json before the first part lands."""
     if PLAN in done:
         plan = UnitPlan.from_json(storage.read_bytes(storage.join(output, PLAN)))
-        log.info("resuming %s with its unit plan: %d rows per unit", output, plan.rows_per_unit)
-        return plan.rows_per_unit
-    if any(name.endswith(".parquet") for name in done):
-        return cfg.rows_per_unit  # parts written before unit plans existed were cut at the configured size
+        log.info("resuming %s with its unit plan: %d rows per unit%s", output, plan.rows_per_unit,
+                 f", {plan.text_bytes_per_unit:,} text bytes per unit" if plan.text_bytes_per_unit else "")
+        return plan
+    if any(name.endswith(".parquet") for name in done):  # parts written before unit plans existed
+        return UnitPlan(rows_per_unit=cfg.rows_per_unit, actors=0)
     actors = _actor_plan(cfg).num_actors
-    plan = UnitPlan(rows_per_unit=balanced_rows_per_unit(rows, actors, cfg.rows_per_unit), actors=actors)
+    rows = sum(m.num_rows for m in footers.values())
+    size = text_bytes(footers, cfg.text_column)
+    long_texts = rows > 0 and size / rows >= LONG_TEXT_BYTES
+    plan = UnitPlan(rows_per_unit=balanced_rows_per_unit(rows, actors, cfg.rows_per_unit), actors=actors,
+                    text_bytes_per_unit=balanced_rows_per_unit(size, actors, 2**62) if long_texts else None)
+    if long_texts:
+        log.info("long texts (%.0f bytes per row): units of at most %s text bytes, so every actor gets several",
+                 size / rows, f"{plan.text_bytes_per_unit:,}")
     guard(PLAN)
     storage.write_bytes(storage.join(output, PLAN), plan.to_json().encode())
-    return plan.rows_per_unit
+    return plan
 
 
 def _actor_plan(cfg: ScoreConfig, units: int | None = None) -> ScorePlan:
@@ -354,11 +367,18 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     rows_todo = sum(u.num_rows for u in todo)
     rows = Progress("scored", rows_todo, "rows", log=log)
     for result in _results_as_they_land(ds):
-        if lease.lost:  # another run took the output: stop before more units are scored for nothing
+        if lease.lost:  # another run took the output, or it expired while storage was down: stop
             lease.check("the remaining units")
         if result.stats is None:
             failures[result.input] = result.error or "unknown error"
             log.error("unit %s failed: %s", result.unit, result.error)
+            if is_storage_failure_text(result.error or ""):
+                # storage gave out after every retry: each remaining unit would wait the same retries and fail
+                # alike, so the run ends now (its time must not grow with the number of units); parts stay
+                raise StorageError(
+                    f"storage failed while scoring {output}: unit {result.unit} of {result.input}: {result.error}. "
+                    f"Stopped after {len(scored)} of {len(todo)} unit(s) (committed parts are kept, {SUCCESS} is "
+                    "not written); re-run to finish the rest")
             continue
         scored[result.unit] = result
         rows_done += result.stats.rows_in

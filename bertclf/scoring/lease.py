@@ -27,11 +27,12 @@ import uuid
 import pyarrow.fs as pafs
 
 from bertclf import storage
-from bertclf.errors import InputError, RecordError
+from bertclf.errors import STORAGE_FAILURE, InputError, RecordError
 from bertclf.records import Lease
 
 LEASE = "_lease.json"
 DEFAULT_SECONDS = 600.0  # BERTCLF_LEASE_SECONDS overrides; renewed every quarter of it
+RELEASE_WAIT_S = 30.0  # at the end of a run: how long the lease's release may take before it is left to expire
 DEFAULT_SETTLE = 1.0  # BERTCLF_LEASE_SETTLE_S: the wait between writing the lease and reading it back
 
 log = logging.getLogger(__name__)
@@ -116,45 +117,76 @@ def release(output: str, run_id: str) -> None:
 class LeaseKeeper:
     """Holds an output's lease for one run: taken on enter, renewed in a background thread, released on exit.
 
-    `lost` is set when a renewal finds another run holding the output; the driver stops at the next unit.
+    `lost` is set when a renewal finds another run holding the output, or when renewals failed (storage
+    unreachable) until the lease's own expiry passed: from then on another run may take the output, so this one
+    commits nothing more (the driver stops at the next unit; the actors read the lease before each part). Release
+    waits at most RELEASE_WAIT_S: with storage down the lease is left to expire, and the log says when.
     """
 
     def __init__(self, output: str, run_id: str, seconds: float | None = None):
         self.output, self.run_id = output, run_id
         self.seconds = lease_seconds() if seconds is None else seconds
         self.lost: str | None = None
+        self.lost_to_storage = False
+        self.expires: dt.datetime | None = None  # of the last lease this run wrote
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name="bertclf-lease", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
-        acquire(self.output, self.run_id, self.seconds)
+        self.expires = dt.datetime.fromisoformat(acquire(self.output, self.run_id, self.seconds).expires)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        deadline = time.monotonic() + RELEASE_WAIT_S
         self._stop.set()
-        self._thread.join(timeout=30)
-        try:
-            release(self.output, self.run_id)
-        except (OSError, storage.StorageError) as err:  # it expires on its own; the run's outcome stands
-            log.warning("could not release the lease on %s: %s (it expires by itself)", self.output, err)
+        self._thread.join(timeout=RELEASE_WAIT_S)
+        released = threading.Event()
+
+        def _release() -> None:
+            try:
+                release(self.output, self.run_id)
+                released.set()
+            except (OSError, storage.StorageError) as err:  # it expires on its own; the run's outcome stands
+                log.warning("could not release the lease on %s: %s", self.output, err)
+
+        thread = threading.Thread(target=_release, name="bertclf-lease-release", daemon=True)
+        thread.start()
+        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+        if not released.is_set():
+            log.warning("the lease on %s of run %s is left to expire at %s (storage did not answer within %.0fs): "
+                        "a re-run on this host takes it over at once, elsewhere after that time", self.output,
+                        self.run_id, self.expires.isoformat() if self.expires else "?", RELEASE_WAIT_S)
 
     def check(self, what: str) -> None:
-        """Raise OutputLeasedError unless this run still holds the output (read from storage, not remembered)."""
+        """Raise unless this run still holds the output (read from storage, not remembered): OutputLeasedError, or
+        StorageError when the lease expired because storage could not be reached to renew it."""
         if self.lost:
+            if self.lost_to_storage:
+                raise storage.StorageError(f"{self.lost}: {what} not committed; {STORAGE_FAILURE}")
             raise OutputLeasedError(f"{self.lost}: {what} not committed")
         check_lease(self.output, self.run_id, what)
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(max(1.0, self.seconds / 4)):
+        wait = max(1.0, self.seconds / 4)
+        while not self._stop.wait(wait):
             try:
-                renew(self.output, self.run_id, self.seconds)
+                self.expires = dt.datetime.fromisoformat(renew(self.output, self.run_id, self.seconds).expires)
+                wait = max(1.0, self.seconds / 4)
             except OutputLeasedError as err:
                 self.lost = str(err)
                 log.error("%s", err)
                 return
             except (OSError, storage.StorageError) as err:  # transient: the next renewal may succeed
-                log.warning("renewing the lease on %s failed: %s", self.output, err)
+                if self.expires is not None and _now() >= self.expires:
+                    self.lost_to_storage = True
+                    self.lost = (f"run {self.run_id}'s lease on {self.output} expired at {self.expires.isoformat()} "
+                                 f"while storage could not be reached to renew it ({err})")
+                    log.error("%s: this run commits nothing more", self.lost)
+                    return
+                log.warning("renewing the lease on %s failed: %s (it expires at %s)", self.output, err,
+                            self.expires.isoformat() if self.expires else "?")
+                wait = max(1.0, min(wait, 15.0))  # try again soon: the lease runs out meanwhile
 
 
 def _held(output: str, holder: Lease | None, raced: bool = False) -> OutputLeasedError:

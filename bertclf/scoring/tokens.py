@@ -55,7 +55,7 @@ def tokenized_batches(unit: WorkUnit, s: ReadSettings, tokenize: Tokenize,
     """A unit's rows in read batches (only the needed columns), empty texts handled, hashed, and tokenized once
     per distinct text of the batch; with `baseline`, the baseline's probabilities too, while the texts are here."""
     columns = list(dict.fromkeys([*s.passthrough, s.text_column]))
-    rows_read = 0
+    rows_read = unit.row_range[0] if unit.row_range else 0  # rows are numbered within the unit's row groups
     for record_batch in read_unit(unit, columns, s.read_batch_rows):
         table = _checked_text(pa.Table.from_batches([record_batch]), unit, s.text_column, rows_read)
         rows_in = table.num_rows

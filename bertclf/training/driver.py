@@ -135,7 +135,10 @@ def _lengths_from_sample(model_dir: str, texts: list[str], cfg: TrainConfig, tas
         log.info("max_length auto: %d (%.0f%% of %d sampled training texts fit in %d tokens; the model takes %d)",
                  length, 100 * LENGTH_QUANTILE, len(texts), at_quantile, limit)
         cfg = dataclasses.replace(cfg, max_length=length)
-    if cfg.long_text == "auto":
+    if cfg.long_text == "auto" and cfg.train_windows == "sample":
+        log.info("long_text auto: chunk (train_windows sample: every window trains, so every window is pooled)")
+        cfg = dataclasses.replace(cfg, long_text="chunk")
+    elif cfg.long_text == "auto":
         choice, share = auto_long_text(counts, int(cfg.max_length), task)
         why = ("validation, scoring and every load pool windows of each text" if choice == "chunk" else
                "multi-class texts keep their first window; long_text chunk pools windows instead"

@@ -21,7 +21,7 @@ import numpy as np
 
 from bertclf import checkpoint, storage
 from bertclf.config import TrainConfig
-from bertclf.progress import Progress
+from bertclf.progress import Progress, format_duration
 from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
 from bertclf.training.batching import Batch, length_grouped_batches
@@ -191,7 +191,8 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
                                              local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
                                              local_shuffle_seed=cfg.seed + epoch))
     for batch in length_grouped_batches(batches, w.tokenizer, max_length=cfg.max_length,
-                                        batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch):
+                                        batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch,
+                                        windows=cfg.train_windows, stride=cfg.chunk_stride):
         loss = accumulate_gradients(w, batch)
         torch.nn.utils.clip_grad_norm_(w.model.parameters(), cfg.max_grad_norm)
         w.optimizer.step()
@@ -203,12 +204,23 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
         loss_sum += loss
         if steps is not None:
             steps.update(totals.steps, lambda: f"loss {float(loss_sum) / totals.steps:.4f}, "  # noqa: B023 - runs now
-                                              f"{totals.seen * w.world / (time.perf_counter() - t0):.1f} samples/s")
+                                              f"{totals.seen * w.world / (time.perf_counter() - t0):.1f} samples/s"
+                                              + run_projection(w, epoch, totals.steps, time.perf_counter() - t0))
     totals.loss_sum = float(loss_sum)
     totals.seconds = time.perf_counter() - t0
     totals.first_batch_seconds = batches.first_seconds or 0.0
     totals.data_wait_seconds = batches.wait_seconds
     return totals
+
+
+def run_projection(w: Worker, epoch: int, steps_done: int, seconds: float) -> str:
+    """In the run's first epoch: the whole run's projected training time at the rate so far (every epoch left,
+    validation not counted), so a run that can't fit the time budget is stopped in minutes, not hours."""
+    if epoch != w.start_epoch or steps_done <= 0:
+        return ""
+    steps_left = w.steps_per_epoch * (w.cfg.epochs - epoch) - steps_done
+    total = seconds + steps_left * seconds / steps_done
+    return f"; whole run ({w.cfg.epochs - w.start_epoch} epoch(s)) projected {format_duration(total)} of training"
 
 
 def accumulate_gradients(w: Worker, batch: Batch) -> torch.Tensor:
