@@ -366,6 +366,7 @@ class EpochRecord(Record):
     thresholds: dict[str, float] | None = None  # tuned on validation (multi-label)
     per_label: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: dict[str, float] | None = None  # the TF-IDF baseline's validation metrics (bertclf.baseline)
+    baseline_per_label: dict[str, float] = field(default_factory=dict)  # its validation F1 per label
     blend: BlendChoice | None = None  # the blend chosen on this epoch's validation (bertclf.blend)
 
     def scalars(self) -> dict[str, float]:
@@ -382,7 +383,7 @@ class EpochRecord(Record):
         return self.scalars().get(name)
 
     def without_per_label(self) -> EpochRecord:
-        return dataclasses.replace(self, per_label={})
+        return dataclasses.replace(self, per_label={}, baseline_per_label={})
 
 
 @dataclass

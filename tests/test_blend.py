@@ -4,6 +4,7 @@ test_serve), with reuse never copying across a blend or tokenizer change."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -189,3 +190,25 @@ def test_reuse_never_copies_across_a_blend_or_tokenizer_change(ray_local, blende
         shutil.copytree(tmp_path / "first" / "date=2026-12-05", tmp_path / ckpt.name / "date=2026-12-05")
         summary = night(ckpt, ckpt.name, "2026-12-06")
         assert summary.rows_reused == reused, f"{ckpt.name}: {summary.rows_reused} rows reused"
+
+
+def test_an_epoch_with_a_baseline_is_compared_in_the_log_and_the_report(caplog):
+    from bertclf.config import TrainConfig
+    from bertclf.report.evaluation import against_baseline
+    from bertclf.training.epochs import EpochTotals, epoch_record, log_epoch, with_baseline
+
+    space, texts, targets = _data("multi_class", 120, seed=6)
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(120, 3)).astype(np.float32)  # an untrained transformer
+    base = np.eye(3, dtype=np.float32)[targets] * 0.9 + 0.1 / 3  # a baseline that knows the answers
+    record = epoch_record(0, space, logits, targets, EpochTotals(seen=1, steps=1), 1.0, 1)
+    record = with_baseline(record, space, targets, logits, base, TrainConfig(best_metric="accuracy"))
+    assert record.baseline["accuracy"] == 1.0 and set(record.baseline_per_label) == set(LABELS)
+    assert record.blend.used and record.scalars()["baseline_accuracy"] == 1.0 and "blend_weight" in record.scalars()
+    with caplog.at_level("INFO"):
+        log_epoch(record, 3)
+    assert "loses to the TF-IDF baseline" in caplog.text
+    compared = against_baseline(record)
+    assert compared["sentence"].startswith("On validation the transformer loses to a TF-IDF baseline by")
+    assert compared["metrics"]["accuracy"]["baseline"] == 1.0 and set(compared["per_label_f1"]) == set(LABELS)
+    assert against_baseline(dataclasses.replace(record, baseline=None, blend=None)) is None, "older checkpoints"

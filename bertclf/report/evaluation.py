@@ -20,6 +20,7 @@ from bertclf import checkpoint, storage, tracking
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.labelled import check_labelled_files
 from bertclf.progress import Progress
+from bertclf.records import EpochRecord
 from bertclf.report import figures
 from bertclf.report import html as h
 from bertclf.report.accumulate import EvaluationCounts
@@ -139,12 +140,31 @@ def build(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, cfg: Repo
                               for j, n in enumerate(names)} if counts.multi_label else None),
         "calibration": calib, "top_confusions": top_confusions(counts),
         "errors": _explained_errors(counts, ckpt, cfg.explain_errors),
-        "word_clouds": clouds, "history": history, "figures": figs,
+        "word_clouds": clouds, "history": history, "figures": figs, "baseline": against_baseline(meta.metrics),
         "card": {"model": meta.training_config.get("model"), "task": space.task, "labels": names,
                  "thresholds": thresholds, "max_length": meta.max_length, "epoch": meta.epoch,
                  "training_config": meta.training_config, "data": meta.data.to_dict() if meta.data else None,
                  "versions": meta.versions},
     }
+
+
+def against_baseline(record: EpochRecord | None) -> dict | None:
+    """The checkpoint's epoch on validation beside the TF-IDF baseline fitted on the same split (and the blend):
+    the comparison users make first. None for checkpoints from before the baseline."""
+    if record is None or record.baseline is None or record.blend is None:
+        return None
+    b = record.blend
+    transformer = record.scalars()
+    gap = b.transformer - b.baseline
+    verb = "beats" if gap > 0 else "loses to" if gap < 0 else "ties with"
+    sentence = (f"On validation the transformer {verb} a TF-IDF baseline by {abs(gap):.4f} {b.metric} "
+                f"({b.transformer:.4f} vs {b.baseline:.4f}). "
+                + (f"The checkpoint blends the two (transformer weight {b.weight}): {b.blended:.4f}."
+                   if b.used else f"The checkpoint is the transformer alone ({b.reason})."))
+    return {"sentence": sentence, "blend": b.to_dict(),
+            "metrics": {k: {"transformer": transformer.get(k), "baseline": v} for k, v in record.baseline.items()},
+            "per_label_f1": {n: {"transformer": s.get("f1"), "baseline": record.baseline_per_label.get(n)}
+                             for n, s in record.per_label.items()}}
 
 
 def _explained_errors(counts: EvaluationCounts, ckpt: checkpoint.LoadedCheckpoint, n: int) -> list[dict]:
@@ -173,6 +193,15 @@ def render(r: dict) -> str:
         h.section("Summary", h.table(["metric", "at the checkpoint's thresholds" if multi_label else "value",
                                       *(["at 0.5"] if multi_label else [])], metric_rows), anchor="summary"),
     ]
+    if r.get("baseline"):
+        b = r["baseline"]
+        sections.append(h.section(
+            "Against the TF-IDF baseline (validation)", h.paragraph(b["sentence"]),
+            h.table(["metric", "transformer", "TF-IDF baseline"],
+                    [[k, v["transformer"], v["baseline"]] for k, v in b["metrics"].items()]),
+            h.table(["label", "transformer F1", "TF-IDF baseline F1"],
+                    [[n, v["transformer"], v["baseline"]] for n, v in b["per_label_f1"].items()]),
+            anchor="baseline"))
     if r["figures"]["training"]:
         sections.append(h.section("Training curves", *(h.figure(f, "per epoch: loss, F1, accuracy")
                                                        for f in r["figures"]["training"]), anchor="training"))

@@ -88,7 +88,8 @@ def with_baseline(record: EpochRecord, space: LabelSpace, targets: np.ndarray, l
     scores = {k: round(float(m[k]), 6) for k in BASELINE_KEYS if m.get(k) is not None}
     transformer = probabilities(space.task, space.adjusted_logits(logits))
     choice = choose(cfg.blend, space, targets, transformer, baseline_probs, metric, cfg.blend_margin)
-    return dataclasses.replace(record, baseline=scores, blend=choice)
+    per_label = {name: round(float(s["f1"]), 6) for name, s in m["per_label"].items()}
+    return dataclasses.replace(record, baseline=scores, baseline_per_label=per_label, blend=choice)
 
 
 def log_epoch(record: EpochRecord, epochs: int) -> None:
