@@ -56,7 +56,9 @@ def endpoint(ray_local, tiny_model, tmp_path_factory):
 
     from bertclf.serve import start
 
-    ckpt = save_tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt"), tiny_model, "multi_label", [0.45, 0.5, 0.55])
+    # a checkpoint that blends its TF-IDF baseline: serve, predict and score must all give the blend
+    ckpt = save_tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt"), tiny_model, "multi_label", [0.45, 0.5, 0.55],
+                                blend_weight=0.5)
     url = start(ServeConfig(checkpoint=str(ckpt), port=free_port(), precision="fp32", max_texts_per_request=8,
                             max_text_chars=200, auth_token_env=TOKEN_ENV))
     yield url, ckpt
