@@ -147,7 +147,7 @@ def fit(space: LabelSpace, train_texts: list[str], train_targets: np.ndarray, va
     vocabulary = [""] * len(vectorizer.vocabulary_)
     for term, column in vectorizer.vocabulary_.items():
         vocabulary[column] = term
-    best: tuple[float, float, np.ndarray, np.ndarray] | None = None
+    best: tuple[float, float, np.ndarray, np.ndarray, list[float] | None] | None = None
     scores: dict[str, float] = {}
     for c in c_grid:
         coef, intercept = _fit_linear(space, x_train, train_targets, c)
@@ -156,9 +156,9 @@ def fit(space: LabelSpace, train_texts: list[str], train_targets: np.ndarray, va
         value = float(classification_metrics(space, val_targets, probs, thresholds)[metric])
         scores[str(c)] = round(value, 4)
         if best is None or value > best[0]:
-            best = (value, c, coef, intercept)
+            best = (value, c, coef, intercept, thresholds)
     assert best is not None
-    _, c, coef, intercept = best
+    _, c, coef, intercept, thresholds = best
     seconds = time.perf_counter() - t0
     log.info("baseline: TF-IDF (%d terms) + logistic regression on %d rows, C %s chosen on validation %s %s, %.1fs",
              len(vocabulary), len(train_texts), c, metric, scores, seconds)
@@ -166,7 +166,7 @@ def fit(space: LabelSpace, train_texts: list[str], train_targets: np.ndarray, va
                     idf=vectorizer.idf_.astype(np.float32), coef=coef, intercept=intercept,
                     settings={**settings, "C": c},
                     fit_info={"train_rows": len(train_texts), "seconds": round(seconds, 2), "metric": metric,
-                              "validation_by_C": scores})
+                              "validation_by_C": scores, "thresholds": thresholds})
 
 
 def _fit_linear(space: LabelSpace, x, targets: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:

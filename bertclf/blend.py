@@ -13,7 +13,7 @@ import numpy as np
 from bertclf.labels import LabelSpace
 from bertclf.records import BlendChoice
 
-WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 21))  # the transformer's weight, 0.05 apart
+WEIGHTS = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 21))  # the transformer's weight, 0.05 apart
 MAX_METRICS = ("f1_macro", "f1_micro", "f1_weighted", "accuracy", "subset_accuracy")
 
 
