@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Settings of this process that Ray workers need too (driver-only variables don't reach them).
 WORKER_ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "BERTCLF_S3_RETRIES", "BERTCLF_IO_ATTEMPTS",
-                   "BERTCLF_IO_RETRY_DELAY", logs.LEVEL_ENV, progress.EVERY_ENV)
+                   "BERTCLF_IO_RETRY_DELAY", "BERTCLF_IO_DEADLINE_S", logs.LEVEL_ENV, progress.EVERY_ENV)
 # Run by Ray in every worker process of the run (Ray Train workers, Ray Data tasks and actors) before any task:
 # bertclf's log format and level there too.
 LOG_SETUP_HOOK = "bertclf.logs.setup_worker"

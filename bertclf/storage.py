@@ -63,9 +63,9 @@ def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {
         "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("BERTCLF_S3_RETRIES", "8"))),
-        "connect_timeout": 10,
-        "request_timeout": 60,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3_retries()),
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "request_timeout": REQUEST_TIMEOUT_S,  # curl's low-speed limit on Linux: this long without a byte fails
     }
     if endpoint:
         parsed = urlparse(endpoint)
@@ -101,6 +101,26 @@ def to_uri(fs: pafs.FileSystem, path: str) -> str:
     return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
 
 
+# How long storage may fail before a call gives up, whatever the count of attempts: one attempt of a stalled network
+# lasts s3_retries() x REQUEST_TIMEOUT_S (90 s by default), so attempts alone could take many minutes per call.
+# With the defaults a call that keeps failing ends within IO_DEADLINE_S + one attempt: ~3.5 min (docs/reliability.md).
+CONNECT_TIMEOUT_S = 10
+REQUEST_TIMEOUT_S = 30
+DEFAULT_S3_RETRIES = 3
+DEFAULT_IO_DEADLINE_S = 120.0
+
+
+def s3_retries() -> int:
+    """Tries of one request inside pyarrow's S3 client (BERTCLF_S3_RETRIES, default 3): each is bounded by the
+    connect and request timeouts, so this also bounds how long one of our attempts can hang."""
+    return max(1, int(os.environ.get("BERTCLF_S3_RETRIES", DEFAULT_S3_RETRIES)))
+
+
+def io_deadline() -> float:
+    """Seconds a call may keep failing before it stops retrying (BERTCLF_IO_DEADLINE_S, default 120)."""
+    return float(os.environ.get("BERTCLF_IO_DEADLINE_S", DEFAULT_IO_DEADLINE_S))
+
+
 def io_attempts() -> int:
     """How many times one read or write is tried (BERTCLF_IO_ATTEMPTS, default 5); each try is itself retried by
     pyarrow's S3 client (BERTCLF_S3_RETRIES)."""
@@ -113,10 +133,11 @@ def retry_delay(attempt: int, base_delay: float | None = None) -> float:
     return base * 2**attempt
 
 
-def retry_or_raise(exc: OSError, attempt: int, attempts: int, what: str, base_delay: float | None = None) -> None:
+def retry_or_raise(exc: OSError, attempt: int, attempts: int, what: str, base_delay: float | None = None,
+                   started: float | None = None) -> None:
     """After a failed attempt: log one line and wait when the error is transient and attempts are left; otherwise
-    raise StorageError (transient, out of attempts), StorageInputError (permanent: denied, no such bucket) or
-    StorageError naming `what`."""
+    raise StorageError (transient, out of attempts, or failing since `started` (time.monotonic()) for longer than
+    io_deadline()), StorageInputError (permanent: denied, no such bucket) or StorageError naming `what`."""
     if is_permanent(exc):
         raise StorageInputError(f"{what}: {exc} (permanent: check the URI, bucket and permissions)") from exc
     if not is_transient(exc):
@@ -124,6 +145,10 @@ def retry_or_raise(exc: OSError, attempt: int, attempts: int, what: str, base_de
     if attempt >= attempts - 1:
         raise StorageError(f"{what}: {STORAGE_FAILURE}; gave up after {attempts} attempt(s): {exc}") from exc
     wait = retry_delay(attempt, base_delay)
+    failing = time.monotonic() - started if started is not None else 0.0
+    if failing + wait >= io_deadline():
+        raise StorageError(f"{what}: {STORAGE_FAILURE}; gave up after {attempt + 1} attempt(s) in {failing:.0f}s "
+                           f"(BERTCLF_IO_DEADLINE_S={io_deadline():g}): {exc}") from exc
     log.warning("%s: attempt %d of %d failed (%s): %s; retrying in %.1fs", what, attempt + 1, attempts,
                 STORAGE_FAILURE, _one_line(exc), wait)
     time.sleep(wait)
@@ -131,20 +156,22 @@ def retry_or_raise(exc: OSError, attempt: int, attempts: int, what: str, base_de
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None, base_delay: float | None = None) -> T:
     """Retry an I/O call on transient errors (connection, timeout, throttling, 5xx) with exponential backoff,
-    logging one line per failed attempt (attempt n of N, what and where, the error, the wait).
+    logging one line per failed attempt (attempt n of N, what and where, the error, the wait), for at most
+    io_attempts() attempts and io_deadline() seconds of failing.
 
     A missing file (or a local permission error) is raised as it is; a permanent error (access denied, no such
     bucket) at once as StorageInputError; transient errors that outlast the attempts as StorageError saying a retry
     may help; other errors at once as StorageError naming `what`.
     """
     attempts = attempts or io_attempts()
+    started = time.monotonic()
     for attempt in range(attempts):
         try:
             return fn()
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
             raise
         except OSError as exc:
-            retry_or_raise(exc, attempt, attempts, what, base_delay)
+            retry_or_raise(exc, attempt, attempts, what, base_delay, started)
     raise AssertionError("unreachable")
 
 

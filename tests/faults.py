@@ -94,3 +94,101 @@ def install() -> None:
             patch(sys.modules[name])
     if not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _PatchAfterImport())
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 in front of a server (the tests' S3), switched between ways of failing:
+
+    - "pass": forward both ways;
+    - "reset": every connection, open or new, is reset (RST) at once: storage refusing the network;
+    - "stall": open connections stop forwarding and new ones are accepted and never answered: a network that drops
+      packets, where only the clients' timeouts end a request.
+
+    Used from the test process only; the Ray workers reach it through AWS_ENDPOINT_URL like any S3 endpoint.
+    """
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self._socket, self._threading = socket, threading
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.target_port = target_port
+        self.mode = "pass"
+        self.connections = 0
+        self._open: list = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def set(self, mode: str) -> None:
+        assert mode in ("pass", "reset", "stall"), mode
+        self.mode = mode
+        if mode == "reset":
+            with self._lock:
+                sockets, self._open = self._open, []
+            for s in sockets:
+                self._reset(s)
+
+    def _reset(self, s) -> None:
+        import struct
+
+        try:
+            s.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.mode == "reset":
+                self._reset(client)
+                continue
+            if self.mode == "stall":
+                self._threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
+                continue
+            try:
+                upstream = self._socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                self._reset(client)
+                continue
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _swallow(self, s) -> None:
+        try:
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def _pipe(self, a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                while self.mode == "stall":  # hold the bytes: the other side waits for its timeout
+                    import time
+
+                    time.sleep(0.2)
+                if self.mode == "reset":
+                    raise OSError("reset")
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(self._socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.set("reset")
+        self.listener.close()
