@@ -76,3 +76,7 @@ def _roc_auc(y_ind: np.ndarray, probs: np.ndarray) -> float | None:
     if not cols:
         return None
     return float(np.mean([roc_auc_score(y_ind[:, j], probs[:, j]) for j in cols]))
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["THRESHOLD_GRID", "classification_metrics", "predictions", "tune_thresholds"]
