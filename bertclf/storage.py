@@ -182,7 +182,8 @@ def _one_line(exc: BaseException) -> str:
 _PERMANENT = ("access denied", "access_denied", "nosuchbucket", "no such bucket", "invalidaccesskeyid",
               "signaturedoesnotmatch", "forbidden", "403")
 _TRANSIENT = ("timeout", "timed out", "connection", "connect", "network", "throttl", "slow down", "503", "500",
-              "502", "504", "reset", "curl", "broken pipe", "temporarily", "unavailable", "internal error")
+              "502", "504", "reset", "curl", "broken pipe", "temporarily", "unavailable", "internal error",
+              "internal_failure", "flush response stream")
 
 
 def is_permanent(exc: BaseException) -> bool:

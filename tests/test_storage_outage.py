@@ -66,9 +66,9 @@ def test_an_unreachable_s3_ends_calls_at_the_deadline_and_an_expired_lease_stops
     assert "is left to expire at" in caplog.text
 
     proxy.set("pass")
-    left = read_lease(output)
-    assert left is not None and left.run_id == keeper.run_id and not left.live(), "left, visibly expired"
-    with pytest.raises(OutputLeasedError, match="expired at"):
+    left = read_lease(output)  # expired, or deleted by the release still trying in the background once S3 is back
+    assert left is None or (left.run_id == keeper.run_id and not left.live()), left
+    with pytest.raises(OutputLeasedError, match="expired at|the lease is gone"):
         check_lease(output, keeper.run_id, "part y")  # an actor of the old run commits nothing more
     acquire(output, "20261122T020000Z-rerun001", seconds=60, settle=0)  # a re-run takes it over
     assert read_lease(output).run_id == "20261122T020000Z-rerun001"
