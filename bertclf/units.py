@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -189,6 +190,7 @@ def read_unit(unit: WorkUnit, columns: list[str], batch_rows: int) -> Iterator[p
     fs, path = storage.resolve(unit.uri)
     where = f" (row groups {unit.row_groups[0]}-{unit.row_groups[-1]})"
     attempts = storage.io_attempts()
+    started = time.monotonic()  # a stream failing for longer than the storage deadline stops retrying
     done = 0
     for attempt in range(attempts):
         try:
@@ -205,7 +207,7 @@ def read_unit(unit: WorkUnit, columns: list[str], batch_rows: int) -> Iterator[p
         except (pa.ArrowException, OSError, ValueError) as exc:
             if not is_storage_failure(unit.uri, exc):
                 raise _unreadable(unit.uri, exc, where) from None
-            storage.retry_or_raise(exc, attempt, attempts, f"reading {unit.uri}{where}")
+            storage.retry_or_raise(exc, attempt, attempts, f"reading {unit.uri}{where}", started=started)
 
 
 def _in_range(batches: Iterator[pa.RecordBatch], row_range: tuple[int, int] | None) -> Iterator[pa.RecordBatch]:

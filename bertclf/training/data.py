@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from bertclf import storage
 from bertclf.config import TrainConfig
 from bertclf.errors import DataError, LabelError
+from bertclf.labelled import missing_texts, refuse_missing_texts
 from bertclf.labels import LabelFormat, LabelSpace, encode_targets, label_format, labels_in_column, task_for_format
 from bertclf.records import DataSummary, WorkUnit
 from bertclf.training.lengths import text_sample
@@ -113,13 +114,7 @@ def _check_texts(table: pa.Table, text_column: str, uri: str) -> None:
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise DataError(f"{uri}: text column {text_column!r} must hold strings, found type {col.type}")
     check_utf8(col, text_column, uri)
-    nulls = col.null_count
-    empty = pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col.fill_null("x"))), 0)).as_py() or 0
-    if nulls or empty:
-        raise DataError(
-            f"{uri}: text column {text_column!r} has {nulls} null and {empty} empty row(s); "
-            "drop or fill them before training"
-        )
+    refuse_missing_texts(uri, text_column, *missing_texts(col), "training")
 
 
 def check_model(cfg: TrainConfig) -> None:
