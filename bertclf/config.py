@@ -209,6 +209,10 @@ class ScoreConfig:
     max_batch_rows: int | None = key(None, help="rows in one micro-batch at most; none: 64 on CPU, 1024 on GPU",
                                      flag=False)
     rows_per_unit: int = key(20_000, help="rows per unit of work (and per output part)", flag=False)
+    units_by_text: Literal["auto", "off"] = key(
+        "auto", help="auto: where rows hold long texts (1,000 text bytes per row or more), cut units by their text "
+                     "bytes too, slicing row groups, so long documents spread over every actor; off: whole row "
+                     "groups by rows only", flag=False)
     read_batch_rows: int = key(2048, help="rows read from Parquet at a time", flag=False)
     drift_psi_threshold: float = key(0.2, help="alert when a label's probability PSI against the previous "
                                                "partition exceeds this")

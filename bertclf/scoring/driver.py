@@ -263,7 +263,7 @@ def _unit_plan(cfg: ScoreConfig, output: str, done: set[str], footers: dict, gua
     actors = _actor_plan(cfg).num_actors
     rows = sum(m.num_rows for m in footers.values())
     size = text_bytes(footers, cfg.text_column)
-    long_texts = rows > 0 and size / rows >= LONG_TEXT_BYTES
+    long_texts = cfg.units_by_text == "auto" and rows > 0 and size / rows >= LONG_TEXT_BYTES
     plan = UnitPlan(rows_per_unit=balanced_rows_per_unit(rows, actors, cfg.rows_per_unit), actors=actors,
                     text_bytes_per_unit=balanced_rows_per_unit(size, actors, 2**62) if long_texts else None)
     if long_texts:
