@@ -46,7 +46,8 @@ def model_name(result: dict) -> str:
 def group_key(result: dict) -> tuple[str, str]:
     """Results replace each other per benchmark, CPU class (quality, methods: dataset) and model."""
     benchmark = result.get("benchmark", "unknown")
-    subject = result.get("dataset" if benchmark in ("quality", "methods") else "cpu_class") or "unknown"
+    subject = result.get("dataset" if benchmark in ("quality", "methods", "long_documents") else "cpu_class") \
+        or "unknown"
     return benchmark, f"{subject} {model_name(result)}"
 
 
@@ -248,6 +249,19 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                     " / ".join(num(run["latency_ms"][k], 0) for k in ("p50", "p95", "p99")),
                     f"{run['failed']} / {run['lost_answers']}", num(run.get("memory_growth_second_half"), 3)]
                    for run in r["runs"]])
+    parts += optional_table(
+        groups, "score_long",
+        "Long documents (`benchmarks/score_long.py`: `bertclf score` of long posts, units cut by text bytes against "
+        "whole row groups, and with the blend against the same checkpoint without it):",
+        ["CPU class", "date", "long_text", "rows", "row groups rows/s", "text bytes rows/s", "units",
+         "`text bytes / row groups`", "no blend rows/s", "`blend / no blend`"],
+        lambda r: [[r["cpu_class"], str(r.get("started", ""))[:10], r["long_text"],
+                    num(r["runs"]["text bytes"]["rows"], 0), num(r["runs"]["row groups"]["rows_per_s"], 1),
+                    num(r["runs"]["text bytes"]["rows_per_s"], 1),
+                    f"{r['runs']['row groups']['units']} -> {r['runs']['text bytes']['units']}",
+                    num(r["ratios"]["text bytes / row groups"], 2),
+                    num(r["runs"].get("text bytes, no blend", {}).get("rows_per_s"), 1),
+                    num(r["ratios"].get("blend / no blend"), 3)]])
     return "\n".join(parts)
 
 
@@ -301,6 +315,28 @@ def methods_table(groups: dict[tuple[str, str], dict]) -> str:
                            "wall time", "checkpoint", "CPU class", "date"], rows)
 
 
+def long_documents_table(groups: dict[tuple[str, str], dict]) -> str:
+    """The transformer, its TF-IDF baseline and the checkpoint's output (the blend where used) on each test split,
+    with the validation choice and the training time (benchmarks/long_documents.py)."""
+    rows = []
+    for (benchmark, _), r in groups.items():
+        if benchmark != "long_documents":
+            continue
+        key = "accuracy" if r["task"] == "multi_class" else "f1_macro"
+        test = r["test"]
+        blend = (r.get("validation") or {}).get("blend") or {}
+        chosen = (f"weight {blend['weight']} ({blend['mode']})" if blend.get("used") else
+                  f"off ({blend.get('mode', '-')})")
+        rows.append([r["dataset"], f"{r['task']}, {r['labels']} labels, {r['rows']:,} rows", key,
+                     num(test["transformer"].get(key), 3), num(test.get("baseline", {}).get(key), 3),
+                     num(test["checkpoint"].get(key), 3), chosen, f"{r['max_length']}, {r['long_text']}",
+                     f"{r['train_wall_minutes']} min" if r.get("train_wall_minutes") else "-", r["cpu_class"],
+                     str(r.get("date", ""))[:10]])
+    return markdown_table(["dataset", "test split", "metric", "transformer", "TF-IDF baseline", "checkpoint",
+                           "blend (chosen on validation)", "max_length, long_text", "train wall time",
+                           "CPU class", "date"], rows)
+
+
 def replace_between(text: str, name: str, body: str) -> str:
     start, end = f"<!-- results:{name}-start -->", f"<!-- results:{name}-end -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
@@ -316,6 +352,7 @@ def rewrite_readme(path: str | Path, groups: dict[tuple[str, str], dict]) -> boo
     after = replace_between(before, "performance", performance_tables(groups))
     after = replace_between(after, "quality", quality_table(groups))
     after = replace_between(after, "methods", methods_table(groups))
+    after = replace_between(after, "long", long_documents_table(groups))
     if after != before:
         path.write_text(after)
     return after != before
