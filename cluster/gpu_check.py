@@ -254,31 +254,13 @@ def report(cfg: argparse.Namespace, ckpt: str, test: str, out_dir: Path, log: Pa
             "test_rows": numbers.get("rows")}
 
 
-def write_corpus(train: str, out_dir: Path, rows: int, files: int = 8, row_group_rows: int = 5000) -> dict:
+def write_corpus(data_dir: str, out_dir: Path, rows: int, files: int = 8, row_group_rows: int = 5000) -> dict:
     """`rows` GoEmotions train texts repeated (ids made unique) in `files` Parquet files: the scoring corpus,
-    made here rather than carried."""
-    sizes = _corpus(train, out_dir, rows, files, row_group_rows)
+    made here rather than carried (benchmarks/common.write_corpus, the scoring benchmark's own corpus)."""
+    import common
+
+    sizes = common.write_corpus(data_dir, out_dir, rows, files, row_group_rows)
     return {"rows": sum(sizes), "files": len(sizes), "row_group_rows": row_group_rows, "path": str(out_dir)}
-
-
-def _corpus(train: str, out_dir: Path, rows: int, files: int, row_group_rows: int) -> list[int]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    source = pq.read_table(train, columns=["id", "text"])
-    n = source.num_rows
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    table = source.take(pa.array([i % n for i in range(rows)], pa.int64()))
-    ids = pa.array([f"{rid}-{i // n}" for i, rid in enumerate(table["id"].to_pylist())], pa.string())
-    table = pa.table({"id": ids, "text": table["text"]})
-    bounds = [round(k * rows / files) for k in range(files + 1)]
-    sizes = []
-    for k in range(files):
-        part = table.slice(bounds[k], bounds[k + 1] - bounds[k])
-        pq.write_table(part, out_dir / f"part-{k:04d}.parquet", row_group_size=row_group_rows)
-        sizes.append(part.num_rows)
-    return sizes
 
 
 def model_only(ckpt: str, corpus: str, gpu: bool, rows: int) -> dict:
@@ -442,7 +424,7 @@ def run(cfg: argparse.Namespace) -> int:
         if not trained:
             return finish(check)
         ckpt = trained["checkpoint"]
-        corpus = check.step("corpus", write_corpus, data["train"], work / "corpus", cfg.score_rows)
+        corpus = check.step("corpus", write_corpus, cfg.data, work / "corpus", cfg.score_rows)
         if corpus:
             check.step("model_only", lambda: json.loads(subprocess_json(
                 ["model-only", "--checkpoint", ckpt, "--corpus", corpus["path"], "--rows", str(cfg.model_only_rows)]
