@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from starlette.requests import ClientDisconnect
 
 from bertclf import __version__, logs
 from bertclf.config import ServeConfig, load_config
@@ -120,12 +121,100 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"request body of {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # also what the proxy's BodyLimit tells the app of a body it cut off
+        raise RequestError(400, "the client went away before the body ended") from None
     return b"".join(chunks)
+
+
+# Serve's HTTP proxy reads a request body as fast as the client sends it and queues all of it for the replica,
+# which pulls it afterwards: a limit checked only in the replica comes after the proxy has buffered the whole body
+# (a fast chunked 50 MB body: +40 to +60 MB of proxy memory each). Ray Serve has no body-size option; it does run,
+# in every proxy, the Starlette middlewares a function named by RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH returns
+# (read where the proxy runs). start() sets both variables on the Serve controller, whose proxies inherit them.
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "bertclf.serve:proxy_middlewares"
+BODY_LIMIT_ENV = "BERTCLF_SERVE_MAX_BODY_BYTES"
+
+
+class BodyLimit:
+    """ASGI middleware for Serve's proxy: a request body over `limit` bytes is refused where its bytes arrive,
+    from Content-Length before anything is read, else as soon as the bytes read pass the limit. What the proxy
+    holds of one body is then at most the limit plus one read (uvicorn stops reading the socket while nobody asks
+    for more), and the connection is closed after the 413, so the rest is never read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = next((v for k, v in scope.get("headers", ()) if k.lower() == b"content-length"), None)
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await _refuse(send, 400, f"Content-Length {length.decode(errors='replace')!r} is not a number")
+            if declared > self.limit:
+                return await _refuse(send, 413, f"request body of {declared} bytes; the limit is {self.limit} "
+                                                f"({BODY_LIMIT_ENV})")
+        received, over, started = 0, False, False
+
+        async def limited_receive():
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    over = True  # the app sees the client go; the 413 is ours
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if over and not started:
+                return  # whatever the app answers to a body cut off here: the 413 goes instead
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if over and not started:
+            await _refuse(send, 413, f"request body over {self.limit} bytes ({BODY_LIMIT_ENV})")
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    """A JSON error answer that closes the connection (the unread rest of the body is never read)."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def proxy_middlewares() -> list:
+    """Called by each Serve proxy at start-up (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH): the body limit from
+    BERTCLF_SERVE_MAX_BODY_BYTES."""
+    from starlette.middleware import Middleware
+
+    value = os.environ.get(BODY_LIMIT_ENV, "")
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ConfigError(f"{BODY_LIMIT_ENV}={value!r} where Serve's proxy runs: expected a number of bytes") from None
+    return [Middleware(BodyLimit, limit=limit)]
+
+
+def proxy_env(cfg: ServeConfig) -> dict[str, str]:
+    """The environment that makes Serve's proxies enforce this config's body limit."""
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, BODY_LIMIT_ENV: str(max_body_bytes(cfg))}
 
 
 def parse_texts(body: bytes, cfg: ServeConfig) -> list[str]:
@@ -315,7 +404,9 @@ def start(cfg: ServeConfig) -> str:
     if warning := exposure_warning(cfg):
         log.warning(warning)
     connect(cfg.ray_address)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    # the proxies (started with the controller) inherit its environment: the body limit where the bytes arrive
+    serve.start(http_options={"host": cfg.host, "port": cfg.port},
+                controller_options={"runtime_env": {"env_vars": proxy_env(cfg)}})
     serve.run(application(cfg), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.host}:{cfg.port}"
     log.info("serving %s at %s (%d replica(s)%s); POST %s/predict, GET %s/healthz, GET %s/labels", cfg.checkpoint,

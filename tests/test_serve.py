@@ -4,6 +4,8 @@ over the limit stop at it, and the bearer token is required where one is set."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -184,6 +186,103 @@ def test_a_streamed_body_stops_at_the_limit(endpoint):
     assert status == 413, status
     assert sent < 20_000 * len(chunk) / 10 and seconds < 20, f"{sent} bytes sent (limit {limit}) in {seconds:.1f}s"
     assert _call(f"{url}/predict", b'{"texts": ["happy"]}')[0] == 200
+
+
+def _proxy_rss() -> int:
+    """Resident bytes of Serve's HTTP proxy actor (the process whose uvicorn receives the bytes)."""
+    import psutil
+    import ray
+
+    (proxy,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_PROXY_ACTOR" in a["name"]]
+    handle = ray.get_actor(proxy["name"], namespace=proxy["namespace"])
+    return psutil.Process(ray.get(handle.__ray_call__.remote(lambda self: os.getpid()))).memory_info().rss
+
+
+def _flood(url: str, total: int, chunk_size: int = 1 << 16, timeout: float = 30) -> tuple[int | None, int]:
+    """Send a chunked POST of `total` bytes as fast as the socket takes them, stopping when the server answers or
+    closes; (status or None for a connection closed without an answer, bytes of body sent)."""
+    import select
+
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    chunk = f"{chunk_size:x}\r\n".encode() + b"x" * chunk_size + b"\r\n"
+    sent, answer = 0, b""
+    try:
+        sock.sendall(("\r\n".join(["POST /predict HTTP/1.1", f"Host: {host}", f"Authorization: Bearer {TOKEN}",
+                                     "Content-Type: application/json", "Transfer-Encoding: chunked"])
+                      + "\r\n\r\n").encode())
+        while sent < total:
+            if select.select([sock], [], [], 0)[0]:
+                break  # an answer (or a close) came before the body ended
+            try:
+                sock.sendall(chunk)
+            except OSError:  # reset or broken pipe: the server closed the connection
+                break
+            sent += chunk_size
+        else:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"0\r\n\r\n")
+        with contextlib.suppress(OSError):
+            while b"\r\n" not in answer and (more := sock.recv(65536)):
+                answer += more
+    finally:
+        sock.close()
+    return (int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else None), sent
+
+
+def test_fast_chunked_bodies_over_the_limit_stop_at_the_proxy_whose_memory_stays_flat(endpoint):
+    """Five chunked 50 MB bodies sent as fast as the socket allows: each is refused (413, or the connection closed)
+    after little more than the limit, and Serve's proxy, which used to read each whole (+67 MB), stays flat."""
+    url, _ = endpoint
+    assert _call(f"{url}/predict", b'{"texts": ["happy"]}')[0] == 200
+    before = _proxy_rss()
+    answers = [_flood(url, 50 << 20) for _ in range(5)]
+    grown = _proxy_rss() - before
+    print(f"proxy RSS {before / 2**20:.1f} MB, +{grown / 2**20:.1f} MB; (status, bytes sent): {answers}")
+    assert all(status in (413, None) and sent < 4 << 20 for status, sent in answers), answers
+    assert grown < 8 << 20, f"the proxy grew by {grown / 2**20:.1f} MB over five 50 MB bodies"
+    assert _call(f"{url}/predict", b'{"texts": ["happy"]}')[0] == 200
+
+
+def test_the_proxy_body_limit_answers_413_itself_and_never_passes_more_than_the_limit():
+    """BodyLimit (run in Serve's proxy) on its own: Content-Length over the limit never reaches the app; a chunked
+    body is cut at the limit, the app sees a disconnect, and the client gets the 413 that closes the connection."""
+    from bertclf.serve import BODY_LIMIT_ENV, BodyLimit, proxy_middlewares
+
+    def run(headers, chunks):
+        seen, sent = [], []
+
+        async def app(scope, receive, send):
+            while (message := await receive())["type"] == "http.request":
+                seen.append(len(message["body"]))
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"app"})
+
+        messages = iter([{"type": "http.request", "body": c, "more_body": True} for c in chunks])
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(BodyLimit(app, limit=100)({"type": "http", "headers": headers}, receive, send))
+        head = dict(sent[0]["headers"])
+        return seen, sent[0]["status"], head.get(b"connection"), json.loads(sent[1]["body"])["error"]
+
+    seen, status, connection, error = run([(b"content-length", b"101")], [b"x" * 101])
+    assert (seen, status, connection) == ([], 413, b"close") and "101 bytes; the limit is 100" in error
+    seen, status, connection, error = run([(b"transfer-encoding", b"chunked")], [b"x" * 60] * 1000)
+    assert (seen, status, connection) == ([60], 413, b"close") and BODY_LIMIT_ENV in error
+    assert run([(b"content-length", b"ten")], [])[1] == 400
+    os.environ[BODY_LIMIT_ENV] = "1234"
+    try:
+        assert proxy_middlewares()[0].kwargs == {"limit": 1234}
+        os.environ[BODY_LIMIT_ENV] = "lots"
+        with pytest.raises(ConfigError, match=f"{BODY_LIMIT_ENV}='lots'"):
+            proxy_middlewares()
+    finally:
+        del os.environ[BODY_LIMIT_ENV]
 
 
 def test_the_bearer_token_is_required_where_one_is_set(endpoint):
