@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, free_port, make_rows, save_tiny_checkpoint, write_rows
+from faults import FaultProxy
 from mlflow.tracking import MlflowClient  # bertclf[tracking-server]: cluster/install.sh installs it
 
 from bertclf import cli
@@ -67,53 +67,6 @@ def _wait_healthy(uri: str, proc: subprocess.Popen, log_path: Path) -> None:
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"mlflow server not healthy after {SERVER_START_S}s: {log_path.read_text()[-3000:]}")
-
-
-class Proxy:
-    """A TCP forwarder in front of the server. Stopping it is the server going away, as every client (the driver
-    and the Ray workers) sees it: connections reset, new ones refused; the server itself keeps the record."""
-
-    def __init__(self, target_port: int):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.target_port = target_port
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
-        self.listener.close()
-        for s in self.sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
 
 
 def _data(tmp_path: Path) -> dict:
@@ -288,7 +241,7 @@ def test_a_server_that_goes_away_mid_run_costs_a_warning_and_training_completes(
     arrived)."""
     from bertclf.training import run
 
-    proxy = Proxy(int(mlflow_server.rsplit(":", 1)[1]))
+    proxy = FaultProxy(int(mlflow_server.rsplit(":", 1)[1]))  # closed: the server gone, as every client sees it
     cfg = _config(tmp_path, tiny_model, tracking_uri=f"http://127.0.0.1:{proxy.port}", epochs=3)
     direct = MlflowClient(mlflow_server)
     stopped_after: list[int] = []
@@ -301,7 +254,7 @@ def test_a_server_that_goes_away_mid_run_costs_a_warning_and_training_completes(
                 run_id = json.loads(ref_file.read_text())["run_id"]
                 seen = direct.get_metric_history(run_id, "f1_macro")
                 if seen:
-                    proxy.stop()
+                    proxy.close()
                     stopped_after.append(len(seen))
                     return
             time.sleep(0.1)

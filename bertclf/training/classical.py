@@ -17,9 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def fit_on_cluster(cfg: TrainConfig, data: TrainingData) -> tuple[Baseline, np.ndarray]:
-    """(baseline, its validation probabilities) from a one-CPU Ray task, before the train workers take the CPUs."""
+    """(baseline, its validation probabilities) from a one-CPU Ray task, before the train workers take the CPUs.
+    Inside a Tune trial (a placement group whose bundles hold the trial's CPUs for its workers) it is fitted
+    here, in the trial's driver: a task would either not fit the group or wait for CPUs the trials hold."""
     import ray
+    from ray.util import get_current_placement_group
 
+    if get_current_placement_group() is not None:
+        return fit_baseline(cfg, data)
     task = ray.remote(num_cpus=1, max_retries=1)(fit_baseline)
     return ray.get(task.options(name="bertclf-baseline").remote(cfg, data))
 
