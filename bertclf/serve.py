@@ -17,6 +17,7 @@ For KubeRay's RayService (cluster/kuberay/rayservice.yaml): `import_path: bertcl
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoint annotations (Request) at runtime
 import asyncio
+import copy
 import dataclasses
 import hmac
 import ipaddress
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
@@ -42,7 +44,29 @@ log = logging.getLogger(__name__)
 APP_NAME = "bertclf"
 
 
-api = FastAPI(title="bertclf", description="labels and per-label probabilities for texts", version=__version__)
+# FastAPI's own /docs, /redoc and /openapi.json would answer anyone: the replica serves them itself, behind the
+# token when one is set (Classifier.openapi_json, .docs, .redoc).
+api = FastAPI(title="bertclf", description="labels and per-label probabilities for texts", version=__version__,
+              docs_url=None, redoc_url=None, openapi_url=None)
+
+# The bearer scheme, declared in the schema: required on /predict and /labels, optional on /healthz (more with it).
+BEARER = "bearerAuth"
+BEARER_SCHEME = {"type": "http", "scheme": "bearer",
+                 "description": "Authorization: Bearer <token>, where the endpoint was started with --auth-token-env"}
+TOKEN_REQUIRED = {"security": [{BEARER: []}]}
+TOKEN_OPTIONAL = {"security": [{}, {BEARER: []}]}
+
+
+def openapi_schema(with_token: bool = True) -> dict:
+    """The OpenAPI schema: with the bearer scheme and each operation's requirement where a token is set, without
+    either where none is (what that replica enforces)."""
+    schema = copy.deepcopy(api.openapi())
+    if with_token:
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER] = BEARER_SCHEME
+    else:
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            operation.pop("security", None)
+    return schema
 
 
 # The bodies as pydantic models, so /openapi.json and /docs describe them. /predict still reads and checks its
@@ -91,7 +115,7 @@ def _errors(*codes: int) -> dict:
 
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": PredictRequest.model_json_schema()}}}}
+    "schema": PredictRequest.model_json_schema()}}}, **TOKEN_REQUIRED}
 
 
 class RequestError(Exception):
@@ -362,19 +386,40 @@ class Classifier:
             return JSONResponse({"error": f"texts[{i}] could not be scored: {why}"}, status_code=500)
         return {"predictions": [{"predicted": r["predicted"], "probabilities": r["probabilities"]} for r in rows]}
 
-    @api.get("/healthz", response_model=HealthResponse, response_model_exclude_none=True)
+    @api.get("/healthz", response_model=HealthResponse, response_model_exclude_none=True, openapi_extra=TOKEN_OPTIONAL)
     async def healthz(self, request: Request) -> Any:
         if not authorized(request, self.token):  # liveness without a token; what is served only with it
             return {"status": "ok"}
         return {"status": "ok", "checkpoint": self.cfg.checkpoint, "uptime_s": round(time.time() - self.started, 1)}
 
-    @api.get("/labels", response_model=LabelsResponse, responses=_errors(401))
+    @api.get("/labels", response_model=LabelsResponse, responses=_errors(401), openapi_extra=TOKEN_REQUIRED)
     async def labels(self, request: Request) -> Any:
         if not authorized(request, self.token):
             return unauthorized()
         space = self.predictor.space
         return {"task": space.task, "labels": space.names,
                 "thresholds": dict(zip(space.names, space.thresholds, strict=True))}
+
+    # the schema and its two viewers, behind the token like /labels: they name every route and body
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(self, request: Request) -> Any:
+        if not authorized(request, self.token):
+            return unauthorized()
+        return JSONResponse(openapi_schema(with_token=self.token is not None))
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Any:
+        if not authorized(request, self.token):
+            return unauthorized()
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                                   title=f"{api.title} - Swagger UI")
+
+    @api.get("/redoc", include_in_schema=False)
+    async def redoc(self, request: Request) -> Any:
+        if not authorized(request, self.token):
+            return unauthorized()
+        return get_redoc_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                              title=f"{api.title} - ReDoc")
 
 
 def application(cfg: ServeConfig):

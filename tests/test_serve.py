@@ -361,9 +361,9 @@ def test_rayservice_manifest_has_what_kuberay_needs():
 
 def test_openapi_describes_the_request_and_response_bodies():
     """/docs and /openapi.json name the bodies (pydantic models), while /predict still checks its body itself."""
-    from bertclf.serve import api
+    from bertclf.serve import openapi_schema
 
-    spec = api.openapi()
+    spec = openapi_schema()
     predict = spec["paths"]["/predict"]["post"]
     body = predict["requestBody"]["content"]["application/json"]["schema"]
     assert body["title"] == "PredictRequest" and body["required"] == ["texts"]
@@ -378,8 +378,36 @@ def test_openapi_describes_the_request_and_response_bodies():
     assert ref(spec["paths"]["/healthz"]["get"]["responses"]["200"]) == "HealthResponse"
 
 
+def test_the_schema_declares_the_bearer_scheme_where_a_token_is_set():
+    from bertclf.serve import openapi_schema
+
+    spec = openapi_schema(with_token=True)
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        **spec["components"]["securitySchemes"]["bearerAuth"], "type": "http", "scheme": "bearer"}
+    security = {path: op.get("security") for path, ops in spec["paths"].items() for op in ops.values()}
+    assert security == {"/predict": [{"bearerAuth": []}], "/labels": [{"bearerAuth": []}],
+                        "/healthz": [{}, {"bearerAuth": []}]}
+    assert set(spec["paths"]) == {"/predict", "/labels", "/healthz"}, "the docs routes are not operations"
+    open_spec = openapi_schema(with_token=False)
+    assert "securitySchemes" not in open_spec["components"]
+    assert not any("security" in op for ops in open_spec["paths"].values() for op in ops.values())
+
+
 def test_openapi_is_served_by_the_endpoint(endpoint):
     url, _ = endpoint
     status, spec = _call(f"{url}/openapi.json")
     assert status == 200 and "PredictResponse" in spec["components"]["schemas"]
     assert spec["info"]["version"] != "0+unknown"
+    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize("path,marker", [("/openapi.json", b'"openapi"'), ("/docs", b"swagger-ui"),
+                                         ("/redoc", b"redoc")])
+def test_the_schema_and_its_viewers_need_the_token_where_one_is_set(endpoint, path, marker):
+    url, _ = endpoint
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{url}{path}", headers=headers), timeout=60)
+        assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"] == "Bearer"
+    with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", headers=AUTH), timeout=60) as answer:
+        assert answer.status == 200 and marker in answer.read()
