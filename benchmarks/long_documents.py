@@ -71,6 +71,7 @@ def evaluate_three_ways(best: str, test_uri: str, text_column: str = "text") -> 
     the probabilities `bertclf score` writes), each with its validation-tuned thresholds."""
     import pyarrow.parquet as pq
 
+    from bertclf import checkpoint
     from bertclf.baseline import Baseline
     from bertclf.blend import combine
     from bertclf.inference import Predictor
@@ -106,7 +107,10 @@ def evaluate_three_ways(best: str, test_uri: str, text_column: str = "text") -> 
         weight = blend.best_weight if blend else 1.0
         out[f"blend at {weight}"] = scores(combine(transformer, base, weight), blend.thresholds if blend else None)
     out["checkpoint"] = (out.get(f"blend at {blend.weight}") if blend and blend.used else out["transformer"])
-    return {"task": space.task, "rows": len(texts), "labels": len(space.names), "max_length": ckpt.max_length,
+    history = checkpoint.run_history(best, ckpt.meta)
+    return {"task": space.task, "rows": len(texts),
+            "train_loop_minutes": round(sum(h.train_seconds for h in history) / 60, 1) if history else None,
+            "epochs": len(history), "labels": len(space.names), "max_length": ckpt.max_length,
             "long_text": predictor.long_text, "test": out, "inference_seconds": seconds,
             "validation": {"transformer": {k: record.metric(k) for k in keys if record.metric(k) is not None},
                            "baseline": record.baseline, "blend": blend.to_dict() if blend else None}
