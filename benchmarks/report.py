@@ -330,8 +330,9 @@ def long_documents_table(groups: dict[tuple[str, str], dict]) -> str:
         rows.append([r["dataset"], f"{r['task']}, {r['labels']} labels, {r['rows']:,} rows", key,
                      num(test["transformer"].get(key), 3), num(test.get("baseline", {}).get(key), 3),
                      num(test["checkpoint"].get(key), 3), chosen, f"{r['max_length']}, {r['long_text']}",
-                     f"{r['train_wall_minutes']} min" if r.get("train_wall_minutes") else
-                     f"{r['train_loop_minutes']} min (train loop)" if r.get("train_loop_minutes") else "-",
+                     (f"{r['train_wall_minutes']} min" if r.get("train_wall_minutes") else
+                      f"{r['train_loop_minutes']} min (train loop)" if r.get("train_loop_minutes") else "-")
+                     + (f", {r['epochs']} epoch(s)" if r.get("epochs") else ""),
                      r["cpu_class"],
                      str(r.get("date", ""))[:10]])
     return markdown_table(["dataset", "test split", "metric", "transformer", "TF-IDF baseline", "checkpoint",
