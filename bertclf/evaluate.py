@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from bertclf.config import EvaluateConfig, LabelledDataConfig, ReportConfig
-from bertclf.report.evaluation import count_labelled, evaluation_report, numbers
+from bertclf.report.evaluation import against_baseline, count_labelled, evaluation_report, numbers
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
@@ -21,10 +21,16 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if cfg.report:
         report = evaluation_report(ReportConfig(**shared, output=cfg.report))
         return {"checkpoint": cfg.checkpoint, "report": cfg.report, "long_text": report["long_text"],
-                **report["headline"], "per_label": report["per_label"]}
+                **report["headline"], **_baseline_line(report.get("baseline")), "per_label": report["per_label"]}
     counts, ckpt, long_text = count_labelled(ReportConfig(**shared))
     headline, per_label = numbers(counts)
-    return {"checkpoint": ckpt.uri, "long_text": long_text, **headline, "per_label": per_label}
+    return {"checkpoint": ckpt.uri, "long_text": long_text, **headline,
+            **_baseline_line(against_baseline(ckpt.meta.metrics)), "per_label": per_label}
+
+
+def _baseline_line(compared: dict | None) -> dict:
+    """The checkpoint's validation comparison with its TF-IDF baseline, as one sentence (none: older checkpoints)."""
+    return {"against_baseline": compared["sentence"]} if compared else {}
 
 
 # the interface other modules, jobs and benchmarks use
