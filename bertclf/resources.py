@@ -108,9 +108,71 @@ def connect(address: str | None = None) -> dict[str, float]:
         kwargs["runtime_env"] = {"worker_process_setup_hook": LOG_SETUP_HOOK, "env_vars": env} if not in_job \
             else _job_additions({k: env[k] for k in (logs.LEVEL_ENV, progress.EVERY_ENV) if k in env})
         ray.init(**kwargs)
+        if not address:
+            reap_when_gone(ray._private.worker._global_node.get_session_dir_path())
     resources = ray.cluster_resources()
     log.info("ray: connected, cluster resources CPU=%s GPU=%s", resources.get("CPU", 0), resources.get("GPU", 0))
     return resources
+
+
+# A private Ray's GCS and raylet die with their driver (Ray starts them with PDEATHSIG), but the raylet's
+# DashboardAgent and RuntimeEnvAgent, on finding their raylet killed, first try to report it to the dead GCS with a
+# 60 s timeout: after a kill -9 of the driver they outlived it by 60-90 s. This watcher, a separate process polling
+# the driver's pid (and its start time: a reused pid is not the driver), kills whatever of the session is left
+# once the driver has ended, by any means (after a normal exit ray.shutdown() has already stopped it all).
+_REAPER = r"""
+import os, signal, sys, time
+driver, session = int(sys.argv[1]), sys.argv[2]
+def stat(pid):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return "gone", None
+started = stat(driver)[1]
+while True:
+    state, start = stat(driver)
+    if state in ("gone", "Z", "X") or start != started:
+        break
+    time.sleep(0.5)
+def in_session(pid):
+    try:
+        words = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                words.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass
+    except OSError:
+        return False
+    values = [w.split("=", 1)[1] if w.startswith("-") and "=" in w else w for w in words]
+    return any(v == session or v.startswith(session + "/") for v in values)
+for _ in range(3):
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (os.getpid(), driver)]:
+        if in_session(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    time.sleep(0.5)
+"""
+
+
+def reap_when_gone(session_dir: str) -> None:
+    """Start the watcher that stops what is left of this driver's private Ray (`session_dir`) once the driver has
+    ended, kill -9 included (Linux: it reads /proc)."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    # its own session: Ctrl-C in the terminal doesn't stop it before the driver has ended
+    _REAPERS.append(subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), session_dir],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True, close_fds=True))
+
+
+_REAPERS: list = []  # the watchers started (a Popen collected while running would warn)
 
 
 def _job_additions(env: dict[str, str]) -> dict:

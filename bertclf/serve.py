@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -460,16 +461,34 @@ def start(cfg: ServeConfig) -> str:
     return url
 
 
+class _Stop(Exception):
+    """SIGTERM: stop serving as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Stop
+
+
 def serve_forever(cfg: ServeConfig) -> None:
-    """`bertclf serve`: start, then keep serving until interrupted."""
+    """`bertclf serve`: start, then keep serving until Ctrl-C or SIGTERM; then the app is deleted and Ray shut
+    down, which stops a private Ray this process started whole (a `ray start` cluster is only left)."""
+    import ray
+
     start(cfg)
+    # after ray.init: Ray's core worker installs a SIGTERM handler that aborts the process (exit -6) before a
+    # private Ray is stopped, which left its DashboardAgent and RuntimeEnvAgent running for a minute or more
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        log.info("stopping the endpoint")
+    except (KeyboardInterrupt, _Stop) as stop:
+        log.info("stopping the endpoint (%s)", "SIGTERM" if isinstance(stop, _Stop) else "interrupted")
     finally:
-        serve.delete(APP_NAME)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
 
 
 # the interface other modules, jobs and benchmarks use

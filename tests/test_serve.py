@@ -411,3 +411,41 @@ def test_the_schema_and_its_viewers_need_the_token_where_one_is_set(endpoint, pa
         assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"] == "Bearer"
     with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", headers=AUTH), timeout=60) as answer:
         assert answer.status == 200 and marker in answer.read()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_bertclf_serve_and_its_private_ray_whole(tiny_model, tmp_path):
+    """`bertclf serve` on a private Ray, SIGTERM: it exits 0 and no process of that Ray is left (its DashboardAgent
+    and RuntimeEnvAgent used to outlive it by 60-90 s; the driver aborted with -6)."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", tiny_model, "multi_label", [0.5, 0.5, 0.5])
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bertclf.cli", "serve", "--checkpoint", str(ckpt), "--port",
+                             str(port), "--set", "precision=fp32"], env=env, cwd=tmp_path,
+                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            with contextlib.suppress(OSError, ValueError):  # refused, or not yet the app (plain-text 404)
+                if _call(f"http://127.0.0.1:{port}/healthz", headers={})[0] == 200:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        ray_procs = {p.pid: p.name() for p in psutil.Process(proc.pid).children(recursive=True)}
+        assert {"raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= set(ray_procs.values()), ray_procs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        deadline = time.monotonic() + 10
+        while (left := {pid: n for pid, n in ray_procs.items() if psutil.pid_exists(pid)
+                        and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"left running 10 s after bertclf serve exited: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
