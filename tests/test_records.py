@@ -42,14 +42,14 @@ def test_format_1_checkpoint_meta_is_read_with_per_label_inside_metrics():
     assert meta.metrics.per_label["a"]["support"] == 4
     assert [h.epoch for h in meta.history] == [1, 2] and meta.data.n_train == 90
     written = json.loads(meta.to_json())
-    assert written["format"] == 3 and "per_label" not in written and written["metrics"]["per_label"]["a"]["f1"] == 0.67
+    assert written["format"] == 4 and "per_label" not in written and written["metrics"]["per_label"]["a"]["f1"] == 0.67
     assert meta.tuning.method == "full" and written["tuning"]["loads_with_transformers"] is True  # format 1-2: full
     assert CheckpointMeta.from_json(meta.to_json()) == meta
 
 
 def test_a_newer_format_is_refused_by_name():
-    with pytest.raises(RecordError, match="CheckpointMeta format 4 is newer"):
-        CheckpointMeta.from_dict({**FORMAT_1_CHECKPOINT, "format": 4})
+    with pytest.raises(RecordError, match="CheckpointMeta format 5 is newer"):
+        CheckpointMeta.from_dict({**FORMAT_1_CHECKPOINT, "format": 5})
     assert issubclass(RecordError, InputError)
 
 
