@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
+from conftest import make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf import baseline, checkpoint
 from bertclf.blend import choose, combine
@@ -135,7 +135,8 @@ def test_a_checkpoint_without_a_baseline_still_loads_and_gives_the_transformer_a
                                predictor.transformer_probabilities(predictor.token_ids(texts)))
 
 
-def test_predict_score_and_evaluate_give_the_blended_probabilities(ray_local, blended, tmp_path):
+def test_predict_and_evaluate_give_the_blended_probabilities(ray_local, blended, tmp_path):
+    """(`score` gives them too: test_serve's endpoint serves a blended checkpoint and compares with a score run.)"""
     rows = make_rows(40, seed=21, multi_label=False)
     texts = [r["text"] for r in rows]
     predictor = Predictor.load(str(blended), device="cpu", precision="fp32")
@@ -148,21 +149,45 @@ def test_predict_score_and_evaluate_give_the_blended_probabilities(ray_local, bl
     np.testing.assert_allclose([[p["probabilities"][n] for n in LABELS] for p in predicted], want[:3], atol=1e-6)
 
     write_rows(tmp_path / "in.parquet", rows)
-    score(ScoreConfig(checkpoint=str(blended), input=str(tmp_path / "in.parquet"), output=str(tmp_path / "out"),
-                      precision="fp32", compile="off"))
-    scored = read_scores(tmp_path / "out")
-    by_id = {r["id"]: i for i, r in enumerate(rows)}
-    order = [by_id[i] for i in scored["id"].to_pylist()]
-    got = np.stack([scored[f"prob_{n}"].to_numpy() for n in LABELS], axis=1)
-    np.testing.assert_allclose(got, want[order], atol=1e-5)
-
     metrics = evaluate(EvaluateConfig(checkpoint=str(blended), data=str(tmp_path / "in.parquet")))
     truth = np.array([LABELS.index(r["label"]) for r in rows])
     # evaluate runs at the CPU's precision (bf16 where native): one near-tie may flip
     assert metrics["accuracy"] == pytest.approx(float((want.argmax(axis=1) == truth).mean()), abs=1 / len(rows))
 
 
-@pytest.mark.parametrize("change", ["blend_weight", pytest.param("tokenizer", marks=pytest.mark.slow)])
+def _changed_copy(blended, directory, change: str):
+    """The blended checkpoint with another blend weight, or with two vocabulary ids swapped (same weights)."""
+    changed = shutil.copytree(blended, directory)
+    if change == "blend_weight":
+        meta = json.loads((changed / "bertclf.json").read_text())
+        meta["blend"]["weight"] = 0.7
+        (changed / "bertclf.json").write_text(json.dumps(meta))
+    else:
+        tokenizer = json.loads((changed / "tokenizer.json").read_text())
+        vocab = tokenizer["model"]["vocab"]
+        a, b = sorted(w for w in vocab if w.isalpha() and len(w) > 2)[:2]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (changed / "tokenizer.json").write_text(json.dumps(tokenizer))
+        assert checkpoint.load(str(changed)).fingerprint() == checkpoint.load(str(blended)).fingerprint()
+    return changed
+
+
+@pytest.mark.parametrize("change", ["blend_weight", "tokenizer"])
+def test_the_reuse_key_and_the_parts_settings_follow_the_blend_and_the_tokenizer(change, blended, tmp_path):
+    from bertclf.scoring.manifest import scored_with
+    from bertclf.scoring.reuse import reuse_key
+
+    cfg = ScoreConfig(checkpoint=str(blended))
+    keys = []
+    for ckpt in (blended, _changed_copy(blended, tmp_path / change, change)):
+        loaded = checkpoint.load(str(ckpt))
+        settings = scored_with(cfg, loaded, ("id",))
+        keys.append((reuse_key(loaded.fingerprint(), settings), settings))
+    assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+
+
+@pytest.mark.slow  # end to end on Ray (~20 s each); the keys it rests on are checked above by default
+@pytest.mark.parametrize("change", ["blend_weight", "tokenizer"])
 def test_reuse_never_copies_across_a_blend_or_tokenizer_change(change, ray_local, blended, tmp_path):
     rows = make_rows(60, seed=22, multi_label=False)
     for day in ("2026-12-05", "2026-12-06"):
@@ -174,18 +199,7 @@ def test_reuse_never_copies_across_a_blend_or_tokenizer_change(change, ray_local
                                  output=str(tmp_path / root / "date={date}"), precision="fp32", compile="off"))
 
     night(blended, "first", "2026-12-05")
-    changed = shutil.copytree(blended, tmp_path / change)
-    if change == "blend_weight":
-        meta = json.loads((changed / "bertclf.json").read_text())
-        meta["blend"]["weight"] = 0.7
-        (changed / "bertclf.json").write_text(json.dumps(meta))
-    else:
-        tokenizer = json.loads((changed / "tokenizer.json").read_text())
-        vocab = tokenizer["model"]["vocab"]
-        a, b = sorted(w for w in vocab if w.isalpha() and len(w) > 2)[:2]
-        vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: other token ids, same weights
-        (changed / "tokenizer.json").write_text(json.dumps(tokenizer))
-        assert checkpoint.load(str(changed)).fingerprint() == checkpoint.load(str(blended)).fingerprint()
+    changed = _changed_copy(blended, tmp_path / change, change)
 
     # (that the same checkpoint does reuse such a copy is test_score_reuse's)
     shutil.copytree(tmp_path / "first" / "date=2026-12-05", tmp_path / f"out-{change}" / "date=2026-12-05")
