@@ -354,9 +354,14 @@ def test_rayservice_manifest_has_what_kuberay_needs():
     ServeConfig(**app["args"]).validate()
     cluster = spec["rayClusterConfig"]
     assert cluster["headGroupSpec"]["rayStartParams"] is not None and cluster["workerGroupSpecs"]
+    from bertclf.serve import BODY_LIMIT_ENV, PROXY_CALLBACK_ENV, max_body_bytes
+
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         for container in group["template"]["spec"]["containers"]:
             assert not any("AWS_SECRET" in str(e) for e in container.get("env", [])), "no keys in manifests"
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert env[PROXY_CALLBACK_ENV] == "bertclf.serve:proxy_middlewares", "every node's proxy limits bodies"
+            assert int(env[BODY_LIMIT_ENV]) == max_body_bytes(ServeConfig(**app["args"]))
 
 
 def test_openapi_describes_the_request_and_response_bodies():
