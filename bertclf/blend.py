@@ -61,4 +61,12 @@ def choose(mode: str, space: LabelSpace, targets: np.ndarray, transformer: np.nd
                        thresholds=values[best][1] if used and values[best][1] is not None else None)
 
 
-__all__ = ["WEIGHTS", "choose", "combine", "selection_metric"]
+def comparison(choice: BlendChoice) -> str:
+    """The sentence a reader needs: how the transformer did against the TF-IDF baseline on validation."""
+    gap = choice.transformer - choice.baseline
+    verb = "beats" if gap > 0 else "loses to" if gap < 0 else "ties with"
+    return (f"the transformer {verb} a TF-IDF baseline by {abs(gap):.4f} {choice.metric} on validation "
+            f"({choice.transformer:.4f} vs {choice.baseline:.4f})")
+
+
+__all__ = ["WEIGHTS", "choose", "combine", "comparison", "selection_metric"]

@@ -222,8 +222,8 @@ def test_an_epoch_with_a_baseline_is_compared_in_the_log_and_the_report(caplog):
     assert record.blend.used and record.scalars()["baseline_accuracy"] == 1.0 and "blend_weight" in record.scalars()
     with caplog.at_level("INFO"):
         log_epoch(record, 3)
-    assert "loses to the TF-IDF baseline" in caplog.text
+    assert "the transformer loses to a TF-IDF baseline by" in caplog.text
     compared = against_baseline(record)
-    assert compared["sentence"].startswith("On validation the transformer loses to a TF-IDF baseline by")
+    assert compared["sentence"].startswith("The transformer loses to a TF-IDF baseline by")
     assert compared["metrics"]["accuracy"]["baseline"] == 1.0 and set(compared["per_label_f1"]) == set(LABELS)
     assert against_baseline(dataclasses.replace(record, baseline=None, blend=None)) is None, "older checkpoints"

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertclf import checkpoint, storage, tracking
+from bertclf.blend import comparison
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.labelled import check_labelled_files
 from bertclf.progress import Progress
@@ -155,10 +156,8 @@ def against_baseline(record: EpochRecord | None) -> dict | None:
         return None
     b = record.blend
     transformer = record.scalars()
-    gap = b.transformer - b.baseline
-    verb = "beats" if gap > 0 else "loses to" if gap < 0 else "ties with"
-    sentence = (f"On validation the transformer {verb} a TF-IDF baseline by {abs(gap):.4f} {b.metric} "
-                f"({b.transformer:.4f} vs {b.baseline:.4f}). "
+    compared = comparison(b)
+    sentence = (f"{compared[0].upper()}{compared[1:]}. "
                 + (f"The checkpoint blends the two (transformer weight {b.weight}): {b.blended:.4f}."
                    if b.used else f"The checkpoint is the transformer alone ({b.reason})."))
     return {"sentence": sentence, "blend": b.to_dict(),

@@ -132,7 +132,7 @@ def _check_complete_output(cfg: ScoreConfig, output: str) -> None:
             f"{output} is complete ({SUCCESS}) but its manifest can't be read ({exc}), so which checkpoint wrote it "
             f"is unknown: pass --overwrite to score it again with {cfg.checkpoint}, or choose another --output"
         ) from None
-    passthrough = tuple(dict.fromkeys(c for c in [cfg.id_column, *cfg.passthrough_columns] if c))  # _check_columns'
+    passthrough = _passthrough(cfg)
     check_complete(output, manifest, cfg.checkpoint, ckpt.fingerprint(), scored_with(cfg, ckpt, passthrough))
 
 
@@ -293,7 +293,7 @@ def _actor_plan(cfg: ScoreConfig, units: int | None = None) -> ScorePlan:
 def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
     """The text, id and pass-through columns must be in every input file, the id and pass-through columns of one
     type in all of them (parts of mixed types make one output no reader can load whole); errors name the files."""
-    wanted = [c for c in [cfg.id_column, *cfg.passthrough_columns] if c]
+    wanted = _passthrough(cfg)
     first: dict[str, tuple[str, object]] = {}  # column -> (the first file, its type there)
     for uri, schema in schemas.items():
         for col in [cfg.text_column, *wanted]:
@@ -307,7 +307,12 @@ def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
             if kind != seen:
                 raise DataError(f"{role} column {col!r} is {seen} in {seen_uri} but {kind} in {uri}: the output would "
                                 "hold parts of both types; cast the column to one type in every input file")
-    return tuple(dict.fromkeys(wanted))
+    return wanted
+
+
+def _passthrough(cfg: ScoreConfig) -> tuple[str, ...]:
+    """The columns copied to the output: the id column, then the pass-through columns, each once."""
+    return tuple(dict.fromkeys(c for c in [cfg.id_column, *cfg.passthrough_columns] if c))
 
 
 def _comparable_type(arrow_type):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bertclf.blend import choose, selection_metric
+from bertclf.blend import choose, comparison, selection_metric
 from bertclf.config import TrainConfig, as_dict
 from bertclf.labels import LabelSpace, probabilities
 from bertclf.metrics import classification_metrics, tune_thresholds
@@ -103,10 +103,8 @@ def log_epoch(record: EpochRecord, epochs: int) -> None:
              f"{record.first_batch_seconds:.1f}s)")
     if record.blend is not None:
         b = record.blend
-        verb = "beats" if b.transformer > b.baseline else "loses to" if b.transformer < b.baseline else "ties"
-        log.info(f"epoch {record.epoch}/{epochs} the transformer {verb} the TF-IDF baseline by "
-                 f"{b.transformer - b.baseline:+.4f} {b.metric} on validation ({b.transformer:.4f} vs "
-                 f"{b.baseline:.4f}); blend at weight {b.best_weight}: {b.blended:.4f}; {b.reason}")
+        log.info(f"epoch {record.epoch}/{epochs} {comparison(b)}; blend at weight {b.best_weight}: {b.blended:.4f}; "
+                 f"{b.reason}")
 
 
 def should_checkpoint(epoch: int, cfg: TrainConfig, history: list[EpochRecord]) -> bool:
