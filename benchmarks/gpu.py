@@ -3,7 +3,7 @@ replicas run, called directly.
 
     python benchmarks/gpu.py --models minilm=DIR mpnet=DIR --short texts.parquet --long texts.parquet --out r.json
 
-1. Every architecture (the seven tiny random encoders of tests/tiny_architectures.py): the classifier built as a
+1. Every architecture (the seven tiny random encoders of bertclf/dev/tiny_architectures.py): the classifier built as a
    GPU train worker builds it (attention chosen per model class), each method it takes trained for a few bf16
    steps through the worker's own `accumulate_gradients` with the worker's planned GPU token budget, and a
    checkpoint's probabilities from `Predictor` on the GPU (fp32 and bf16) against the CPU's fp32.
@@ -27,7 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))  # bertclf from this checkout: the GPU machine runs it uninstalled
 
 BUDGETS = [(16384, 256), (65536, 1024), (262144, 4096)]  # (max tokens, max rows) per scoring micro-batch
 TRAIN_LENGTHS = [128, 512]
@@ -44,8 +44,7 @@ def gib(n: float) -> float:
 
 def synthetic_rows(n: int, seed: int) -> tuple[list[str], list[list[float]]]:
     """Texts whose words predict their labels (the tests' synthetic rows) with multi-hot targets."""
-    from conftest import make_rows
-    from tiny_architectures import LABEL_WORDS
+    from bertclf.dev.synthetic import LABEL_WORDS, make_rows
 
     names = sorted(LABEL_WORDS)
     rows = make_rows(n, seed, True)
@@ -106,10 +105,10 @@ def worker(model, device, cfg):
 
 def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
     import torch
-    from tiny_architectures import LABEL_WORDS
 
     from bertclf import adapters
     from bertclf.config import TrainConfig
+    from bertclf.dev.synthetic import LABEL_WORDS
     from bertclf.labels import LabelSpace
     from bertclf.modeling import attention_for, build_classifier, keep_head_in_fp32, load_tokenizer
     from bertclf.training.worker import accumulate_gradients
@@ -136,9 +135,9 @@ def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
 def architectures(workdir: Path) -> dict:
     import numpy as np
     import torch
-    from conftest import save_tiny_checkpoint
-    from tiny_architectures import ARCHITECTURES, TAKES_PREFIX, build_tiny
 
+    from bertclf.dev.tiny_architectures import ARCHITECTURES, TAKES_PREFIX, build_tiny
+    from bertclf.dev.tiny_model import save_tiny_checkpoint
     from bertclf.inference import Predictor
 
     device = torch.device(DEVICE)

@@ -25,8 +25,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as bc  # noqa: E402
 
-sys.path.insert(0, str(bc.REPO / "cluster"))
-from local import free_port  # noqa: E402
+from bertclf.dev.ports import free_port  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,6 +30,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "cluster"), str(REPO / "benchmarks")]
 
+from bertclf.dev.ports import free_port  # noqa: E402
+
 LOG_CAP_BYTES = 15 * 2**20  # a file under $OUT comes back only under 16 MiB
 BERTCLF = [sys.executable, "-m", "bertclf.cli"]
 
@@ -171,12 +173,6 @@ def slice_data(data: Path, work: Path, train_rows: int | None, eval_rows: int | 
             path = out
         paths[split] = str(path)
     return paths
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RayHead:

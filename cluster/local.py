@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Local single-node cluster: a Ray head on 127.0.0.1 plus a moto S3 server, so jobs/*.py are submitted exactly as
-on a real cluster (`ray job submit`) and read/write s3:// URIs. Also used by tests/conftest.py.
+on a real cluster (`ray job submit`) and read/write s3:// URIs. Its ports and moto starter are bertclf.dev's, which
+the tests use too.
 
     eval "$(.venv/bin/python cluster/local.py up)"   # start, wait until jobs can be submitted, print the exports
     .venv/bin/python cluster/local.py status|down    # down stops ONLY what up started: never a bare `ray stop`
@@ -15,22 +16,20 @@ every ray.init() reads), BERTCLF_STATE_DIR (.bertclf-local under the repo: state
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
-HOST = "127.0.0.1"
+from bertclf.dev.ports import HOST, free_port, http_ok, wait_for_port
+from bertclf.dev.servers import find_tool, start_moto
+
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {"RAY_PORT": 6380, "RAY_DASHBOARD_PORT": 8265, "RAY_DASHBOARD_AGENT_PORT": 52365, "RAY_CLIENT_PORT": 10001,
          "S3_PORT": 5555}
@@ -45,13 +44,6 @@ def die(msg: str) -> NoReturn:
     raise SystemExit(f"[local.py] error: {msg}")
 
 
-def free_port() -> int:
-    """A port the kernel says is unused on HOST right now, for a server started next."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def pick_ports(names: Iterable[str]) -> dict[str, int]:
     """Per knob: the port given (it must be free: fail clearly), else the default when free, else a free one, so
     that another Ray or moto on this host (tests start their own) never collides with ours."""
@@ -64,44 +56,6 @@ def pick_ports(names: Iterable[str]) -> dict[str, int]:
             port = free_port()
         ports[name] = port
     return ports
-
-
-def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> bool:
-    """Wait until something accepts TCP on HOST:port; False on timeout or as soon as `proc` (the server) exits."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return True
-        except OSError:
-            if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-                return False
-            time.sleep(0.2)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return 200 <= r.status < 300
-    except Exception:  # refused, reset, 5xx while starting: all mean "not ready"
-        return False
-
-
-def find_tool(name: str) -> str | None:
-    """`name` next to this interpreter first (a venv's bin works without activating it), else on PATH."""
-    here = Path(sys.executable).parent / name
-    return str(here) if os.access(here, os.X_OK) else shutil.which(name)
-
-
-def start_moto(port: int, log_path: Path | str, env: dict | None = None, detach: bool = False) -> subprocess.Popen:
-    """moto's S3 server on HOST:port, output to log_path (never our stdout, which `$(...)` would wait on);
-    `detach`: its own session, so it outlives `up` and ignores the terminal's signals."""
-    moto = [sys.executable, "-m", "moto.server"] if importlib.util.find_spec("moto") else [find_tool("moto_server")]
-    if moto[0] is None:
-        die("moto not found (pip install 'moto[server]', or BERTCLF_S3=0)")
-    with open(log_path, "wb") as out:
-        return subprocess.Popen([*moto, "-H", HOST, "-p", str(port)], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=detach)
 
 
 def start_ray_head(temp_dir: Path, ports: dict[str, int], env: dict, log_path: Path) -> None:
@@ -206,7 +160,10 @@ def up(state_dir: Path) -> int:
     (state_dir / "state.json").write_text(json.dumps(state))
     try:
         if s3:
-            moto = start_moto(ports["S3_PORT"], state_dir / "moto.log", env, detach=True)
+            try:
+                moto = start_moto(ports["S3_PORT"], state_dir / "moto.log", env, detach=True)
+            except RuntimeError as exc:  # moto not installed
+                die(f"{exc} (or BERTCLF_S3=0: no S3)")
             (state_dir / "state.json").write_text(json.dumps(state | {"moto_pid": moto.pid}))
         start_ray_head(temp_dir, ports, env, state_dir / "ray-start.log")
         log(f"waiting for the Jobs API at {url}")

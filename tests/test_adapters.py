@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from conftest import LABEL_WORDS
 
 from bertclf import adapters, checkpoint
 from bertclf.adapters import load_for_inference
 from bertclf.config import TrainConfig
+from bertclf.dev.synthetic import LABEL_WORDS
 from bertclf.errors import CheckpointError, ConfigError
 from bertclf.labels import LabelSpace
 from bertclf.modeling import build_classifier, keep_head_in_fp32, load_tokenizer

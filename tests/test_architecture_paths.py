@@ -1,4 +1,4 @@
-"""Every path for every architecture a user brings. The seven tiny random encoders (tests/tiny_architectures.py)
+"""Every path for every architecture a user brings. The seven tiny random encoders (bertclf/dev/tiny_architectures.py)
 go through `predict` and `explain` in the default suite, and `score` through Ray Data there for one architecture per
 tokenizer family (all seven with `-m slow`). The slower paths are marked
 `slow`: 2-worker training with each method the architecture takes, then resume, `report` and `serve` on the
@@ -17,20 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, free_port, make_rows, read_scores, write_rows
-from tiny_architectures import (
-    ARCHITECTURES,
-    TAKES_PREFIX,
-    arch_checkpoint,
-    assert_scores_match_reference,
-    build_tiny,
-    reference_probabilities,
-)
+from reference_scores import assert_scores_match_reference, reference_probabilities
 
 from bertclf.config import ReportConfig, ScoreConfig, ServeConfig, TrainConfig
+from bertclf.dev.ports import free_port
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_architectures import ARCHITECTURES, TAKES_PREFIX, arch_checkpoint, build_tiny
 from bertclf.explain import Explainer
 from bertclf.inference import Predictor, predict_texts
 from bertclf.scoring import run as score
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEXTS = ["happy glad smile the day", "angry mad it was so very furious today", "x"]
 NAMES = ["anger", "fear", "joy"]

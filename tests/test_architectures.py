@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LABEL_WORDS, make_rows, write_rows
-from tiny_architectures import ARCHITECTURES, TAKES_PREFIX, build_tiny
 
 from bertclf import adapters
 from bertclf.config import TrainConfig
+from bertclf.dev.synthetic import LABEL_WORDS, make_rows, write_rows
+from bertclf.dev.tiny_architectures import ARCHITECTURES, TAKES_PREFIX, build_tiny
 from bertclf.errors import ConfigError
 from bertclf.labels import LabelSpace
 from bertclf.modeling import attention_for, build_classifier, load_tokenizer

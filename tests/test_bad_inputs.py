@@ -18,10 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port, make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf import checkpoint, storage
 from bertclf.cli import failed_files_are_bad_input, main
+from bertclf.dev.ports import free_port
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import StorageError, UnreadableFileError
 from bertclf.units import read_parquet_part
 

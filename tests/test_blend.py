@@ -11,11 +11,12 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf import baseline, checkpoint
 from bertclf.blend import choose, combine
 from bertclf.config import EvaluateConfig, ScoreConfig
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.evaluate import evaluate
 from bertclf.inference import Predictor, predict_texts
 from bertclf.labels import LabelSpace, encode_targets

@@ -8,12 +8,17 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import boto3
 import pytest
-from conftest import REPO, build_tiny_bert, free_port, make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf import storage
+from bertclf.dev.ports import free_port
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import build_tiny_bert, save_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 RUNTIME_EXCLUDES = [".venv", ".git", "runs", "tests", ".bertclf-local", "**/__pycache__"]
 

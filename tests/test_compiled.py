@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf import compiled
 from bertclf.config import ScoreConfig
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.inference import Predictor
 from bertclf.scoring import run
 

@@ -7,9 +7,10 @@ import random
 
 import pytest
 import torch
-from conftest import FILLER, build_tiny_bert, save_tiny_checkpoint
 
 from bertclf import adapters, cli
+from bertclf.dev.synthetic import FILLER
+from bertclf.dev.tiny_model import build_tiny_bert, save_tiny_checkpoint
 from bertclf.errors import InputError
 from bertclf.explain import Explainer, render_html, render_terminal
 from bertclf.labels import LabelSpace

@@ -20,7 +20,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_rows, write_rows
+
+from bertclf.dev.synthetic import make_rows, write_rows
+
+REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "cluster"))
 import gpu_carry  # noqa: E402

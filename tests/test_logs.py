@@ -13,14 +13,17 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
-from conftest import REPO, save_tiny_checkpoint
 
 from bertclf import __version__, logs
 from bertclf.cli import main
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import ConfigError
 from bertclf.resources import LOG_SETUP_HOOK, SETUP_HOOK_ENV_VAR, _job_additions
+
+REPO = Path(__file__).resolve().parents[1]
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) (\S+): (.*)$")
 

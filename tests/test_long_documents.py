@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import FILLER, LABEL_WORDS, read_scores, save_tiny_checkpoint, write_rows
 
 from bertclf.config import ScoreConfig, TrainConfig
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import FILLER, LABEL_WORDS, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import ConfigError
 from bertclf.inference import window_layout
 from bertclf.modeling import load_tokenizer

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import LABEL_WORDS, make_rows, write_rows
 
 from bertclf import adapters
 from bertclf.config import EvaluateConfig
+from bertclf.dev.synthetic import LABEL_WORDS, make_rows, write_rows
 from bertclf.evaluate import evaluate
 from bertclf.inference import pool_window_logits, special_tokens_around, window_starts, windows
 from bertclf.labels import LabelSpace

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import REPO, free_port, make_rows, read_scores, save_tiny_checkpoint, write_rows
 
 from bertclf import storage
 from bertclf.config import ScoreConfig, TrainConfig
+from bertclf.dev.ports import free_port
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 MULTIPLE_RAYS = "Found multiple active Ray instances"
 

@@ -10,10 +10,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf.cli import main
 from bertclf.config import ScoreConfig
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import DataError, InputError
 from bertclf.scoring import run
 from bertclf.scoring.driver import EmptyInputError

@@ -13,11 +13,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, save_tiny_checkpoint, write_rows
 from PIL import Image
 
 from bertclf import adapters, cli, storage
 from bertclf.config import ReportConfig, ScoreConfig
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import CheckpointError, DataError, InputError, LabelError
 from bertclf.records import EpochRecord
 from bertclf.report import evaluation_report, scores_report

@@ -10,11 +10,14 @@ import os
 
 import numpy as np
 import pytest
-from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
-from tiny_architectures import ARCHITECTURES, arch_checkpoint, assert_scores_match_reference
+from reference_scores import assert_scores_match_reference
 
 from bertclf import storage
 from bertclf.config import ScoreConfig
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_architectures import ARCHITECTURES, arch_checkpoint
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.records import WorkUnit
 from bertclf.scoring import ScoreError, run
 from bertclf.scoring.tokens import ReadSettings, UnitTokenizer, pack, tokenized_batches, unpack

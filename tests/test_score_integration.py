@@ -9,11 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
 
 from bertclf import adapters, storage
 from bertclf.checkpoint import CheckpointError
 from bertclf.config import ScoreConfig
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.scoring import ScoreError, run
 
 THRESHOLDS = [0.45, 0.5, 0.55]

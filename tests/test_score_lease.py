@@ -15,10 +15,11 @@ from collections import Counter
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf import storage
 from bertclf.config import ScoreConfig
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import InputError
 from bertclf.records import Lease, PartStats, WorkUnit
 from bertclf.scoring import ScoreError, run

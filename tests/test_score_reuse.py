@@ -15,10 +15,12 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
 
 from bertclf import storage
 from bertclf.config import ScoreConfig
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import ConfigError
 from bertclf.scoring import run
 from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, read_index, text_hashes, write_index

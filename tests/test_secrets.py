@@ -12,10 +12,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import make_rows, write_rows
 
 from bertclf import storage
 from bertclf.config import ScoreConfig, TrainConfig
+from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.resources import connect
 from bertclf.scoring import run as score
 from bertclf.training import run as train

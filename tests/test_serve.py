@@ -19,9 +19,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, free_port, make_rows, save_tiny_checkpoint, write_rows
 
 from bertclf.config import ScoreConfig, ServeConfig
+from bertclf.dev.ports import free_port
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import ConfigError
 from bertclf.inference import predict_texts
 from bertclf.scoring import run as score
@@ -33,6 +35,8 @@ from bertclf.serve import (
     parse_texts,
     predict_batch,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEXTS = ["happy glad day", "scared panic work", "angry mad hate furious", "", "the day"]
 # the replicas read the token from their environment: set before this module's Ray starts, which they inherit

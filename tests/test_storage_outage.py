@@ -15,10 +15,12 @@ import time
 from urllib.parse import urlparse
 
 import pytest
-from conftest import make_rows, read_scores, save_tiny_checkpoint, write_rows
 from faults import FaultProxy
 
 from bertclf import storage
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import StorageError
 from bertclf.scoring import lease as leases
 from bertclf.scoring.lease import LEASE, LeaseKeeper, OutputLeasedError, acquire, check_lease, read_lease

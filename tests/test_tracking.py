@@ -8,22 +8,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, free_port, make_rows, save_tiny_checkpoint, write_rows
 from faults import FaultProxy
 from mlflow.tracking import MlflowClient  # bertclf[tracking-server]: cluster/install.sh installs it
 
 from bertclf import cli
 from bertclf.config import ReportConfig, TrainConfig
+from bertclf.dev.ports import free_port
+from bertclf.dev.servers import start_mlflow, stop_group, wait_healthy
+from bertclf.dev.synthetic import make_rows, write_rows
+from bertclf.dev.tiny_model import save_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 SERVER_START_S = 240  # ~50 s on this 2-core machine under load: the server imports a lot before it listens
 
@@ -34,39 +37,13 @@ def mlflow_server(tmp_path_factory):
     as against a remote server); stopped by its process group at the end."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    log_file = open(root / "server.log", "w")
-    # the server's background job runner (a pool of huey consumers) is for GenAI jobs: not needed, and slow to start
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                             "--artifacts-destination", str(root / "artifacts")],
-                            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = start_mlflow(root, port)
     uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(uri, proc, root / "server.log")
+        wait_healthy(uri, proc, root / "server.log", SERVER_START_S)
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log_file.close()
-
-
-def _wait_healthy(uri: str, proc: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlflow server not healthy after {SERVER_START_S}s: {log_path.read_text()[-3000:]}")
+        stop_group(proc)
 
 
 def _data(tmp_path: Path) -> dict:

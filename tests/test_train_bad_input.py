@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_rows, write_rows
 
 from bertclf import training
 from bertclf.config import TrainConfig
+from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.errors import DataError, InputError
 from bertclf.modeling import ModelError
 from bertclf.storage import StorageError

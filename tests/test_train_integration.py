@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_rows, write_rows
 
 from bertclf import storage
 from bertclf.config import TrainConfig
+from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.training import run
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "f1_micro", "f1_macro", "f1_weighted", "roc_auc_macro", "per_label"}

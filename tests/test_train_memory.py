@@ -7,11 +7,11 @@ import logging
 import random
 
 import pytest
-from conftest import make_rows, write_rows
 
 from bertclf import storage
 from bertclf.cli import main as cli_main
 from bertclf.config import TrainConfig
+from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.training import run
 
 

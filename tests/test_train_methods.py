@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_rows, read_scores, write_rows
 from test_train_integration import _config, _metrics_lines, _shards_to_s3
 
 from bertclf import storage
 from bertclf.config import ScoreConfig
+from bertclf.dev.scores import read_scores
+from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.inference import Predictor, predict_texts
 from bertclf.scoring import run as score
 from bertclf.training import run as train

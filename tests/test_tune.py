@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, make_rows, write_rows
 
 from bertclf import tuning
 from bertclf.config import TrainConfig
+from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.errors import ConfigError
 from bertclf.inference import predict_texts
 from bertclf.tuning import SearchSpec
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _data(tmp_path) -> dict:
@@ -155,8 +157,8 @@ def test_a_trial_stopped_early_is_published_from_the_checkpoint_its_run_kept(tin
     from types import SimpleNamespace
 
     import pandas as pd
-    from conftest import save_tiny_checkpoint
 
+    from bertclf.dev.tiny_model import save_tiny_checkpoint
     from bertclf.tuning.driver import _publish, trial_rows
 
     kept = save_tiny_checkpoint(tmp_path / "ray_train" / "checkpoint_1", tiny_model, "multi_class")

@@ -1,14 +1,14 @@
 """Tiny random encoders of the seven architectures users bring (BERT, RoBERTa, XLM-R, DistilBERT, DeBERTa-v2,
 MPNet, ELECTRA), each with a tokenizer of its own class (WordPiece, byte-level BPE, Unigram) that knows the
-synthetic words, built in the test: nothing is downloaded."""
+synthetic words: nothing is downloaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import FILLER, LABEL_WORDS
+from bertclf.dev.synthetic import WORDS
+from bertclf.dev.tiny_model import save_tiny_checkpoint
 
-WORDS = sorted({w for ws in LABEL_WORDS.values() for w in ws} | set(FILLER))
 LETTERS = list("abcdefghijklmnopqrstuvwxyz")
 SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 ARCHITECTURES = ["bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "mpnet", "electra"]
@@ -84,33 +84,8 @@ def build_tiny(directory: Path, arch: str, positions: int = 64):
 def arch_checkpoint(directory: Path, arch: str) -> Path:
     """A bertclf checkpoint (directory/ckpt) of a tiny `arch` model (built in directory/base) with a fresh head
     over the three synthetic labels, multi-label."""
-    from conftest import save_tiny_checkpoint
-
     return save_tiny_checkpoint(directory / "ckpt", build_tiny(directory / "base", arch), "multi_label",
                                 [0.45, 0.5, 0.55])
 
 
-def reference_probabilities(checkpoint: Path | str, texts: list[str], max_length: int = 32):
-    """The checkpoint's multi-label probabilities read with plain transformers, one text at a time: no padding, no
-    bertclf batching, sorting or graph; what every bertclf path must reproduce."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    with torch.inference_mode():
-        return np.stack([torch.sigmoid(model(**tokenizer(t, truncation=True, max_length=max_length,
-                                                          return_tensors="pt", return_token_type_ids=False)
-                                             ).logits[0]).numpy() for t in texts])
-
-
-def assert_scores_match_reference(scores, checkpoint: Path | str, rows: list[dict]) -> None:
-    """A scoring output's probabilities (a table of `id` and `prob_<label>` columns; it carries no texts) equal
-    reference_probabilities of the input rows' texts, matched by id."""
-    import numpy as np
-
-    text_of = {r["id"]: r["text"] for r in rows}
-    ids = scores["id"].to_pylist()
-    got = np.stack([scores[f"prob_{n}"].to_numpy() for n in sorted(LABEL_WORDS)], axis=1)
-    np.testing.assert_allclose(got, reference_probabilities(checkpoint, [text_of[i] for i in ids]), atol=1e-5)
+__all__ = ["ARCHITECTURES", "TAKES_PREFIX", "arch_checkpoint", "build_tiny"]
