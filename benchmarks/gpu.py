@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bertclf from this checkout: the GPU machine runs it uninstalled
@@ -88,19 +87,22 @@ def precisions() -> tuple[str, ...]:
     return ("fp32", "bf16") if DEVICE == "cuda" else ("fp32",)
 
 
-def worker(model, device, cfg):
-    """What `accumulate_gradients` reads of a train worker, with the memory plan a GPU worker makes (`plan`)."""
+def step_for(model, device, cfg):
+    """(the step context a train worker builds for `model`, multi-label; the memory plan a GPU worker makes, or on
+    a CPU smoke run the planner's answer for a fixed share)."""
     import torch
 
     from bertclf.adapters import hf_model
+    from bertclf.training import StepContext
     from bertclf.training.memory import plan_for_model
     from bertclf.training.worker import gpu_memory_plan
 
     plan = (gpu_memory_plan(cfg, model, device, True) if DEVICE == "cuda" else
             plan_for_model(model, hf_model(model).config, cfg, share_bytes=CPU_SMOKE_SHARE, device_type="cpu",
                            bf16=False))
-    return SimpleNamespace(model=model, device=device, bf16=DEVICE == "cuda", loss_fn=torch.nn.BCEWithLogitsLoss(),
-                           max_tokens_per_batch=plan.max_tokens_per_batch, plan=plan)
+    step = StepContext(model=model, device=device, bf16=DEVICE == "cuda", loss_fn=torch.nn.BCEWithLogitsLoss(),
+                       max_tokens_per_batch=plan.max_tokens_per_batch)
+    return step, plan
 
 
 def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
@@ -111,7 +113,7 @@ def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
     from bertclf.dev.synthetic import LABEL_WORDS
     from bertclf.labels import LabelSpace
     from bertclf.modeling import attention_for, build_classifier, keep_head_in_fp32, load_tokenizer
-    from bertclf.training.worker import accumulate_gradients
+    from bertclf.training import accumulate_gradients
 
     cfg = TrainConfig(model=str(model_dir), method=method, lora_rank=4, prefix_length=4, max_length=32,
                       batch_size=16, learning_rate=2e-3)
@@ -119,17 +121,17 @@ def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
     model = adapters.apply_method(build_classifier(str(model_dir), space, False, DEVICE), cfg)
     keep_head_in_fp32(adapters.hf_model(model))
     model.to(device).train()
-    w = worker(model, device, cfg)
+    step, _ = step_for(model, device, cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, fused=True)
     texts, targets = synthetic_rows(16 * steps, seed=1)
     losses = []
     for batch in batches(load_tokenizer(str(model_dir)), texts, targets, 16, 32):
-        losses.append(float(accumulate_gradients(w, batch)))
+        losses.append(float(accumulate_gradients(step, batch)))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return {"attention": attention_for(DEVICE, str(model_dir)), "loss_first": round(losses[0], 4),
             "loss_last": round(losses[-1], 4), "finite": all(math.isfinite(x) for x in losses),
-            "planned_max_tokens": w.max_tokens_per_batch}
+            "planned_max_tokens": step.max_tokens_per_batch}
 
 
 def architectures(workdir: Path) -> dict:
@@ -234,8 +236,7 @@ def training(ckpt: Path, texts: list[str], steps: int) -> list[dict]:
     from bertclf.adapters import hf_model
     from bertclf.config import TrainConfig
     from bertclf.modeling import attention_for, from_pretrained, load_tokenizer
-    from bertclf.training.memory import ModelShape, activation_bytes_per_row, fixed_bytes
-    from bertclf.training.worker import accumulate_gradients
+    from bertclf.training import accumulate_gradients
 
     device = torch.device(DEVICE)
     tokenizer = load_tokenizer(str(ckpt))
@@ -243,7 +244,7 @@ def training(ckpt: Path, texts: list[str], steps: int) -> list[dict]:
     for length in TRAIN_LENGTHS:
         model = from_pretrained(str(ckpt), attention_for(DEVICE, str(ckpt))).to(device).train()
         config = hf_model(model).config
-        w = worker(model, device, TrainConfig(model=str(ckpt), max_length=length, batch_size=TRAIN_BATCH))
+        step, plan = step_for(model, device, TrainConfig(model=str(ckpt), max_length=length, batch_size=TRAIN_BATCH))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
         long_text = " ".join(texts)  # one long text cut to `length` tokens: every row is full length
         rows = [long_text] * TRAIN_BATCH
@@ -255,23 +256,20 @@ def training(ckpt: Path, texts: list[str], steps: int) -> list[dict]:
             if step == WARMUP_STEPS:
                 sync()
                 t0 = time.perf_counter()
-            accumulate_gradients(w, batch)
+            accumulate_gradients(step, batch)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         sync()
         timed = steps - WARMUP_STEPS
         seconds = time.perf_counter() - t0
-        params = sum(p.numel() for p in model.parameters())
-        shape = ModelShape.from_config(config, params)
         eager = attention_for(DEVICE, config) == "eager"
-        planned = fixed_bytes(shape, bf16=DEVICE == "cuda") + w.plan.rows_at_max_length * activation_bytes_per_row(
-            shape, length, bf16=DEVICE == "cuda", eager_attention=eager)
         run = {"length": length, "batch": TRAIN_BATCH, "attention": "eager" if eager else "sdpa",
-               "planned_max_tokens": w.max_tokens_per_batch, "samples_per_s": round(timed * TRAIN_BATCH / seconds, 1),
-               "peak_gib": peak_gib(), "planner_estimate_gib": gib(planned)}
+               "planned_max_tokens": plan.max_tokens_per_batch,
+               "samples_per_s": round(timed * TRAIN_BATCH / seconds, 1), "peak_gib": peak_gib(),
+               "planner_estimate_gib": gib(plan.estimated_bytes)}
         print(f"[gpu]   train {json.dumps(run)}", flush=True)
         results.append(run)
-        del model, optimizer, w
+        del model, optimizer, step
     return results
 
 

@@ -6,7 +6,7 @@ For each length, three runs, each in a fresh process (so its peak RSS is its own
 doing `--steps` optimizer steps (fused AdamW, full fine-tuning, the precision the CPU runs natively) on
 `--batch-size` newsgroups20 training texts truncated to the length:
 - `whole`: the baseline, every row of the batch in one forward/backward (bertclf before token budgets);
-- `planned`: bertclf's worker step (bertclf.training.worker.accumulate_gradients) in micro-batches of the token
+- `planned`: bertclf's worker step (bertclf.training.accumulate_gradients) in micro-batches of the token
   budget bertclf.training.memory plans for a worker on this node with --workers-per-node workers, eager attention;
 - `planned_sdpa`: the same budget with PyTorch's SDPA attention, to see whether its fused CPU kernels save memory
   or time at long lengths.
@@ -46,14 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def one_run(spec: dict) -> dict:
     """One configuration in this process; returns its peak RSS and step time."""
-    from types import SimpleNamespace
-
     import pyarrow.parquet as pq
     import torch
 
     from bertclf.inference import pad_batch, tokenize
     from bertclf.modeling import load_tokenizer, packaged_model_dir
-    from bertclf.training import Batch, accumulate_gradients
+    from bertclf.training import Batch, StepContext, accumulate_gradients
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -70,12 +68,12 @@ def one_run(spec: dict) -> dict:
     ids, mask = pad_batch(tokenize(tokenizer, texts, spec["length"]), tokenizer.pad_token_id)
     batch = Batch(ids, mask, torch.randint(0, 20, (len(texts),)).numpy())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    worker = SimpleNamespace(model=model, device=torch.device("cpu"), bf16=spec["bf16"],
-                             loss_fn=torch.nn.CrossEntropyLoss(), max_tokens_per_batch=spec["max_tokens"])
+    step = StepContext(model=model, device=torch.device("cpu"), bf16=spec["bf16"],
+                       loss_fn=torch.nn.CrossEntropyLoss(), max_tokens_per_batch=spec["max_tokens"])
     times = []
     for _ in range(spec["steps"]):
         t0 = time.perf_counter()
-        accumulate_gradients(worker, batch)
+        accumulate_gradients(step, batch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
@@ -88,16 +86,17 @@ def plan_for(length: int, batch_size: int, workers: int, bf16: bool) -> tuple[in
     """(token budget, worker share in bytes) bertclf plans for a worker of this node at this length."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from bertclf.config import TrainConfig
     from bertclf.modeling import packaged_model_dir
-    from bertclf.training import ModelShape, node_share, plan_memory
+    from bertclf.training.memory import node_share, plan_for_model
 
     config = AutoConfig.from_pretrained(str(packaged_model_dir()), num_labels=20)
-    params = sum(p.numel() for p in AutoModelForSequenceClassification.from_config(config).parameters())
+    model = AutoModelForSequenceClassification.from_config(config)
     psutil = bc.import_psutil()
     share = node_share(psutil.virtual_memory().total, workers)
-    shape = ModelShape.from_config(config, params)
-    plan = plan_memory(shape, share_bytes=share, max_length=length, batch_size=batch_size, bf16=bf16,
-                       eager_attention=True)
+    # a CPU worker: eager attention (bertclf.modeling.attention_for), full fine-tuning
+    plan = plan_for_model(model, config, TrainConfig(max_length=length, batch_size=batch_size), share_bytes=share,
+                          device_type="cpu", bf16=bf16)
     return plan.max_tokens_per_batch, share
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -20,7 +18,7 @@ from bertclf.training.memory import (
     plan_memory,
     train_workers_share,
 )
-from bertclf.training.worker import accumulate_gradients
+from bertclf.training.step import StepContext, accumulate_gradients
 
 MINILM = ModelShape(layers=6, hidden=384, heads=12, intermediate=1536, parameters=22_700_000,
                     trainable_parameters=22_700_000)
@@ -43,8 +41,8 @@ def test_plan_fits_the_share_and_keeps_the_step_of_batch_size_rows():
     plan = plan_memory(MINILM, share_bytes=share, max_length=512, batch_size=32, bf16=False, eager_attention=True)
     rows = plan.rows_at_max_length
     assert 1 <= rows < 32 and plan.max_tokens_per_batch == rows * 512
-    assert fixed_bytes(MINILM, bf16=False) + rows * activation_bytes_per_row(
-        MINILM, 512, bf16=False, eager_attention=True) <= share
+    assert plan.estimated_bytes == fixed_bytes(MINILM, bf16=False) + rows * activation_bytes_per_row(
+        MINILM, 512, bf16=False, eager_attention=True) <= share, "the plan reports the estimate it fits to the share"
     assert plan.micro_batches_at_max_length * rows >= 32
     assert f"{rows} per micro-batch" in plan.describe() and "worker share" in plan.describe()
     short = plan_memory(MINILM, share_bytes=share, max_length=48, batch_size=32, bf16=False, eager_attention=True)
@@ -100,9 +98,9 @@ def test_accumulated_micro_batches_give_the_whole_batchs_gradients(tiny_model, m
 
     def grads(budget: int) -> tuple[float, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
-        worker = SimpleNamespace(model=model, device=torch.device("cpu"), bf16=False, loss_fn=loss_fn,
-                                 max_tokens_per_batch=budget)
-        loss = float(accumulate_gradients(worker, batch))
+        step = StepContext(model=model, device=torch.device("cpu"), bf16=False, loss_fn=loss_fn,
+                           max_tokens_per_batch=budget)
+        loss = float(accumulate_gradients(step, batch))
         return loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     whole_loss, whole = grads(12 * 40)

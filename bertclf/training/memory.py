@@ -76,10 +76,18 @@ class MemoryPlan:
     max_length: int
     batch_size: int
     planned: bool  # False when max_tokens_per_batch was set by hand
+    model_bytes: int  # fixed_bytes: weights, gradients, optimizer state, runtime
+    row_bytes: int  # activation_bytes_per_row of one max_length row
 
     @property
     def rows_at_max_length(self) -> int:
         return max(1, min(self.batch_size, self.max_tokens_per_batch // self.max_length))
+
+    @property
+    def estimated_bytes(self) -> int:
+        """The planner's estimate of a worker's peak memory: the model's fixed bytes and one micro-batch of
+        max_length rows' activations (what benchmarks compare a measured peak with)."""
+        return self.model_bytes + self.rows_at_max_length * self.row_bytes
 
     @property
     def micro_batches_at_max_length(self) -> int:
@@ -98,11 +106,13 @@ def plan_memory(shape: ModelShape, *, share_bytes: int, max_length: int, batch_s
     """The token budget of one training micro-batch on a worker with `share_bytes`; ConfigError when not even one
     row of `max_length` tokens fits, so the run fails before training instead of as a killed worker."""
     row = activation_bytes_per_row(shape, max_length, bf16=bf16, eager_attention=eager_attention)
-    room = SAFETY * (share_bytes - fixed_bytes(shape, bf16=bf16))
+    fixed = fixed_bytes(shape, bf16=bf16)
+    room = SAFETY * (share_bytes - fixed)
     if max_tokens_per_batch is not None:
-        return MemoryPlan(share_bytes, max_tokens_per_batch, max_length, batch_size, planned=False)
+        return MemoryPlan(share_bytes, max_tokens_per_batch, max_length, batch_size, planned=False,
+                          model_bytes=fixed, row_bytes=row)
     if room < row:
-        need = fixed_bytes(shape, bf16=bf16) + row / SAFETY
+        need = fixed + row / SAFETY
         raise ConfigError(
             f"one {max_length}-token row needs about {need / GIB:.1f} GiB on a train worker (model with "
             f"{shape.parameters:,} parameters, {shape.trainable_parameters:,} training) but a worker's share is "
@@ -111,7 +121,7 @@ def plan_memory(shape: ModelShape, *, share_bytes: int, max_length: int, batch_s
     rows = int(room // row)
     # rows of max_length that fit, as a token budget; shorter rows fit more (their attention is smaller)
     budget = min(rows, batch_size) * max_length
-    return MemoryPlan(share_bytes, budget, max_length, batch_size, planned=True)
+    return MemoryPlan(share_bytes, budget, max_length, batch_size, planned=True, model_bytes=fixed, row_bytes=row)
 
 
 def plan_for_model(model, config, cfg, *, share_bytes: int, device_type: str, bf16: bool) -> MemoryPlan:
@@ -150,5 +160,5 @@ def train_workers_share(nodes: list[dict], num_workers: int, cpus_per_worker: fl
     return min(shares)
 
 
-__all__ = ["GIB", "MemoryPlan", "ModelShape", "activation_bytes_per_row", "fixed_bytes", "micro_batch_rows",
-           "node_share", "plan_for_model", "plan_memory", "train_workers_share"]
+__all__ = ["GIB", "MemoryPlan", "ModelShape", "micro_batch_rows", "node_share", "plan_for_model", "plan_memory",
+           "train_workers_share"]

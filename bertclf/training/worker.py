@@ -6,7 +6,6 @@ computes the epoch's metrics from everyone's validation logits, writes metrics.j
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -24,7 +23,7 @@ from bertclf.config import TrainConfig
 from bertclf.progress import Progress, format_duration
 from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
-from bertclf.training.batching import Batch, length_grouped_batches
+from bertclf.training.batching import length_grouped_batches
 from bertclf.training.data import TrainingData, positive_weights, validation_rows
 from bertclf.training.epochs import (
     EpochTotals,
@@ -34,11 +33,10 @@ from bertclf.training.epochs import (
     should_checkpoint,
     with_baseline,
 )
-from bertclf.training.memory import MemoryPlan, micro_batch_rows, plan_for_model
+from bertclf.training.memory import MemoryPlan, plan_for_model
+from bertclf.training.step import StepContext, accumulate_gradients
 
 if TYPE_CHECKING:
-    import torch
-
     from bertclf.baseline import Baseline
 
 log = logging.getLogger(__name__)
@@ -54,20 +52,16 @@ class Worker:
     data: TrainingData
     rank: int
     world: int
-    device: Any
-    bf16: bool
+    step: StepContext  # the model as prepared by Ray Train (DDP-wrapped when world > 1), device, bf16, loss, budget
     tokenizer: Any
-    model: Any  # as prepared by Ray Train (DDP-wrapped when world > 1)
     raw_model: Any
     optimizer: Any
     scheduler: Any
-    loss_fn: Any
     shard: Any
     val_texts: list[str]
     val_targets: np.ndarray
     steps_per_epoch: int
     tuning: TuningInfo
-    max_tokens_per_batch: int
     start_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
     tracker: Any = None  # rank 0's bertclf.tracking.Run when the run is tracked
@@ -145,11 +139,10 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
         log.info(f"{world} worker(s), device {device.type}, bf16 {bf16}, {steps_per_epoch} steps/epoch, "
                  f"{cfg.epochs} epoch(s); method {cfg.method}: {tuning.trainable_parameters:,} of "
                  f"{tuning.total_parameters:,} parameters train")
-    return Worker(cfg=cfg, data=data, rank=rank, world=world, device=device, bf16=bf16, tokenizer=tokenizer,
-                  model=model, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-                  shard=ray.train.get_dataset_shard("train"), val_texts=val_texts, val_targets=val_targets,
-                  steps_per_epoch=steps_per_epoch, tuning=tuning,
-                  max_tokens_per_batch=max_tokens,
+    step = StepContext(model=model, device=device, bf16=bf16, loss_fn=loss_fn, max_tokens_per_batch=max_tokens)
+    return Worker(cfg=cfg, data=data, rank=rank, world=world, step=step, tokenizer=tokenizer, raw_model=raw_model,
+                  optimizer=optimizer, scheduler=scheduler, shard=ray.train.get_dataset_shard("train"),
+                  val_texts=val_texts, val_targets=val_targets, steps_per_epoch=steps_per_epoch, tuning=tuning,
                   start_epoch=start_epoch, history=history)
 
 
@@ -180,10 +173,10 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
     import torch
 
     cfg = w.cfg
-    w.model.train()
+    w.step.model.train()
     t0 = time.perf_counter()
     totals = EpochTotals()
-    loss_sum = torch.zeros((), device=w.device)  # summed on the device: read back only for a progress line
+    loss_sum = torch.zeros((), device=w.step.device)  # summed on the device: read back only for a progress line
     # rank 0 speaks for all: every rank runs the same number of steps of the same size
     steps = Progress(f"epoch {epoch + 1}/{cfg.epochs}", w.steps_per_epoch, "steps", log=log) if w.rank == 0 else None
     batches = WaitClock(w.shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches,
@@ -193,8 +186,8 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
     for batch in length_grouped_batches(batches, w.tokenizer, max_length=cfg.max_length,
                                         batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch,
                                         windows=cfg.train_windows, stride=cfg.chunk_stride):
-        loss = accumulate_gradients(w, batch)
-        torch.nn.utils.clip_grad_norm_(w.model.parameters(), cfg.max_grad_norm)
+        loss = accumulate_gradients(w.step, batch)
+        torch.nn.utils.clip_grad_norm_(w.step.model.parameters(), cfg.max_grad_norm)
         w.optimizer.step()
         w.scheduler.step()
         w.optimizer.zero_grad(set_to_none=True)
@@ -223,31 +216,6 @@ def run_projection(w: Worker, epoch: int, steps_done: int, seconds: float) -> st
     return f"; whole run ({w.cfg.epochs - w.start_epoch} epoch(s)) projected {format_duration(total)} of training"
 
 
-def accumulate_gradients(w: Worker, batch: Batch) -> torch.Tensor:
-    """Forward and backward over the batch in micro-batches of at most `max_tokens_per_batch` padded tokens; each
-    micro-batch's mean loss is weighted by its share of the rows, so the gradients equal the whole batch's.
-    DDP all-reduces once, on the last micro-batch. Returns the batch's mean loss as a 0-d tensor on the device
-    (detached): reading it would make the host wait for the device every step."""
-    import torch
-
-    parts = micro_batch_rows(len(batch.target), batch.input_ids.shape[1], w.max_tokens_per_batch)
-    total = torch.zeros((), device=w.device)
-    for i, rows in enumerate(parts):
-        mask = batch.attention_mask[rows]
-        longest = int(mask.sum(dim=1).max())  # a micro-batch pads only to its own longest row
-        enc = {"input_ids": batch.input_ids[rows, :longest].to(w.device),
-               "attention_mask": mask[:, :longest].to(w.device)}
-        target = torch.as_tensor(batch.target[rows], device=w.device)
-        sync = i == len(parts) - 1 or not hasattr(w.model, "no_sync")
-        with contextlib.nullcontext() if sync else w.model.no_sync():
-            with torch.autocast(device_type=w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
-                logits = w.model(**enc).logits
-            loss = w.loss_fn(logits.float(), target) * (len(target) / len(batch.target))
-            loss.backward()
-        total += loss.detach()
-    return total
-
-
 def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
     """Gather validation logits and counts on rank 0, record the epoch, checkpoint it when due, report."""
     import ray.train
@@ -255,9 +223,9 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
 
     from bertclf.inference import logits_for_texts
 
-    w.model.eval()
+    w.step.model.eval()
     local_logits = logits_for_texts(w.raw_model, w.tokenizer, w.val_texts, max_length=w.cfg.max_length,
-                                    bf16=w.bf16, device=w.device, long_text=w.cfg.long_text,
+                                    bf16=w.step.bf16, device=w.step.device, long_text=w.cfg.long_text,
                                     chunk_stride=w.cfg.chunk_stride, task=w.data.space.task)
     gathered: list = [(local_logits, w.val_targets, w.val_baseline)]
     summed = totals
@@ -345,5 +313,5 @@ def _param_groups(model, weight_decay: float, lr: float, head_lr: float) -> list
             for (is_head, decays), params in groups.items() if params]
 
 
-__all__ = ["METRICS_FILE", "Worker", "accumulate_gradients", "gpu_memory_plan", "loss_function", "set_up",
-           "train_loop_per_worker", "train_one_epoch", "validate_and_report"]
+__all__ = ["METRICS_FILE", "Worker", "gpu_memory_plan", "loss_function", "set_up", "train_loop_per_worker",
+           "train_one_epoch", "validate_and_report"]
