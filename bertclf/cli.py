@@ -30,7 +30,7 @@ from bertclf.config import (
     load_config,
     parse_set_overrides,
 )
-from bertclf.errors import STORAGE_FAILURE, DataError, InputError, StorageError, is_input_failure, unicode_problem
+from bertclf.errors import STORAGE_FAILURE, DataError, InputError, ScoreError, StorageError, unicode_problem
 from bertclf.logs import DEFAULT_LEVEL, LEVEL_ENV, LEVELS
 from bertclf.progress import DEFAULT_EVERY_S, EVERY_ENV, every_seconds
 
@@ -156,24 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertclf {args.command}: failed: {message}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a scheduler needs an exit code and one clear line
-        if failed_files_are_bad_input(exc):
+        if isinstance(exc, ScoreError) and exc.bad_input_only:
             print(f"bertclf {args.command}: error: bad input file(s), not retryable: {exc}", file=sys.stderr,
                   flush=True)
             return EXIT_BAD_INPUT
         log.exception("failed")
         print(f"bertclf {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-
-
-def failed_files_are_bad_input(exc: BaseException) -> bool:
-    """A scoring run that failed per input file (ScoreError, "  <uri>: <Class>: <message>" per file) where every
-    file failed for its data (an InputError or invalid UTF-8 in the actor): exit 2, not 1, so a scheduler does not
-    retry what only fixing the files can fix. Any storage or unknown failure among them keeps exit 1."""
-    if type(exc).__name__ != "ScoreError":
-        return False
-    errors = [line.strip().split(": ", 1)[1] for line in str(exc).splitlines()
-              if line.startswith("  ") and ": " in line.strip()]
-    return bool(errors) and all(is_input_failure(err) for err in errors)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -200,7 +189,9 @@ def _score(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     summary = scoring.run(cfg)
-    print(summary.one_line())
+    log.info("%s", summary.one_line())
+    if summary.drift:
+        log.log(logging.WARNING if summary.drift.alert else logging.INFO, "%s", summary.drift.one_line())
     return EXIT_DRIFT if cfg.drift_fails_job and summary.drift and summary.drift.alert else 0
 
 

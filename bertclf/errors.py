@@ -7,7 +7,7 @@ retries; exit code 1, "a retry may fix it"). Anything else is a bug or a crash (
 
 from __future__ import annotations
 
-import re
+from typing import Literal
 
 
 class InputError(ValueError):
@@ -70,26 +70,30 @@ class StorageError(RuntimeError):
 STORAGE_FAILURE = "storage/network failure (a retry may fix it)"
 
 
-def _input_error_names() -> set[str]:
-    names: set[str] = set()
-    todo: list[type] = [InputError]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return names | {"UnicodeDecodeError"}  # text that is not UTF-8 is the data's fault
+FailureKind = Literal["input", "storage", "other"]
 
 
-def is_input_failure(error: str) -> bool:
-    """Whether a failure reported as text ("ClassName: message", as scoring actors report a unit's failure) is
-    about the input: the class is an InputError (or a UTF-8 decode error). Storage and unknown errors are not."""
-    match = re.match(r"\s*([A-Za-z_][\w.]*)\s*:", error)
-    return bool(match) and match.group(1).rsplit(".", 1)[-1] in _input_error_names()
+def failure_kind(exc: BaseException) -> FailureKind:
+    """What a failure is, decided where it is caught (by type, never from its message): "input" for the data's
+    fault (an InputError, or text that is not UTF-8), "storage" for storage or the network giving out after the
+    retries, "other" for anything else (a bug or a crash). The exit code and whether a run stops follow it."""
+    if isinstance(exc, (InputError, UnicodeDecodeError)):  # before StorageError: a wrong URI is the input's fault
+        return "input"
+    if isinstance(exc, StorageError):
+        return "storage"
+    return "other"
 
 
-def is_storage_failure_text(error: str) -> bool:
-    """Whether a failure reported as text ("ClassName: message", e.g. a scoring unit's) is storage or the network
-    giving out after the retries (a StorageError, not about the input): the rest of the run would fail alike."""
-    match = re.match(r"\s*([A-Za-z_][\w.]*)\s*:", error)
-    return bool(match) and match.group(1).rsplit(".", 1)[-1] == "StorageError"
+class ScoreError(RuntimeError):
+    """Scoring that could not finish; the message names the files that failed. No _SUCCESS is written.
 
+    `kinds` holds the failure_kind of each failed file, as decided where it was caught: when every one is the
+    input's fault the CLI exits 2 (retrying can't help), else 1."""
+
+    def __init__(self, message: str, kinds: tuple[FailureKind, ...] = ()):
+        super().__init__(message)
+        self.kinds = kinds
+
+    @property
+    def bad_input_only(self) -> bool:
+        return bool(self.kinds) and all(kind == "input" for kind in self.kinds)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertclf import checkpoint, storage
-from bertclf.cli import failed_files_are_bad_input, main
+from bertclf.cli import main
 from bertclf.dev.ports import free_port
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
@@ -304,19 +304,44 @@ def test_reads_retry_storage_failures_and_name_damaged_files(monkeypatch, caplog
         read_parquet_part("s3://b/in.parquet", corrupt)
 
 
-def test_units_failed_for_their_data_exit_2_storage_failures_exit_1():
-    from bertclf.scoring import ScoreError
+def test_a_units_failure_kind_is_decided_by_its_type_where_it_is_caught_not_by_its_message():
+    from bertclf.errors import DataError, ScoreError, StorageError, UnreadableFileError, failure_kind
+    from bertclf.records import UnitError, UnitResult
+    from bertclf.storage import StorageInputError
 
-    head = "2 input file(s) failed; other outputs are kept and _SUCCESS is not written. Fix or remove these:\n"
-    data = ScoreError(head + "  /d/a.parquet: UnreadableFileError: /d/a.parquet (row groups 0-1) is not a readable"
-                             " Parquet file\n  s3://b/c.parquet: DataError: s3://b/c.parquet: text column 'text' "
-                             "holds invalid UTF-8 (row 3)")
-    assert failed_files_are_bad_input(data)
-    mixed = ScoreError(head + "  /d/a.parquet: UnreadableFileError: bad\n  s3://b/c.parquet: StorageError: reading "
-                              "s3://b/c.parquet: storage/network failure (a retry may fix it)")
-    assert not failed_files_are_bad_input(mixed)
-    assert not failed_files_are_bad_input(ScoreError(head + "  /d/a.parquet: RuntimeError: injected failure"))
-    assert not failed_files_are_bad_input(RuntimeError("  /d/a.parquet: DataError: x"))
+    assert failure_kind(UnreadableFileError("x")) == "input"
+    assert failure_kind(DataError("StorageError: looks like storage")) == "input"  # the message is not read
+    assert failure_kind(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")) == "input"
+    assert failure_kind(StorageError("DataError: looks like data")) == "storage"
+    assert failure_kind(StorageInputError("no such bucket")) == "input"  # a wrong URI: fix it, don't retry
+    assert failure_kind(RuntimeError("injected failure")) == "other"
+
+    error = UnitError.of(DataError("/d/a.parquet: text column 'text' holds invalid UTF-8 (row 3)"))
+    assert (error.kind, error.error_type, str(error)) == ("input", "DataError", f"DataError: {error.message}")
+    result = UnitResult.from_json(UnitResult(unit="u", input="/d/a.parquet", error=error).to_json())
+    assert result.error == error and not result.ok  # what crosses from the actor keeps its kind
+
+    assert ScoreError("2 input file(s) failed", kinds=("input", "input")).bad_input_only
+    assert not ScoreError("2 input file(s) failed", kinds=("input", "storage")).bad_input_only
+    assert not ScoreError("2 input file(s) failed", kinds=("other",)).bad_input_only
+    assert not ScoreError("row counts don't add up").bad_input_only  # not about files: exit 1
+
+
+def test_units_failed_for_their_data_exit_2_any_other_failure_exit_1(monkeypatch, capsys):
+    from bertclf import scoring
+    from bertclf.errors import ScoreError
+
+    def failing(kinds):
+        def run(cfg):
+            raise ScoreError("1 input file(s) failed:\n  /d/a.parquet: RuntimeError: reworded", kinds=kinds)
+        return run
+
+    argv = ["score", "--checkpoint", "c", "--input", "/d", "--output", "/o"]
+    monkeypatch.setattr(scoring, "run", failing(("input",)))
+    assert main(argv) == 2
+    assert "bad input file(s), not retryable" in capsys.readouterr().err
+    monkeypatch.setattr(scoring, "run", failing(("input", "other")))
+    assert main(argv) == 1
 
 
 def test_storage_failure_and_damaged_file_are_told_apart_on_local_files(tmp_path):

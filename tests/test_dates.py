@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from bertclf.dates import fill_date, has_date, resolve_date
+from bertclf.scoring.dates import fill_date, has_date, resolve_date
 
 D = dt.date(2024, 3, 7)
 

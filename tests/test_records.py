@@ -8,7 +8,7 @@ import pytest
 
 from bertclf.errors import InputError, RecordError
 from bertclf.labels import LabelSpace
-from bertclf.records import CheckpointMeta, EpochRecord, Manifest, PartStats, UnitResult, WorkUnit
+from bertclf.records import CheckpointMeta, EpochRecord, Manifest, PartStats, UnitError, UnitResult, WorkUnit
 
 EPOCH = {"epoch": 2, "train_loss": 0.4, "val_loss": 0.5, "f1_micro": 0.6, "f1_macro": 0.55, "f1_weighted": 0.58,
          "roc_auc_macro": 0.9, "subset_accuracy": 0.3, "hamming_loss": 0.1, "f1_macro_at_0.5": 0.5,
@@ -67,8 +67,9 @@ def test_unit_records_round_trip_across_the_actor_boundary():
                       label_counts={"a": 7}, tokens=900)
     ok = UnitResult.from_json(UnitResult(unit=unit.name, input=unit.uri, stats=stats, seconds=1.5).to_json())
     assert ok.ok and ok.stats == stats
-    failed = UnitResult.from_json(UnitResult(unit=unit.name, input=unit.uri, error="boom").to_json())
-    assert not failed.ok and failed.stats is None
+    error = UnitError("StorageError", "boom", "storage")
+    failed = UnitResult.from_json(UnitResult(unit=unit.name, input=unit.uri, error=error).to_json())
+    assert not failed.ok and failed.stats is None and failed.error == error
 
 
 def test_manifest_of_format_1_reads():

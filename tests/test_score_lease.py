@@ -139,14 +139,14 @@ def test_a_lease_taken_over_mid_run_stops_every_commit(ray_local, checkpoints, c
 
     output = tmp_path / "out"
     thief = "20261122T020000Z-thief001"
-    unit_plan = driver._unit_plan
+    unit_plan = driver.unit_plan
 
     def plan_then_lose_the_lease(*args, **kwargs):
         plan = unit_plan(*args, **kwargs)
         _foreign_lease(output, minutes=10, run_id=thief)
         return plan
 
-    monkeypatch.setattr(driver, "_unit_plan", plan_then_lose_the_lease)
+    monkeypatch.setattr(driver, "unit_plan", plan_then_lose_the_lease)
     with pytest.raises(OutputLeasedError, match=thief):
         run(_cfg(checkpoints[0], corpus, output, num_actors=1))
     assert _parts(output) == [] and "_SUCCESS" not in storage.list_names(str(output))

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,15 +23,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bertclf import storage
-from bertclf.errors import DataError
+from bertclf.errors import DataError, ScoreError
 from bertclf.progress import Progress
-from bertclf.records import PartStats, ReuseSource, UnitResult, WorkUnit
+from bertclf.records import PartStats, ReuseSource, UnitError, UnitResult, WorkUnit
 from bertclf.scoring.drift import HIST_BINS, probability_histograms
 from bertclf.scoring.lease import check_lease
-from bertclf.scoring.manifest import ScoreError
 from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, load_previous, write_index
 from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, pooled, tokenized_batches, unpack
 from bertclf.units import file_metadata
+
+if TYPE_CHECKING:  # driver-side types, only named in for_run's signature
+    from bertclf.resources import ScorePlan
+    from bertclf.scoring.plan import ScoringRun
 
 PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
 # plain footer keys for readers without bertclf: which weights scored the part and which run committed it
@@ -56,10 +59,20 @@ class ScoringSettings:
     run_id: str = ""  # the run holding the output's lease: checked before each part is committed ("": no lease)
     checkpoint_sha256: str = ""  # the weights the driver planned with: an actor that loaded others commits nothing
     scored_with: dict[str, Any] = field(default_factory=dict)  # bertclf.scoring.manifest.scored_with
-    long_text: str = "checkpoint"  # ScoreConfig.long_text
+    long_text: str = "checkpoint"  # truncate | chunk, resolved for the run (ScoringRun.long_text)
     dedupe: bool = True  # score each distinct text of a unit once
     reuse_key: dict[str, Any] = field(default_factory=dict)  # written into each part's index (bertclf.scoring.reuse)
     reuse_source: ReuseSource | None = None  # a previous output to copy probabilities from, loaded once per actor
+
+    @classmethod
+    def for_run(cls, run: ScoringRun, actors: ScorePlan, reuse_source: ReuseSource | None) -> ScoringSettings:
+        """The actors' share of the run: the identity each part records is the one the commit checks."""
+        cfg = run.cfg
+        return cls(checkpoint_uri=run.checkpoint.uri, output_uri=run.output, read=run.read, precision=cfg.precision,
+                   compile=cfg.compile, max_tokens_per_batch=actors.max_tokens_per_batch,
+                   max_batch_rows=actors.max_batch_rows, torch_threads=actors.torch_threads, run_id=run.run_id,
+                   checkpoint_sha256=run.sha256, scored_with=dict(run.settings), long_text=run.long_text,
+                   dedupe=cfg.dedupe, reuse_key=dict(run.reuse_key), reuse_source=reuse_source)
 
 
 def read_part_stats(uri: str) -> PartStats:
@@ -117,12 +130,13 @@ class UnitScorer:
                                                                     self.predictor.baseline_probabilities))
                     result = UnitResult(unit=unit.name, input=unit.uri, stats=stats)
                 elif batch["tokenize_error"][i]:  # reading or tokenizing failed in the CPU stage
-                    result = UnitResult(unit=unit.name, input=unit.uri, error=str(batch["tokenize_error"][i]))
+                    error = UnitError.from_json(batch["tokenize_error"][i])
+                    result = UnitResult(unit=unit.name, input=unit.uri, error=error)
                 else:
                     packed = PackedUnit(batch["tokens"][i], int(batch["rows_in"][i]), int(batch["empty"][i]))
                     result = UnitResult(unit=unit.name, input=unit.uri, stats=self.score_unit(unit, unpack(packed)))
             except Exception as exc:  # noqa: BLE001 - reported per unit; the driver fails the job naming the file
-                result = UnitResult(unit=unit.name, input=unit.uri, error=f"{type(exc).__name__}: {exc}")
+                result = UnitResult(unit=unit.name, input=unit.uri, error=UnitError.of(exc))
             result.seconds = time.perf_counter() - t0
             result.actor_ready_seconds = self.ready_seconds
             result.actor_pid = os.getpid()

@@ -12,20 +12,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bertclf import checkpoint, logs, storage
 from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
-from bertclf.dates import fill_date, resolve_date
-from bertclf.errors import DataError, RecordError, StorageError, is_storage_failure_text
+from bertclf.errors import DataError, RecordError, ScoreError, StorageError
 from bertclf.progress import Progress
-from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitPlan, UnitResult, WorkUnit
-from bertclf.resources import ScorePlan, connect, plan_scoring
+from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitError, UnitResult, WorkUnit
+from bertclf.resources import connect
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.checks import check_before_ray
+from bertclf.scoring.dates import fill_date, resolve_date
 from bertclf.scoring.lease import LEASE, LeaseKeeper, OutputLeasedError, new_run_id
 from bertclf.scoring.manifest import (
     LEGACY_MANIFEST,
@@ -33,21 +33,16 @@ from bertclf.scoring.manifest import (
     SUCCESS,
     CompleteOutputMismatchError,
     ResumeMismatchError,
-    ScoreError,
     check_complete,
     check_resume,
     commit,
     read_manifest,
     scored_with,
 )
+from bertclf.scoring.plan import ScoringRun, actor_plan, unit_plan
 from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
-from bertclf.scoring.tokens import ReadSettings, UnitTokenizer
-from bertclf.units import balanced_rows_per_unit, cut_units, read_footers, text_bytes
-
-PLAN = "_plan.json"
-# mean text bytes per row from which units are sized by their texts' bytes too (about 250 tokens and up: where a
-# row's work grows with its length beyond short texts' fixed costs); shorter corpora are cut by rows alone
-LONG_TEXT_BYTES = 1000
+from bertclf.scoring.tokens import UnitTokenizer
+from bertclf.units import cut_units, read_footers
 
 
 class EmptyInputError(DataError):
@@ -80,20 +75,20 @@ class ScoreSummary:
     reused_from: str | None = None
 
     def one_line(self) -> str:
+        """The run's result in one line (`bertclf score` logs it last, then the drift report's line if any)."""
         if self.already_complete:
-            return f"[bertclf] {self.output} is already complete (_SUCCESS present; --overwrite to redo): nothing to do"
+            return f"{self.output} is already complete (_SUCCESS present; --overwrite to redo): nothing to do"
         top = sorted(self.label_distribution.items(), key=lambda kv: -kv[1])[:5]
         dist = ", ".join(f"{k} {v:.1%}" for k, v in top)
         change = ""
         if self.distribution_change:
             moved = sorted(self.distribution_change.items(), key=lambda kv: -abs(kv[1]))[:3]
             change = "; vs previous partition: " + ", ".join(f"{k} {v * 100:+.1f}pp" for k, v in moved)
-        drift = f"\n[bertclf] {self.drift.one_line()}" if self.drift else ""
         reuse = f", {self.rows_reused} reused from {self.reused_from}" if self.rows_reused else ""
-        return (f"[bertclf] scored {self.rows_out}/{self.rows_in} rows into {self.output} in {self.seconds:.1f}s "
+        return (f"scored {self.rows_out}/{self.rows_in} rows into {self.output} in {self.seconds:.1f}s "
                 f"({self.rows_per_s:.1f} rows/s; {self.units_scored} unit(s) scored, "
                 f"{self.units_skipped} already done; {self.duplicate_rows} duplicate row(s){reuse}); "
-                f"labels: {dist}{change}{drift}")
+                f"labels: {dist}{change}")
 
 
 def run(cfg: ScoreConfig) -> ScoreSummary:
@@ -113,13 +108,17 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     files = storage.list_parquet_files(inputs)
     ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
     footers, unreadable = read_footers(files)
+    timings = {"list_seconds": time.perf_counter() - t_start}
     passthrough = _check_columns(cfg, {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()})
     _check_not_empty(cfg, footers, unreadable)
     check_before_ray(cfg, ckpt, footers, unreadable)  # text types, a UTF-8 sample, weights' sha256: exit 2 before Ray
     storage.check_writable(output)
+    timings["check_inputs_seconds"] = time.perf_counter() - t_start - timings["list_seconds"]
 
     with LeaseKeeper(output, new_run_id()) as lease:  # refused (exit 2) while another run holds the output
-        return _score_output(cfg, ckpt, output, date, files, footers, unreadable, passthrough, lease, t_start)
+        run = _plan_run(cfg, ckpt, output, date, files, footers, passthrough, lease)
+        failures = {uri: UnitError("UnreadableFileError", err, "input") for uri, err in unreadable.items()}
+        return _score_and_commit(run, failures, lease, timings, t_start)
 
 
 def _check_complete_output(cfg: ScoreConfig, output: str) -> None:
@@ -136,16 +135,17 @@ def _check_complete_output(cfg: ScoreConfig, output: str) -> None:
     check_complete(output, manifest, cfg.checkpoint, ckpt.fingerprint(), scored_with(cfg, ckpt, passthrough))
 
 
-def _reuse_source(cfg: ScoreConfig, output: str, date: dt.date, key: dict,
-                  labels: int) -> tuple[ReuseSource | None, ReuseSummary]:
+def _reuse_source(run: ScoringRun) -> tuple[ReuseSource | None, ReuseSummary]:
     """The earlier committed output this run may copy probabilities from (manifests only: no text on the driver)."""
+    cfg = run.cfg
     if cfg.reuse == "none":
         return None, ReuseSummary(mode="none", note="reuse: none")
-    found = candidates(cfg.output, date, cfg.reuse_from, cfg.reuse_lookback_days)
+    found = candidates(cfg.output, run.date, cfg.reuse_from, cfg.reuse_lookback_days)
     if not found:
         note = "the output has no {date} partition and no reuse_from was given"
         return None, ReuseSummary(mode=cfg.reuse, note=note)
-    source, note = find_previous(output, found, key, labels, cfg.reuse_index_max_mb, read_manifest)
+    source, note = find_previous(run.output, found, dict(run.reuse_key), len(run.checkpoint.space.names),
+                                 cfg.reuse_index_max_mb, read_manifest)
     if source is not None:
         log.info("reuse: texts already scored in %s (%d rows, %d indexed part(s)) are copied, not scored again",
                  source.output, source.rows, len(source.parts))
@@ -154,55 +154,71 @@ def _reuse_source(cfg: ScoreConfig, output: str, date: dt.date, key: dict,
     return source, ReuseSummary(mode=cfg.reuse, source=source.output if source else None, note=note)
 
 
-def _score_output(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str], footers: dict,
-                  unreadable: dict[str, str], passthrough: tuple[str, ...], lease: LeaseKeeper,
-                  t_start: float) -> ScoreSummary:
-    """Under the output's lease: start clean or check that a resume matches, score what is missing, commit."""
+def _plan_run(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str],
+              footers: dict, passthrough: tuple[str, ...], lease: LeaseKeeper) -> ScoringRun:
+    """Under the output's lease: start clean or check that a resume matches, then fix the units and everything the
+    parts will record, once."""
     sha256 = ckpt.fingerprint()
     settings = scored_with(cfg, ckpt, passthrough)
-    key = reuse_key(sha256, settings)
     if cfg.overwrite:
         _start_clean(output, lease)
     done = storage.list_names(output)
     check_resume(output, _read_parts(output, sorted(n for n in done if n.endswith(".parquet"))), sha256, settings)
-    plan = _unit_plan(cfg, output, done, footers, lease.check)
-    rows_per_unit = plan.rows_per_unit
-    units = cut_units(files, footers, rows_per_unit, cfg.text_column, plan.text_bytes_per_unit)
-    todo = [u for u in units if u.name not in done]
-    rows_total = sum(u.num_rows for u in units)
+    plan = unit_plan(cfg, output, done, footers, lambda: actor_plan(cfg, _cluster(cfg)).num_actors, lease.check)
+    units = cut_units(files, footers, plan.rows_per_unit, cfg.text_column, plan.text_bytes_per_unit)
+    return ScoringRun(cfg=cfg, checkpoint=ckpt, output=output, date=date, run_id=lease.run_id, files=tuple(files),
+                      passthrough=passthrough, sha256=sha256, long_text=settings["long_text"],
+                      chunk_stride=settings["chunk_stride"], settings=settings, reuse_key=reuse_key(sha256, settings),
+                      unit_plan=plan, units=tuple(units), done=frozenset(done))
+
+
+def _cluster(cfg: ScoreConfig) -> dict[str, float]:
+    """The Ray cluster's resources, joined on first use only: a run with nothing left to score never starts Ray."""
+    import ray
+
+    return ray.cluster_resources() if ray.is_initialized() else connect(cfg.ray_address)
+
+
+def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: LeaseKeeper, timings: dict[str, float],
+                      t_start: float) -> ScoreSummary:
+    """Score the run's missing units, then commit: every part read back and checked, the manifest, _SUCCESS."""
+    cfg, output = run.cfg, run.output
+    todo = run.todo
+    rows_total = sum(u.num_rows for u in run.units)
     log.info("scoring %s (run %s): %d file(s), %d row(s) in %d unit(s) of at most %d rows; %d unit(s) already done; "
-             "checkpoint %s (weights sha256 %s…)", output, lease.run_id, len(files), rows_total, len(units),
-             rows_per_unit, len(units) - len(todo), cfg.checkpoint, sha256[:12])
+             "checkpoint %s (weights sha256 %s…)", output, run.run_id, len(run.files), rows_total, len(run.units),
+             run.unit_plan.rows_per_unit, len(run.units) - len(todo), cfg.checkpoint, run.sha256[:12])
+    source, reuse = _reuse_source(run) if todo else (
+        None, ReuseSummary(mode=cfg.reuse, note="every unit was already scored"))
+    timings["plan_seconds"] = time.perf_counter() - t_start - sum(timings.values())
 
     t_score = time.perf_counter()
-    failures = dict(unreadable)
     scored: dict[str, UnitResult] = {}
-    source, reuse = _reuse_source(cfg, output, date, key, len(ckpt.space.names)) if todo else (
-        None, ReuseSummary(mode=cfg.reuse, note="every unit was already scored"))
     if todo:
-        identity = dict(run_id=lease.run_id, checkpoint_sha256=sha256, scored_with=settings, dedupe=cfg.dedupe,
-                        reuse_key=key, reuse_source=source)
-        scored, unit_failures = _score_units(cfg, ckpt.uri, output, passthrough, todo, lease, identity)
+        scored, unit_failures = _score_units(run, todo, lease, source)
         failures.update(unit_failures)
-    score_seconds = time.perf_counter() - t_score
+    timings["scoring_seconds"] = time.perf_counter() - t_score
     if failures:
         lease.check(f"{len(failures)} failed file(s) reported")  # a lost lease is why units failed: say so
         listing = "\n".join(f"  {uri}: {err}" for uri, err in sorted(failures.items()))
         raise ScoreError(f"{len(failures)} input file(s) failed; other outputs are kept and {SUCCESS} is not "
-                         f"written. Fix or remove these and re-run to finish:\n{listing}")
+                         f"written. Fix or remove these and re-run to finish:\n{listing}",
+                         kinds=tuple(err.kind for err in failures.values()))
 
     # the manifest counts what the committed parts hold: every part's stats read back from its footer
-    stats = _read_parts(output, [u.name for u in units], required=True)
-    manifest = commit(cfg, ckpt, output, date, files, units, stats, {n: r.seconds for n, r in scored.items()},
-                      set(scored), score_seconds, time.perf_counter() - t_start, rows_per_unit, sha256=sha256,
-                      settings=settings, run_id=lease.run_id, guard=lease.check, reuse=reuse, reuse_key=key)
+    t_read = time.perf_counter()
+    stats = _read_parts(output, [u.name for u in run.units], required=True)
+    timings["read_parts_seconds"] = time.perf_counter() - t_read
+    timings["total_seconds"] = time.perf_counter() - t_start
+    manifest = commit(run, stats, {n: r.seconds for n, r in scored.items()}, set(scored), timings, reuse=reuse,
+                      guard=lease.check)
     return ScoreSummary(output=output, rows_in=manifest.rows_in, rows_out=manifest.rows_out,
                         rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
-                        units_scored=len(scored), units_skipped=len(units) - len(scored),
+                        units_scored=len(scored), units_skipped=len(run.units) - len(scored),
                         actors_used=len({r.actor_pid for r in scored.values()}),
                         label_distribution=manifest.predicted_label_distribution,
                         distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift,
-                        scored=list(scored.values()), run_id=lease.run_id, duplicate_rows=manifest.duplicate_rows,
+                        scored=list(scored.values()), run_id=run.run_id, duplicate_rows=manifest.duplicate_rows,
                         rows_reused=manifest.reuse.rows_reused if manifest.reuse else 0,
                         reused_from=manifest.reuse.source if manifest.reuse else None)
 
@@ -249,47 +265,6 @@ def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:
                              "its own scores; choose an output outside the input prefix")
 
 
-def _unit_plan(cfg: ScoreConfig, output: str, done: set[str], footers: dict, guard: Callable[[str], None]) -> UnitPlan:
-    """The unit size for this output: the plan of the run that started it, else sized so every scoring actor gets
-    several units by rows (at most `cfg.rows_per_unit`) and by text bytes (the work: long documents cost more per
-    row), recorded in _plan.json before the first part lands."""
-    if PLAN in done:
-        plan = UnitPlan.from_json(storage.read_bytes(storage.join(output, PLAN)))
-        log.info("resuming %s with its unit plan: %d rows per unit%s", output, plan.rows_per_unit,
-                 f", {plan.text_bytes_per_unit:,} text bytes per unit" if plan.text_bytes_per_unit else "")
-        return plan
-    if any(name.endswith(".parquet") for name in done):  # parts written before unit plans existed
-        return UnitPlan(rows_per_unit=cfg.rows_per_unit, actors=0)
-    actors = _actor_plan(cfg).num_actors
-    rows = sum(m.num_rows for m in footers.values())
-    size = text_bytes(footers, cfg.text_column)
-    long_texts = cfg.units_by_text == "auto" and rows > 0 and size / rows >= LONG_TEXT_BYTES
-    plan = UnitPlan(rows_per_unit=balanced_rows_per_unit(rows, actors, cfg.rows_per_unit), actors=actors,
-                    text_bytes_per_unit=balanced_rows_per_unit(size, actors, 2**62) if long_texts else None)
-    if long_texts:
-        log.info("long texts (%.0f bytes per row): units of at most %s text bytes, so every actor gets several",
-                 size / rows, f"{plan.text_bytes_per_unit:,}")
-    guard(PLAN)
-    storage.write_bytes(storage.join(output, PLAN), plan.to_json().encode())
-    return plan
-
-
-def _actor_plan(cfg: ScoreConfig, units: int | None = None) -> ScorePlan:
-    """The scoring actors for this cluster; with fewer units than actors, fewer actors with more threads each."""
-    cluster = connect(cfg.ray_address)
-    knobs = dict(tokenize_stage=cfg.tokenize_stage, max_tokens_per_batch=cfg.max_tokens_per_batch,
-                 max_batch_rows=cfg.max_batch_rows)
-    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor, **knobs)
-    if units is not None and units < plan.num_actors and not plan.use_gpu and cfg.cpus_per_actor is None:
-        import ray
-
-        # only CPUs free now: asking for CPUs another job (a Serve replica, a trainer) holds would wait forever
-        free = min(cluster.get("CPU", 1), ray.available_resources().get("CPU", 0)) - plan.tokenizers
-        per = max(1.0, float(int(free // max(1, units))))
-        plan = plan_scoring(cluster, units, per, **knobs)
-    return plan
-
-
 def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
     """The text, id and pass-through columns must be in every input file, the id and pass-through columns of one
     type in all of them (parts of mixed types make one output no reader can load whole); errors name the files."""
@@ -333,32 +308,28 @@ def _check_not_empty(cfg: ScoreConfig, footers: dict, unreadable: dict[str, str]
                           "upstream failure. Nothing was scored; pass --allow-empty to commit an empty output")
 
 
-def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tuple[str, ...], todo: list[WorkUnit],
-                 lease: LeaseKeeper, identity: dict) -> tuple[dict[str, UnitResult], dict[str, str]]:
+def _score_units(run: ScoringRun, todo: list[WorkUnit], lease: LeaseKeeper,
+                 source: ReuseSource | None) -> tuple[dict[str, UnitResult], dict[str, UnitError]]:
     """Run the units through a Ray Data actor pool; print progress as units land; stop if the lease is lost.
 
-    Returns ({part name: its stats}, {input URI: error}). `identity`: the run id, checkpoint sha256 and settings
-    each part records (ScoringSettings).
+    Returns ({part name: its result}, {input URI: why its unit failed}).
     """
     import ray.data
 
-    cluster = connect(cfg.ray_address)
-    plan = _actor_plan(cfg, len(todo))
+    cfg, output = run.cfg, run.output
+    cluster = _cluster(cfg)
+    plan = actor_plan(cfg, cluster, len(todo))
     size = min(plan.num_actors, len(todo))
     log.info("resources: cluster has CPU=%s GPU=%s; plan: %s (using %d for %d unit(s))",
              cluster.get("CPU", 0), cluster.get("GPU", 0), plan.describe(), size, len(todo))
-    read = ReadSettings(text_column=cfg.text_column, passthrough=passthrough, empty_text=cfg.empty_text,
-                        read_batch_rows=cfg.read_batch_rows)
-    settings = ScoringSettings(
-        checkpoint_uri=ckpt_uri, output_uri=output, read=read, precision=cfg.precision, compile=cfg.compile,
-        max_tokens_per_batch=plan.max_tokens_per_batch, max_batch_rows=plan.max_batch_rows,
-        torch_threads=plan.torch_threads, long_text=cfg.long_text, **identity)
+    settings = ScoringSettings.for_run(run, plan, source)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = logs.ray_data_progress()  # off but at DEBUG: our progress lines say rows, rate, ETA
     ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
     if plan.tokenizers:  # GPU-shaped: CPU actors read and tokenize whole units, the GPU actors get token ids
-        ds = ds.map_batches(UnitTokenizer, fn_constructor_args=(ckpt_uri, read, cfg.long_text), batch_size=1,
-                            num_cpus=1, compute=ray.data.ActorPoolStrategy(size=min(plan.tokenizers, len(todo))))
+        ds = ds.map_batches(UnitTokenizer, fn_constructor_args=(run.checkpoint.uri, run.read, run.long_text),
+                            batch_size=1, num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(size=min(plan.tokenizers, len(todo))))
     ds = ds.map_batches(
         UnitScorer, fn_constructor_args=(settings,), batch_size=1,
         # one unit at a time per actor: a unit is seconds of work, and units queued on the first actor to
@@ -366,7 +337,7 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
         compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
         num_cpus=plan.cpus_per_actor, num_gpus=1 if plan.use_gpu else 0,
     )
-    failures: dict[str, str] = {}
+    failures: dict[str, UnitError] = {}
     scored: dict[str, UnitResult] = {}
     rows_done = 0
     rows_todo = sum(u.num_rows for u in todo)
@@ -374,10 +345,10 @@ def _score_units(cfg: ScoreConfig, ckpt_uri: str, output: str, passthrough: tupl
     for result in _results_as_they_land(ds):
         if lease.lost:  # another run took the output, or it expired while storage was down: stop
             lease.check("the remaining units")
-        if result.stats is None:
-            failures[result.input] = result.error or "unknown error"
+        if result.error is not None:
+            failures[result.input] = result.error
             log.error("unit %s failed: %s", result.unit, result.error)
-            if is_storage_failure_text(result.error or ""):
+            if result.error.kind == "storage":
                 # storage gave out after every retry: each remaining unit would wait the same retries and fail
                 # alike, so the run ends now (its time must not grow with the number of units); parts stay
                 raise StorageError(

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertclf import storage
 from bertclf.checkpoint import LoadedCheckpoint, long_text_setting, versions
 from bertclf.config import ScoreConfig
-from bertclf.dates import fill_date, has_date
-from bertclf.errors import InputError, RecordError
+from bertclf.errors import InputError, RecordError, ScoreError
 from bertclf.records import (
     CheckpointRef,
     EmptyTexts,
@@ -32,15 +32,15 @@ from bertclf.records import (
     UnitCounts,
     WorkUnit,
 )
+from bertclf.scoring.dates import fill_date, has_date
 from bertclf.scoring.drift import add_histograms, compare
+
+if TYPE_CHECKING:
+    from bertclf.scoring.plan import ScoringRun
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 LEGACY_MANIFEST = "manifest.json"  # the name before 2026-12: still read, never written
-
-
-class ScoreError(RuntimeError):
-    """Scoring that could not finish; the message names the files that failed. No _SUCCESS is written."""
 
 
 class ResumeMismatchError(InputError):
@@ -126,17 +126,16 @@ def check_parts(output: str, units: list[WorkUnit], stats: list[PartStats], sha2
                          f"them?); {SUCCESS} not written. Re-run with --overwrite to score it clean:\n{listing}{more}")
 
 
-def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str],
-           units: list[WorkUnit], stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
-           score_seconds: float, total_seconds: float, rows_per_unit: int | None = None, *,
-           sha256: str | None = None, settings: dict[str, Any] | None = None, run_id: str | None = None,
-           guard: Callable[[str], None] | None = None, reuse: ReuseSummary | None = None,
-           reuse_key: dict[str, Any] | None = None) -> Manifest:
-    """Check the parts (`stats` read back from them, one per unit) and rows in == rows out (+ skipped empties),
-    then write _manifest.json and, last, _SUCCESS; `guard(name)` runs before each write (the lease check)."""
-    sha256 = sha256 or ckpt.fingerprint()
-    if settings is not None:
-        check_parts(output, units, stats, sha256, settings)
+def commit(run: ScoringRun, stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
+           timings: dict[str, float], reuse: ReuseSummary | None = None,
+           guard: Callable[[str], None] | None = None) -> Manifest:
+    """Check the parts (`stats` read back from them, one per unit of the run) against the run's checkpoint and
+    settings and rows in == rows out (+ skipped empties), then write _manifest.json and, last, _SUCCESS; `guard(name)`
+    runs before each write (the lease check). `timings`: the driver's phases so far in seconds, total_seconds
+    included; the commit adds its own (check_seconds, drift_seconds)."""
+    cfg, output, units = run.cfg, run.output, list(run.units)
+    t0 = time.perf_counter()
+    check_parts(output, units, stats, run.sha256, dict(run.settings))
     rows_in = sum(s.rows_in for s in stats)
     rows_out = sum(s.rows_out for s in stats)
     empties = sum(s.empty_texts for s in stats)
@@ -152,11 +151,13 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
     histograms: dict[str, list[int]] = {}
     for s in stats:
         histograms = add_histograms(histograms, s.prob_histograms)
-    previous = previous_manifest(cfg, date)
+    t_drift = time.perf_counter()
+    previous = previous_manifest(cfg, run.date)
     drift = None
     if previous is not None:
         drift = compare(distribution, histograms, previous.predicted_label_distribution, previous.score_histograms,
                         previous.output, cfg.drift_psi_threshold, cfg.drift_share_threshold)
+    t_write = time.perf_counter()
     scored_rows = sum(u.num_rows for u in units if u.name in scored_names)
     if reuse is not None:  # rows reused and from where, as the committed parts (of any run) say
         reused_from: Counter[str] = Counter()
@@ -169,26 +170,30 @@ def commit(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date,
     per_file: Counter[str] = Counter()
     for s in stats:
         per_file[s.input] += s.rows_in
+    score_seconds = timings.get("scoring_seconds", 0.0)
+    # the manifest's own write is the one phase it can't hold; total_seconds: from the run's start to this point
+    timings = {**timings, "check_seconds": t_drift - t0, "drift_seconds": t_write - t_drift,
+               "total_seconds": timings.get("total_seconds", 0.0) + time.perf_counter() - t0}
     manifest = Manifest(
-        output=output, date=date.isoformat(), created=dt.datetime.now(dt.timezone.utc).isoformat(),
-        inputs=[InputRows(uri=f, rows=per_file.get(f, 0)) for f in files],
+        output=output, date=run.date.isoformat(), created=dt.datetime.now(dt.timezone.utc).isoformat(),
+        inputs=[InputRows(uri=f, rows=per_file.get(f, 0)) for f in run.files],
         parts=[PartEntry(name=s.unit, input=s.input, row_groups=s.row_groups, rows=s.rows_out,
                          seconds=seconds.get(s.unit)) for s in stats],
         rows_in=rows_in, rows_out=rows_out, empty_texts=EmptyTexts(count=empties, policy=cfg.empty_text),
-        checkpoint=CheckpointRef(uri=ckpt.uri, sha256=sha256, epoch=ckpt.meta.epoch),
-        labels=ckpt.space, predicted_label_counts=dict(sorted(counts.items())),
+        checkpoint=CheckpointRef(uri=run.checkpoint.uri, sha256=run.sha256, epoch=run.checkpoint.meta.epoch),
+        labels=run.checkpoint.space, predicted_label_counts=dict(sorted(counts.items())),
         predicted_label_distribution=distribution,
         distribution_change_vs_previous=_share_change(distribution, previous),
         rows_per_s=scored_rows / score_seconds if score_seconds else None,
-        timings={"scoring_seconds": score_seconds, "total_seconds": total_seconds},
+        timings=timings,
         units=UnitCounts(total=len(units), scored_this_run=len(scored_names),
-                         already_done=len(units) - len(scored_names), rows_per_unit=rows_per_unit),
+                         already_done=len(units) - len(scored_names), rows_per_unit=run.unit_plan.rows_per_unit),
         config=asdict(cfg), versions=versions(), score_histograms=histograms, drift=drift,
-        run_id=run_id, scored_with=settings or {}, part_runs=dict(Counter(s.run_id or "?" for s in stats)),
+        run_id=run.run_id, scored_with=dict(run.settings), part_runs=dict(Counter(s.run_id or "?" for s in stats)),
         precisions_used=dict(Counter(s.precision_used or "?" for s in stats)),
         windows_scored=sum(s.windows for s in stats), duplicate_rows=sum(s.duplicate_rows for s in stats),
         texts_scored=None if None in texts_scored else sum(t or 0 for t in texts_scored), reuse=reuse,
-        reuse_key=reuse_key or {},
+        reuse_key=dict(run.reuse_key),
     )
     for name, data in ((MANIFEST, (manifest.to_json(indent=2) + "\n").encode()), (SUCCESS, b"")):
         if guard is not None:
@@ -230,5 +235,5 @@ def _share_change(distribution: dict[str, float], previous: Manifest | None) -> 
 
 
 __all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "CompleteOutputMismatchError", "ResumeMismatchError",
-           "ScoreError", "check_complete", "check_parts", "check_resume", "commit", "differences", "manifest_uri",
+           "check_complete", "check_parts", "check_resume", "commit", "differences", "manifest_uri",
            "previous_manifest", "read_manifest", "scored_with"]

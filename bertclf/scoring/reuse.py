@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertclf import storage
-from bertclf.dates import fill_date, has_date
 from bertclf.errors import RecordError
 from bertclf.records import Manifest, ReuseSource
+from bertclf.scoring.dates import fill_date, has_date
 from bertclf.scoring.manifest import SUCCESS
 
 INDEX_DIR = "_reuse"  # "_" so Parquet readers of the output skip it, like _manifest.json

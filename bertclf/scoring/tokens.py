@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bertclf.errors import DataError
-from bertclf.records import WorkUnit
+from bertclf.records import UnitError, WorkUnit
 from bertclf.scoring.reuse import HASH_DTYPE, ScoredTexts, hash_array, hashes_of, text_hashes
 from bertclf.units import check_utf8, is_text_type, read_unit
 
@@ -216,7 +216,7 @@ class UnitTokenizer:
                 packed, error = pack(tokenized_batches(WorkUnit.from_json(item), self.read, self.tokenize,
                                                        self.baseline)), ""
             except Exception as exc:  # noqa: BLE001 - the scoring actor reports it as this unit's failure
-                packed, error = PackedUnit(b"", 0, 0), f"{type(exc).__name__}: {exc}"
+                packed, error = PackedUnit(b"", 0, 0), UnitError.of(exc).to_json()
             for key, value in (("unit", item), ("tokens", packed.payload), ("rows_in", packed.rows_in),
                                ("empty", packed.empty), ("tokenize_error", error)):
                 out[key].append(value)
