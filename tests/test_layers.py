@@ -1,13 +1,16 @@
-"""Imports inside bertclf run one way: no module (a subpackage counts as one) imports, even lazily inside a
-function, a module that imports it back. docs/architecture.md draws the layers."""
+"""Imports inside bertclf run one way. docs/architecture.md draws the floors, and every module (a subpackage counts
+as one) is on one of them; a module imports, even lazily inside a function, only from its own floor or the more basic
+floors drawn above it, never a module that imports it back, and never bertclf.dev (the tests' and benchmarks')."""
 
 from __future__ import annotations
 
 import ast
+import re
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertclf"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 
 def _unit(module: str) -> str:
@@ -42,6 +45,33 @@ def import_graph() -> dict[str, set[str]]:
         deps.discard(unit)
         deps.discard("bertclf")  # the package's __init__ holds only __version__
     return graph
+
+
+def diagram_floors() -> dict[str, int]:
+    """docs/architecture.md's diagram under "Imports run one way": each line one floor (two spaces of indent per
+    floor up), its modules comma-separated (a subpackage with a trailing /), then an optional comment."""
+    block = ARCHITECTURE.read_text().split("### Imports run one way", 1)[1].split("```", 2)[1]
+    floors = {}
+    for line in block.splitlines():
+        if match := re.match(r"( *)([\w/]+(?:, [\w/]+)*)", line):
+            floors.update({f"bertclf.{name.rstrip('/')}": len(match[1]) // 2 for name in match[2].split(", ")})
+    return floors
+
+
+def test_every_module_imports_only_from_its_own_floor_or_below():
+    graph = {unit: deps for unit, deps in import_graph().items() if unit != "bertclf"}
+    floors = diagram_floors()
+    assert set(floors) == set(graph), (f"the diagram lacks {sorted(set(graph) - set(floors))}, "
+                                       f"names what isn't a module: {sorted(set(floors) - set(graph))}")
+    upward = [f"{unit} (floor {floors[unit]}) imports {dep} (floor {floors[dep]})"
+              for unit, deps in sorted(graph.items()) for dep in sorted(deps) if floors[dep] > floors[unit]]
+    assert not upward, f"imports against the diagram's direction: {upward}"
+
+
+def test_no_bertclf_module_imports_the_dev_helpers():
+    """bertclf.dev builds test data, tiny models and test servers for tests and benchmarks; the library never
+    depends on it (nor on moto or an MLflow server through it)."""
+    assert [unit for unit, deps in import_graph().items() if "bertclf.dev" in deps] == []
 
 
 def test_no_import_cycles_between_bertclf_modules():
