@@ -10,6 +10,7 @@ its parts were scored with.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -21,8 +22,8 @@ from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.errors import DataError, RecordError, ScoreError, StorageError
 from bertclf.progress import Progress
-from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitError, UnitResult, WorkUnit
-from bertclf.resources import connect
+from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitError, UnitResult
+from bertclf.resources import ScorePlan, connect
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.checks import check_before_ray
 from bertclf.scoring.dates import fill_date, resolve_date
@@ -39,7 +40,7 @@ from bertclf.scoring.manifest import (
     read_manifest,
     scored_with,
 )
-from bertclf.scoring.plan import ScoringRun, actor_plan, unit_plan
+from bertclf.scoring.plan import ScoringRun, actor_plan, fit_to_units, unit_plan
 from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
 from bertclf.scoring.tokens import UnitTokenizer
 from bertclf.units import cut_units, read_footers
@@ -164,19 +165,21 @@ def _plan_run(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.da
         _start_clean(output, lease)
     done = storage.list_names(output)
     check_resume(output, _read_parts(output, sorted(n for n in done if n.endswith(".parquet"))), sha256, settings)
-    plan = unit_plan(cfg, output, done, footers, lambda: actor_plan(cfg, _cluster(cfg)).num_actors, lease.check)
+    cluster: dict[str, float] = {}
+
+    @functools.cache
+    def actors() -> ScorePlan:  # Ray is joined once, and only when there is something to score or a new output
+        cluster.update(connect(cfg.ray_address))
+        return actor_plan(cfg, cluster)
+
+    plan = unit_plan(cfg, output, done, footers, lambda: actors().num_actors, lease.check)
     units = cut_units(files, footers, plan.rows_per_unit, cfg.text_column, plan.text_bytes_per_unit)
+    todo = tuple(u for u in units if u.name not in done)
     return ScoringRun(cfg=cfg, checkpoint=ckpt, output=output, date=date, run_id=lease.run_id, files=tuple(files),
                       passthrough=passthrough, sha256=sha256, long_text=settings["long_text"],
                       chunk_stride=settings["chunk_stride"], settings=settings, reuse_key=reuse_key(sha256, settings),
-                      unit_plan=plan, units=tuple(units), done=frozenset(done))
-
-
-def _cluster(cfg: ScoreConfig) -> dict[str, float]:
-    """The Ray cluster's resources, joined on first use only: a run with nothing left to score never starts Ray."""
-    import ray
-
-    return ray.cluster_resources() if ray.is_initialized() else connect(cfg.ray_address)
+                      unit_plan=plan, units=tuple(units), todo=todo,
+                      actors=fit_to_units(actors(), cfg, cluster, len(todo)) if todo else None, cluster=cluster)
 
 
 def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: LeaseKeeper, timings: dict[str, float],
@@ -195,7 +198,7 @@ def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: Le
     t_score = time.perf_counter()
     scored: dict[str, UnitResult] = {}
     if todo:
-        scored, unit_failures = _score_units(run, todo, lease, source)
+        scored, unit_failures = _score_units(run, lease, source)
         failures.update(unit_failures)
     timings["scoring_seconds"] = time.perf_counter() - t_score
     if failures:
@@ -308,17 +311,17 @@ def _check_not_empty(cfg: ScoreConfig, footers: dict, unreadable: dict[str, str]
                           "upstream failure. Nothing was scored; pass --allow-empty to commit an empty output")
 
 
-def _score_units(run: ScoringRun, todo: list[WorkUnit], lease: LeaseKeeper,
+def _score_units(run: ScoringRun, lease: LeaseKeeper,
                  source: ReuseSource | None) -> tuple[dict[str, UnitResult], dict[str, UnitError]]:
-    """Run the units through a Ray Data actor pool; print progress as units land; stop if the lease is lost.
+    """Run the run's missing units through a Ray Data actor pool; print progress as units land; stop if the lease
+    is lost.
 
     Returns ({part name: its result}, {input URI: why its unit failed}).
     """
     import ray.data
 
-    cfg, output = run.cfg, run.output
-    cluster = _cluster(cfg)
-    plan = actor_plan(cfg, cluster, len(todo))
+    output, plan, cluster, todo = run.output, run.actors, run.cluster, run.todo
+    assert plan is not None, "a run with units to score has its actors planned"
     size = min(plan.num_actors, len(todo))
     log.info("resources: cluster has CPU=%s GPU=%s; plan: %s (using %d for %d unit(s))",
              cluster.get("CPU", 0), cluster.get("GPU", 0), plan.describe(), size, len(todo))

@@ -46,11 +46,9 @@ class ScoringRun:
     reuse_key: Mapping[str, Any]  # bertclf.scoring.reuse.reuse_key: what makes a previous score reusable
     unit_plan: UnitPlan
     units: tuple[WorkUnit, ...]
-    done: frozenset[str]  # parts already committed when the run started (a resume)
-
-    @property
-    def todo(self) -> list[WorkUnit]:
-        return [u for u in self.units if u.name not in self.done]
+    todo: tuple[WorkUnit, ...]  # the units without a committed part when the run started (all but a resume's)
+    actors: ScorePlan | None  # the actors that score `todo` (None: nothing to score, Ray not needed)
+    cluster: Mapping[str, float]  # the Ray cluster's resources ({} when Ray was not needed)
 
     @property
     def read(self) -> ReadSettings:
@@ -85,20 +83,26 @@ def unit_plan(cfg: ScoreConfig, output: str, done: set[str], footers: dict, acto
     return plan
 
 
-def actor_plan(cfg: ScoreConfig, cluster: dict[str, float], units: int | None = None) -> ScorePlan:
-    """The scoring actors for this cluster (`connect`'s resources); with fewer units than actors, fewer actors
-    with more threads each."""
-    knobs = dict(tokenize_stage=cfg.tokenize_stage, max_tokens_per_batch=cfg.max_tokens_per_batch,
-                 max_batch_rows=cfg.max_batch_rows)
-    plan = plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor, **knobs)
-    if units is not None and units < plan.num_actors and not plan.use_gpu and cfg.cpus_per_actor is None:
-        import ray
-
-        # only CPUs free now: asking for CPUs another job (a Serve replica, a trainer) holds would wait forever
-        free = min(cluster.get("CPU", 1), ray.available_resources().get("CPU", 0)) - plan.tokenizers
-        per = max(1.0, float(int(free // max(1, units))))
-        plan = plan_scoring(cluster, units, per, **knobs)
-    return plan
+def actor_plan(cfg: ScoreConfig, cluster: dict[str, float]) -> ScorePlan:
+    """The scoring actors for this cluster (`connect`'s resources), before the units are known."""
+    return plan_scoring(cluster, cfg.num_actors, cfg.cpus_per_actor, **_knobs(cfg))
 
 
-__all__ = ["LONG_TEXT_BYTES", "PLAN", "ScoringRun", "actor_plan", "unit_plan"]
+def fit_to_units(plan: ScorePlan, cfg: ScoreConfig, cluster: dict[str, float], units: int) -> ScorePlan:
+    """With fewer units to score than actors, fewer CPU actors with more threads each."""
+    if units >= plan.num_actors or plan.use_gpu or cfg.cpus_per_actor is not None:
+        return plan
+    import ray
+
+    # only CPUs free now: asking for CPUs another job (a Serve replica, a trainer) holds would wait forever
+    free = min(cluster.get("CPU", 1), ray.available_resources().get("CPU", 0)) - plan.tokenizers
+    per = max(1.0, float(int(free // max(1, units))))
+    return plan_scoring(cluster, units, per, **_knobs(cfg))
+
+
+def _knobs(cfg: ScoreConfig) -> dict[str, Any]:
+    return dict(tokenize_stage=cfg.tokenize_stage, max_tokens_per_batch=cfg.max_tokens_per_batch,
+                max_batch_rows=cfg.max_batch_rows)
+
+
+__all__ = ["LONG_TEXT_BYTES", "PLAN", "ScoringRun", "actor_plan", "fit_to_units", "unit_plan"]
