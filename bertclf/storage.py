@@ -59,6 +59,8 @@ def s3_filesystem() -> pafs.S3FileSystem:
 
     pyarrow's own constructor ignores AWS_ENDPOINT_URL*, so the endpoint is read here; credentials
     stay with the default AWS chain (env, profile, instance profile) and never enter our objects.
+    `allow_delayed_open`: an object smaller than one upload part (a scoring part, its reuse index, a lease, the
+    manifest) is written with one PutObject, not a multipart upload's three requests (create, part, complete).
     """
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {
@@ -66,6 +68,7 @@ def s3_filesystem() -> pafs.S3FileSystem:
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3_retries()),
         "connect_timeout": CONNECT_TIMEOUT_S,
         "request_timeout": REQUEST_TIMEOUT_S,  # curl's low-speed limit on Linux: this long without a byte fails
+        "allow_delayed_open": True,  # errors of a write surface at its close: inside the same with_retries call
     }
     if endpoint:
         parsed = urlparse(endpoint)

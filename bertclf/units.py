@@ -9,13 +9,16 @@ listing task wants a whole CPU and starves next to train workers on small nodes.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -24,6 +27,7 @@ from bertclf.errors import DataError, UnreadableFileError
 from bertclf.records import WorkUnit
 
 T = TypeVar("T")
+FOOTER_GC_EVERY = 32  # read_footers: footers read between two collections of their decoded FileMetaData
 
 
 def is_storage_failure(uri: str, exc: BaseException) -> bool:
@@ -90,21 +94,146 @@ def file_metadata(uri: str) -> pq.FileMetaData:
         raise UnreadableFileError(f"{uri} is not a readable Parquet file: {exc}") from None
 
 
-def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, pq.FileMetaData], dict[str, str]]:
-    """({uri: footer} for the readable files, {uri: error} for the others), read in parallel."""
+class ColumnSizes(NamedTuple):
+    """One column chunk of a row group, as planning reads it (pyarrow's ColumnChunkMetaData names)."""
+
+    path_in_schema: str
+    total_compressed_size: int
+    total_uncompressed_size: int
+
+
+class RowGroupSizes(NamedTuple):
+    """One row group, as planning reads it (pyarrow's RowGroupMetaData names)."""
+
+    num_rows: int
+    paths: tuple[str, ...]
+    sizes: np.ndarray  # (columns, 2): compressed, uncompressed bytes
+
+    @property
+    def num_columns(self) -> int:
+        return len(self.paths)
+
+    def column(self, j: int) -> ColumnSizes:
+        return ColumnSizes(self.paths[j], int(self.sizes[j, 0]), int(self.sizes[j, 1]))
+
+
+class SchemaColumn(NamedTuple):
+    path: str
+
+
+class FooterSchema(NamedTuple):
+    """A file's schema, as planning reads it (pyarrow's ParquetSchema names): one object shared by every file of
+    the input with the same schema."""
+
+    arrow: pa.Schema
+    paths: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return self.arrow.names
+
+    def to_arrow_schema(self) -> pa.Schema:
+        return self.arrow
+
+    def column(self, j: int) -> SchemaColumn:
+        return SchemaColumn(self.paths[j])
+
+
+class SchemaCache:
+    """The schemas of the footers read so far (at most `size`), so files with one schema share one FooterSchema.
+
+    A file's schema is matched on the footer itself (its Parquet schema and the Arrow schema pyarrow stored with it)
+    before anything is built from it: objects made while a footer is decoded and kept after it (an Arrow schema,
+    the column names) pin the freed decoding memory around them, ~600 KB per file of 22 columns and 50 row groups
+    (benchmarks/scale.py). Each entry keeps its own footer alive: a few files' worth."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self.entries: list[tuple[object, bytes | None, FooterSchema]] = []
+        self.lock = threading.Lock()
+
+    def get(self, meta: pq.FileMetaData) -> FooterSchema:
+        arrow_bytes = (meta.metadata or {}).get(b"ARROW:schema")
+        with self.lock:
+            for parquet_schema, stored, schema in self.entries:
+                if stored == arrow_bytes and meta.schema.equals(parquet_schema):
+                    return schema
+        schema = FooterSchema(meta.schema.to_arrow_schema(),
+                              tuple(meta.schema.column(j).path for j in range(meta.num_columns)))
+        with self.lock:
+            if len(self.entries) < self.size:
+                self.entries.append((meta.schema, arrow_bytes, schema))
+        return schema
+
+
+class Footer:
+    """What planning and the driver's checks read from one file's Parquet footer, kept small: the schema (shared
+    between files), the rows, and per row group its rows and each column's compressed and uncompressed bytes. Its
+    names are pyarrow's FileMetaData's, so code reads either alike. Why: the driver holds every input's footer
+    until its units are cut, and a decoded FileMetaData is ~8x its bytes on storage (940 KB for a file of 22
+    columns and 50 row groups: 1.9 GB of driver memory for 2,000 such files); this keeps 16 bytes per column
+    chunk (benchmarks/scale.py, 2026-12-06)."""
+
+    __slots__ = ("schema", "num_rows", "_rows", "_sizes")
+
+    def __init__(self, meta: pq.FileMetaData, schemas: SchemaCache | None = None):
+        self.schema = (schemas or SchemaCache(0)).get(meta)
+        self.num_rows = meta.num_rows
+        groups, columns = meta.num_row_groups, meta.num_columns
+        rows = np.zeros(groups, np.int64)  # numpy arrays only: no small objects between the footer's allocations
+        sizes = np.zeros((groups, columns, 2), np.int64)
+        for g in range(groups):
+            group = meta.row_group(g)
+            rows[g] = group.num_rows
+            for j in range(group.num_columns):
+                chunk = group.column(j)
+                sizes[g, j, 0] = chunk.total_compressed_size
+                sizes[g, j, 1] = chunk.total_uncompressed_size
+        self._rows, self._sizes = rows, sizes
+
+    @property
+    def num_columns(self) -> int:
+        return len(self.schema.paths)
+
+    @property
+    def num_row_groups(self) -> int:
+        return len(self._rows)
+
+    def row_group(self, g: int) -> RowGroupSizes:
+        if not 0 <= g < len(self._rows):
+            raise IndexError(f"row group {g} of {len(self._rows)}")
+        return RowGroupSizes(int(self._rows[g]), self.schema.paths, self._sizes[g])
+
+    @property
+    def nbytes(self) -> int:
+        return self._rows.nbytes + self._sizes.nbytes
+
+
+def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, Footer], dict[str, str]]:
+    """({uri: footer} for the readable files, {uri: error} for the others), read in parallel; each footer is kept
+    as a compact Footer (files with the same schema share one), not pyarrow's whole FileMetaData."""
+    schemas = SchemaCache()
+
     def _one(uri: str):
         try:
-            return uri, file_metadata(uri), None
+            return uri, Footer(file_metadata(uri), schemas), None
         except UnreadableFileError as exc:  # storage failures are raised: the whole run is worth retrying
             return uri, None, f"{type(exc).__name__}: {exc}"
 
+    results = []
     with ThreadPoolExecutor(max_workers=min(threads, max(1, len(files)))) as pool:
-        results = list(pool.map(_one, files))
+        for k, result in enumerate(pool.map(_one, files)):
+            results.append(result)
+            if k % FOOTER_GC_EVERY == FOOTER_GC_EVERY - 1:
+                # a FileMetaData whose .schema was read is in a reference cycle with it: only the cycle collector
+                # frees it, and it does not see the decoded footer's C++ memory (~1 MB for 22 columns x 50 row
+                # groups): collected here, every few footers, so the driver holds only the Footers
+                gc.collect(1)
     return ({uri: meta for uri, meta, _ in results if meta is not None},
             {uri: error for uri, _, error in results if error})
 
 
-def cut_units(files: list[str], footers: dict[str, pq.FileMetaData], rows_per_unit: int,
+def cut_units(files: list[str], footers: dict[str, Footer | pq.FileMetaData], rows_per_unit: int,
               text_column: str | None = None, text_bytes_per_unit: int | None = None) -> list[WorkUnit]:
     """Each readable file's row groups in runs of at most `rows_per_unit` rows and, given `text_bytes_per_unit`,
     at most that many bytes of `text_column` (uncompressed, from the footer): the work of a unit follows its
@@ -142,7 +271,7 @@ def cut_units(files: list[str], footers: dict[str, pq.FileMetaData], rows_per_un
     return units
 
 
-def _column_index(meta: pq.FileMetaData, name: str | None) -> int | None:
+def _column_index(meta: Footer | pq.FileMetaData, name: str | None) -> int | None:
     if name is None:
         return None
     for j in range(meta.num_columns):
@@ -159,7 +288,7 @@ def _row_slices(uri: str, group: int, rows: int, file_index: int, parts: int) ->
             for k in range(parts)]
 
 
-def text_bytes(footers: dict[str, pq.FileMetaData], text_column: str) -> int:
+def text_bytes(footers: dict[str, Footer | pq.FileMetaData], text_column: str) -> int:
     """Uncompressed bytes of the text column over every file (footers only)."""
     total = 0
     for meta in footers.values():
@@ -251,5 +380,5 @@ def read_table(uri: str, columns: list[str]) -> pa.Table:
 
 
 # the interface other modules, jobs and benchmarks use
-__all__ = ["balanced_rows_per_unit", "check_utf8", "cut_units", "file_metadata", "is_text_type", "plan_units",
+__all__ = ["Footer", "balanced_rows_per_unit", "check_utf8", "cut_units", "file_metadata", "is_text_type", "plan_units",
            "read_footers", "read_parquet_part", "read_table", "read_unit", "read_unit_table"]
