@@ -7,6 +7,7 @@ from these fields (bertclf.cli), YAML files and `--set key=value` reach the same
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -178,6 +179,26 @@ class TrainConfig:
             raise ConfigError(f"max_failures must be >= 0, got {self.max_failures}")
 
 
+@dataclass(frozen=True)
+class TableName:
+    """An Iceberg table as CATALOG.NAMESPACE.TABLE: the catalog pyiceberg loads by name, then the table in it."""
+
+    catalog: str
+    namespace: str
+    table: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableName:
+        parts = text.split(".")
+        if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+            raise ConfigError(f"output_table {text!r} is not CATALOG.NAMESPACE.TABLE (three names of letters, digits "
+                              "and _, e.g. local.nightly.scores)")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.catalog}.{self.namespace}.{self.table}"
+
+
 @dataclass
 class ScoreConfig:
     """Everything a scoring run needs: checkpoint, corpus, output and how to treat empty texts."""
@@ -233,10 +254,18 @@ class ScoreConfig:
     dedupe: bool = key(True, help="score each distinct text of a unit once and copy its probabilities to the unit's "
                                   "other rows holding the same text", flag=False)
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    output_table: str | None = key(None, help="also commit the night as the date partition of this Apache Iceberg "
+                                              "table, CATALOG.NAMESPACE.TABLE (pip install bertclf[iceberg]; "
+                                              "docs/table.md)")
+    table_warehouse: str = key("runs/warehouse", help="where the embedded catalog (used when CATALOG is not "
+                                                      "configured in ~/.pyiceberg.yaml or PYICEBERG_CATALOG__*) "
+                                                      "keeps tables: a local path or s3:// prefix", flag=False)
 
     def validate(self) -> None:
         _check_choices(self)
         _at_least_one(self, "rows_per_unit", "read_batch_rows", "reuse_lookback_days", "reuse_index_max_mb")
+        if self.output_table is not None:
+            TableName.parse(self.output_table)
         if self.reuse_from and self.reuse == "none":
             raise ConfigError(f"reuse_from {self.reuse_from!r} is set but reuse is none: set reuse: previous to reuse "
                               "it, or drop reuse_from")

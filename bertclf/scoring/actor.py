@@ -8,6 +8,7 @@ whole or not at all.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import tempfile
@@ -29,6 +30,7 @@ from bertclf.records import PartStats, ReuseSource, UnitError, UnitResult, WorkU
 from bertclf.scoring.drift import HIST_BINS, probability_histograms
 from bertclf.scoring.lease import check_lease
 from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, load_previous, write_index
+from bertclf.scoring.table import DATE_COLUMN
 from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, pooled, tokenized_batches, unpack
 from bertclf.units import file_metadata
 
@@ -63,6 +65,7 @@ class ScoringSettings:
     dedupe: bool = True  # score each distinct text of a unit once
     reuse_key: dict[str, Any] = field(default_factory=dict)  # written into each part's index (bertclf.scoring.reuse)
     reuse_source: ReuseSource | None = None  # a previous output to copy probabilities from, loaded once per actor
+    table_date: str | None = None  # the night's date (ISO), written as a date column when it goes to a table
 
     @classmethod
     def for_run(cls, run: ScoringRun, actors: ScorePlan, reuse_source: ReuseSource | None) -> ScoringSettings:
@@ -72,7 +75,8 @@ class ScoringSettings:
                    compile=cfg.compile, max_tokens_per_batch=actors.max_tokens_per_batch,
                    max_batch_rows=actors.max_batch_rows, torch_threads=actors.torch_threads, run_id=run.run_id,
                    checkpoint_sha256=run.sha256, scored_with=dict(run.settings), long_text=run.long_text,
-                   dedupe=cfg.dedupe, reuse_key=dict(run.reuse_key), reuse_source=reuse_source)
+                   dedupe=cfg.dedupe, reuse_key=dict(run.reuse_key), reuse_source=reuse_source,
+                   table_date=run.settings["table_date"])
 
 
 def read_part_stats(uri: str) -> PartStats:
@@ -260,6 +264,8 @@ class UnitScorer:
         fields += [pa.field(f"prob_{name}", pa.float32()) for name in self.space.names]
         fields += [pa.field("predicted", pa.list_(pa.string())), pa.field("top_label", pa.string()),
                    pa.field("top_score", pa.float32())]
+        if self.settings.table_date:
+            fields.append(pa.field(DATE_COLUMN, pa.date32()))
         return pa.schema(fields)
 
     def _output(self, batch: TokenizedBatch, probs: np.ndarray) -> pa.Table:
@@ -270,4 +276,7 @@ class UnitScorer:
         columns["predicted"] = pa.array(self.space.predict(probs), pa.list_(pa.string()))
         columns["top_label"] = pa.array(np.asarray(self.space.names, dtype=object)[top], pa.string())
         columns["top_score"] = pa.array(probs[np.arange(len(top)), top], pa.float32())
+        if self.settings.table_date:
+            day = dt.date.fromisoformat(self.settings.table_date)
+            columns[DATE_COLUMN] = pa.array([day] * len(top), pa.date32())
         return pa.table(columns)

@@ -22,7 +22,7 @@ from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.errors import DataError, RecordError, ScoreError, StorageError
 from bertclf.progress import Progress
-from bertclf.records import DriftReport, PartStats, ReuseSource, ReuseSummary, UnitError, UnitResult
+from bertclf.records import DriftReport, Manifest, PartStats, ReuseSource, ReuseSummary, UnitError, UnitResult
 from bertclf.resources import ScorePlan, connect
 from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
 from bertclf.scoring.checks import check_before_ray
@@ -42,6 +42,7 @@ from bertclf.scoring.manifest import (
 )
 from bertclf.scoring.plan import ScoringRun, actor_plan, fit_to_units, unit_plan
 from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
+from bertclf.scoring.table import DATE_COLUMN, check_table, commit_night
 from bertclf.scoring.tokens import UnitTokenizer
 from bertclf.units import cut_units, read_footers
 
@@ -74,6 +75,7 @@ class ScoreSummary:
     duplicate_rows: int = 0  # rows repeating a text of their unit: scored once, copied
     rows_reused: int = 0  # rows whose probabilities were copied from a previous output
     reused_from: str | None = None
+    table_snapshot: int | None = None  # the output_table snapshot holding this night
 
     def one_line(self) -> str:
         """The run's result in one line (`bertclf score` logs it last, then the drift report's line if any)."""
@@ -86,7 +88,8 @@ class ScoreSummary:
             moved = sorted(self.distribution_change.items(), key=lambda kv: -abs(kv[1]))[:3]
             change = "; vs previous partition: " + ", ".join(f"{k} {v * 100:+.1f}pp" for k, v in moved)
         reuse = f", {self.rows_reused} reused from {self.reused_from}" if self.rows_reused else ""
-        return (f"scored {self.rows_out}/{self.rows_in} rows into {self.output} in {self.seconds:.1f}s "
+        table = f" and table snapshot {self.table_snapshot}" if self.table_snapshot else ""
+        return (f"scored {self.rows_out}/{self.rows_in} rows into {self.output}{table} in {self.seconds:.1f}s "
                 f"({self.rows_per_s:.1f} rows/s; {self.units_scored} unit(s) scored, "
                 f"{self.units_skipped} already done; {self.duplicate_rows} duplicate row(s){reuse}); "
                 f"labels: {dist}{change}")
@@ -102,9 +105,10 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     _check_output_outside_inputs(output, inputs)
 
     if storage.exists(storage.join(output, SUCCESS)) and not cfg.overwrite:
-        _check_complete_output(cfg, output)  # written by another checkpoint or other settings: exit 2
-        log.info("%s already has %s, scored with this checkpoint and settings: nothing to do", output, SUCCESS)
-        return ScoreSummary(output=output, already_complete=True)
+        manifest = _check_complete_output(cfg, output, date)  # by another checkpoint or other settings: exit 2
+        log.info("%s already has %s, scored with this checkpoint and settings: nothing to score", output, SUCCESS)
+        night = commit_night(cfg, manifest) if cfg.output_table else None  # its table commit may not have landed
+        return ScoreSummary(output=output, already_complete=True, table_snapshot=night.snapshot_id if night else None)
 
     files = storage.list_parquet_files(inputs)
     ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
@@ -113,6 +117,8 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     passthrough = _check_columns(cfg, {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()})
     _check_not_empty(cfg, footers, unreadable)
     check_before_ray(cfg, ckpt, footers, unreadable)  # text types, a UTF-8 sample, weights' sha256: exit 2 before Ray
+    if cfg.output_table:
+        check_table(cfg, ckpt.space)  # the catalog answers (else exit 1) and the table holds these labels (else 2)
     storage.check_writable(output)
     timings["check_inputs_seconds"] = time.perf_counter() - t_start - timings["list_seconds"]
 
@@ -122,8 +128,9 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
         return _score_and_commit(run, failures, lease, timings, t_start)
 
 
-def _check_complete_output(cfg: ScoreConfig, output: str) -> None:
-    """A complete output is left alone only when this run's checkpoint and settings wrote it (its manifest says)."""
+def _check_complete_output(cfg: ScoreConfig, output: str, date: dt.date) -> Manifest:
+    """A complete output is left alone only when this run's checkpoint and settings wrote it (its manifest says,
+    and is returned)."""
     ckpt = checkpoint.load(storage.absolute(cfg.checkpoint))
     try:
         manifest = read_manifest(output)
@@ -133,7 +140,8 @@ def _check_complete_output(cfg: ScoreConfig, output: str) -> None:
             f"is unknown: pass --overwrite to score it again with {cfg.checkpoint}, or choose another --output"
         ) from None
     passthrough = _passthrough(cfg)
-    check_complete(output, manifest, cfg.checkpoint, ckpt.fingerprint(), scored_with(cfg, ckpt, passthrough))
+    check_complete(output, manifest, cfg.checkpoint, ckpt.fingerprint(), scored_with(cfg, ckpt, passthrough, date))
+    return manifest
 
 
 def _reuse_source(run: ScoringRun) -> tuple[ReuseSource | None, ReuseSummary]:
@@ -160,7 +168,7 @@ def _plan_run(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.da
     """Under the output's lease: start clean or check that a resume matches, then fix the units and everything the
     parts will record, once."""
     sha256 = ckpt.fingerprint()
-    settings = scored_with(cfg, ckpt, passthrough)
+    settings = scored_with(cfg, ckpt, passthrough, date)
     if cfg.overwrite:
         _start_clean(output, lease)
     done = storage.list_names(output)
@@ -215,6 +223,10 @@ def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: Le
     timings["total_seconds"] = time.perf_counter() - t_start
     manifest = commit(run, stats, {n: r.seconds for n, r in scored.items()}, set(scored), timings, reuse=reuse,
                       guard=lease.check)
+    night = None
+    if cfg.output_table:
+        lease.check(f"the commit to table {cfg.output_table}")
+        night = commit_night(cfg, manifest)
     return ScoreSummary(output=output, rows_in=manifest.rows_in, rows_out=manifest.rows_out,
                         rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
                         units_scored=len(scored), units_skipped=len(run.units) - len(scored),
@@ -223,7 +235,8 @@ def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: Le
                         distribution_change=manifest.distribution_change_vs_previous, drift=manifest.drift,
                         scored=list(scored.values()), run_id=run.run_id, duplicate_rows=manifest.duplicate_rows,
                         rows_reused=manifest.reuse.rows_reused if manifest.reuse else 0,
-                        reused_from=manifest.reuse.source if manifest.reuse else None)
+                        reused_from=manifest.reuse.source if manifest.reuse else None,
+                        table_snapshot=night.snapshot_id if night else None)
 
 
 def _start_clean(output: str, lease: LeaseKeeper) -> None:
@@ -272,6 +285,9 @@ def _check_columns(cfg: ScoreConfig, schemas: dict) -> tuple[str, ...]:
     """The text, id and pass-through columns must be in every input file, the id and pass-through columns of one
     type in all of them (parts of mixed types make one output no reader can load whole); errors name the files."""
     wanted = _passthrough(cfg)
+    if cfg.output_table and DATE_COLUMN in wanted:
+        raise DataError(f"column {DATE_COLUMN!r} is copied to the output, but with output_table the output's "
+                        f"{DATE_COLUMN!r} column is the night's partition: rename it upstream or leave it out")
     first: dict[str, tuple[str, object]] = {}  # column -> (the first file, its type there)
     for uri, schema in schemas.items():
         for col in [cfg.text_column, *wanted]:

@@ -51,16 +51,19 @@ class CompleteOutputMismatchError(ResumeMismatchError):
     """A complete output (_SUCCESS) written by another checkpoint or other settings than this run's (exit 2)."""
 
 
-def scored_with(cfg: ScoreConfig, ckpt: LoadedCheckpoint, passthrough: tuple[str, ...]) -> dict[str, Any]:
+def scored_with(cfg: ScoreConfig, ckpt: LoadedCheckpoint, passthrough: tuple[str, ...],
+                date: dt.date) -> dict[str, Any]:
     """The settings that change a part's numbers or columns, besides the weights (checkpoint_sha256): every part of
-    one output must carry the same. JSON-shaped, so what is read back from a footer compares equal."""
+    one output must carry the same. JSON-shaped, so what is read back from a footer compares equal. `table_date`:
+    the night's date, a column of every part when the night goes to a table (bertclf.scoring.table)."""
     meta = ckpt.meta
     long_text, chunk_stride = long_text_setting(cfg.long_text, meta)
     settings = {"labels": ckpt.space.to_dict(), "max_length": meta.max_length, "long_text": long_text,
                 "chunk_stride": chunk_stride, "precision": cfg.precision,
                 "text_column": cfg.text_column, "columns": list(passthrough), "empty_text": cfg.empty_text,
                 "blend": meta.blend.weight if meta.blend is not None and meta.blend.used else None,
-                "files_sha256": ckpt.files_sha256()}
+                "files_sha256": ckpt.files_sha256(),
+                "table_date": date.isoformat() if cfg.output_table else None}
     return json.loads(json.dumps(settings))
 
 
