@@ -440,6 +440,22 @@ def upload_file(local_path: str | Path, uri: str, chunk: int = 8 << 20) -> None:
     with_retries(_upload, f"writing {uri}")
 
 
+def copy_file(src: str, dst: str) -> None:
+    """Copy a file's bytes whole: server-side within S3 (CopyObject), renamed into place locally, else streamed."""
+    src_fs, src_path = resolve(src)
+    dst_fs, dst_path = resolve(dst)
+    if isinstance(src_fs, pafs.LocalFileSystem):
+        upload_file(src_path, dst)
+        return
+    if type(src_fs) is type(dst_fs):
+        with_retries(lambda: dst_fs.copy_file(src_path, dst_path), f"copying {src} to {dst}")
+        return
+    if isinstance(dst_fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(dst_path), exist_ok=True)
+    with_retries(lambda: pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs),
+                 f"copying {src} to {dst}")
+
+
 def list_names(uri: str) -> set[str]:
     """Names of the files directly under a URI (empty when it doesn't exist yet)."""
     fs, path = resolve(uri)
