@@ -308,8 +308,11 @@ class EvaluateConfig(LabelledDataConfig):
 class ReportConfig(LabelledDataConfig):
     """An evaluation report (a checkpoint on labelled Parquet) or a scoring run's page (--scores)."""
 
-    scores: str | None = key(None, help="a scoring output URI: render its page (label distribution, probability "
-                                        "histograms, drift, throughput) instead of an evaluation")
+    scores: str | None = key(None, help="a scoring output URI, or a table's night as CATALOG.NAMESPACE.TABLE@DATE: "
+                                        "render its page (label distribution, probability histograms, drift, "
+                                        "throughput) instead of an evaluation")
+    table_warehouse: str = key("runs/warehouse", help="the embedded Iceberg catalog's warehouse, for a --scores "
+                                                      "table (as in score)", flag=False)
     output: str = key("runs/demo/report", help="report directory (local or s3://): index.html, report.json, figures/")
     scores_dir: str | None = key(None, help="where the evaluation data's scores are written (default: a temporary "
                                             "local directory; give a shared s3:// URI on a multi-node cluster)")

@@ -18,7 +18,14 @@ from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import ConfigError, DataError
 from bertclf.labels import LabelSpace
 from bertclf.scoring import run
-from bertclf.scoring.table import NightCommit, TableConflictError, check_table, committed_night, open_catalog
+from bertclf.scoring.table import (
+    NightCommit,
+    NightlyTable,
+    TableConflictError,
+    check_table,
+    committed_night,
+    open_catalog,
+)
 
 pyiceberg = pytest.importorskip("pyiceberg", reason="the iceberg extra: pip install 'bertclf[iceberg]'")
 
@@ -50,7 +57,11 @@ def _cfg(ckpt, nights, out, warehouse, date, **kw) -> ScoreConfig:
 
 
 def _table(cfg):
-    return open_catalog(cfg).load_table("nightly.scores")
+    return open_catalog(_target(cfg)).load_table("nightly.scores")
+
+
+def _target(cfg) -> NightlyTable:
+    return NightlyTable.of(cfg.output_table, cfg.table_warehouse)
 
 
 def test_two_nights_on_s3_read_back_equal_to_the_directory_output_and_a_rerun_replaces_its_night(
@@ -77,7 +88,7 @@ def test_two_nights_on_s3_read_back_equal_to_the_directory_output_and_a_rerun_re
         for label in probs:
             assert np.array_equal(scanned.column(label).to_numpy(), directory.column(label).to_numpy())
         assert set(scanned.column("date").to_pylist()) == {dt.date.fromisoformat(day)}
-        night = committed_night(first, dt.date.fromisoformat(day))
+        night = committed_night(_target(first), dt.date.fromisoformat(day))
         assert night is not None and night.rows == rows and night.run_id == summary.run_id
         assert night.checkpoint_sha256 and night.snapshot_id == summary.table_snapshot
 
@@ -100,12 +111,36 @@ def test_two_nights_on_s3_read_back_equal_to_the_directory_output_and_a_rerun_re
     table.refresh()
     assert table.scan(row_filter=EqualTo("date", "2026-12-04")).to_arrow().num_rows == 120
     assert table.scan(row_filter=EqualTo("date", "2026-12-05")).to_arrow().num_rows == 90
-    assert committed_night(first, dt.date(2026, 12, 4)).run_id == again.run_id != one.run_id
+    assert committed_night(_target(first), dt.date(2026, 12, 4)).run_id == again.run_id != one.run_id
     # a re-run of a complete night adds nothing: the table already holds exactly this output
     snapshots = len(table.snapshots())
     assert run(first).already_complete
     table.refresh()
     assert len(table.snapshots()) == snapshots
+
+
+def test_drift_reuse_and_the_report_read_the_previous_night_from_the_table(
+        ray_local, checkpoints, nights, tmp_path):
+    """Outputs named without {date}: the table alone says which output holds the night before."""
+    warehouse = str(tmp_path / "warehouse")
+    first = _cfg(checkpoints[0], nights, tmp_path, warehouse, "2026-12-04", output=str(tmp_path / "monday"))
+    second = _cfg(checkpoints[0], nights, tmp_path, warehouse, "2026-12-05", output=str(tmp_path / "tuesday"),
+                  reuse="previous")
+    run(first)
+    run(second)
+    from bertclf.scoring import read_manifest
+
+    manifest = read_manifest(str(tmp_path / "tuesday"))
+    assert manifest.drift is not None and manifest.drift.previous_output == str(tmp_path / "monday")
+    assert manifest.distribution_change_vs_previous is not None
+    assert manifest.reuse is not None and manifest.reuse.source == str(tmp_path / "monday")
+
+    report = tmp_path / "report"
+    argv = ["report", "--scores", f"{TABLE}@2026-12-05", "--output", str(report), "--set",
+            f"table_warehouse={warehouse}"]
+    assert main(argv) == 0
+    assert "tuesday" in (report / "index.html").read_text()
+    assert main([*argv[:2], f"{TABLE}@2026-12-01", *argv[3:]]) == 2  # a night the table doesn't hold
 
 
 def test_a_run_killed_before_the_table_commit_leaves_the_table_as_it_was_and_the_rerun_commits(
@@ -120,7 +155,7 @@ def test_a_run_killed_before_the_table_commit_leaves_the_table_as_it_was_and_the
     table = _table(cfg)
     before = table.current_snapshot().snapshot_id
 
-    def killed(cfg, manifest):
+    def killed(table, manifest):
         raise KeyboardInterrupt("killed before the table commit")
 
     monkeypatch.setattr(driver, "commit_night", killed)
@@ -130,7 +165,7 @@ def test_a_run_killed_before_the_table_commit_leaves_the_table_as_it_was_and_the
     table.refresh()
     assert table.current_snapshot().snapshot_id == before
     assert table.scan(row_filter=EqualTo("date", "2026-12-04")).to_arrow().num_rows == 0  # nothing visible
-    assert committed_night(cfg, dt.date(2026, 12, 4)) is None
+    assert committed_night(_target(cfg), dt.date(2026, 12, 4)) is None
 
     summary = run(cfg)  # the directory is complete: the re-run only commits it to the table
     assert summary.already_complete and summary.table_snapshot
@@ -145,8 +180,8 @@ def test_a_changed_label_space_is_refused_before_scoring_and_a_bad_name_or_catal
     run(cfg)
     renamed = LabelSpace("multi_label", [*sorted(LABEL_WORDS)[:-1], "renamed"], [0.5] * len(LABEL_WORDS))
     with pytest.raises(DataError, match=rf"holds the labels {re.escape(str(sorted(LABEL_WORDS)))}"):
-        check_table(cfg, renamed)  # what run() asks before Ray: a changed label space is refused (exit 2)
-    check_table(cfg, LabelSpace("multi_class", sorted(LABEL_WORDS)))  # same columns: another task type is fine
+        check_table(_target(cfg), renamed)  # what run() asks before Ray: a changed label space is refused (exit 2)
+    check_table(_target(cfg), LabelSpace("multi_class", sorted(LABEL_WORDS)))  # same columns: another task type is fine
 
     with pytest.raises(ConfigError, match="not CATALOG.NAMESPACE.TABLE"):
         TableName.parse("scores")
@@ -187,8 +222,8 @@ def test_a_second_writer_of_the_same_night_is_refused_by_the_tables_concurrency_
 
     monkeypatch.setattr(table_module, "_replace_partition", race_first(night("c", "2026-12-05")))
     b = run(night("b"))  # lost the race to another night's commit: committed again, on top of it
-    assert committed_night(night("b"), dt.date(2026, 12, 4)).run_id == b.run_id
-    assert committed_night(night("b"), dt.date(2026, 12, 5)).run_id == racer[0].run_id
+    assert committed_night(_target(night("b")), dt.date(2026, 12, 4)).run_id == b.run_id
+    assert committed_night(_target(night("b")), dt.date(2026, 12, 5)).run_id == racer[0].run_id
 
     racer.clear()
     monkeypatch.setattr(table_module, "_replace_partition", race_first(night("e")))
@@ -197,5 +232,5 @@ def test_a_second_writer_of_the_same_night_is_refused_by_the_tables_concurrency_
     monkeypatch.undo()
     table = _table(night("a"))
     assert table.scan(row_filter=EqualTo("date", "2026-12-04")).to_arrow().num_rows == 120
-    assert committed_night(night("a"), dt.date(2026, 12, 4)).run_id == racer[0].run_id
-    assert isinstance(committed_night(night("a"), dt.date(2026, 12, 5)), NightCommit)
+    assert committed_night(_target(night("a")), dt.date(2026, 12, 4)).run_id == racer[0].run_id
+    assert isinstance(committed_night(_target(night("a")), dt.date(2026, 12, 5)), NightCommit)

@@ -1,4 +1,4 @@
-"""`bertclf report --scores OUTPUT_URI --output DIR`: the page of one scoring run, from its manifest alone
+"""`bertclf report --scores OUTPUT_URI|TABLE@DATE --output DIR`: the page of one scoring run, from its manifest alone
 (label distribution, probability histograms, drift against the previous partition, throughput)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from bertclf.report import figures
 from bertclf.report import html as h
 from bertclf.report.writer import commit_report
 from bertclf.scoring.manifest import SUCCESS, read_manifest
+from bertclf.scoring.table import scores_of
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def scores_report(cfg: ReportConfig) -> dict:
     """Render the page of the scoring output `cfg.scores` into `cfg.output`."""
     cfg.validate()
-    scores = storage.absolute(cfg.scores)
+    scores = scores_of(cfg.scores or "", cfg.table_warehouse)  # a directory, or a table's night
     output = storage.absolute(cfg.output)
     if not storage.exists(storage.join(scores, SUCCESS)):
         raise DataError(f"{scores} has no {SUCCESS}: not a finished scoring output (run or resume `bertclf score`)")

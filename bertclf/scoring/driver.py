@@ -42,7 +42,7 @@ from bertclf.scoring.manifest import (
 )
 from bertclf.scoring.plan import ScoringRun, actor_plan, fit_to_units, unit_plan
 from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
-from bertclf.scoring.table import DATE_COLUMN, check_table, commit_night
+from bertclf.scoring.table import DATE_COLUMN, NightlyTable, check_table, commit_night, earlier_nights
 from bertclf.scoring.tokens import UnitTokenizer
 from bertclf.units import cut_units, read_footers
 
@@ -107,7 +107,8 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     if storage.exists(storage.join(output, SUCCESS)) and not cfg.overwrite:
         manifest = _check_complete_output(cfg, output, date)  # by another checkpoint or other settings: exit 2
         log.info("%s already has %s, scored with this checkpoint and settings: nothing to score", output, SUCCESS)
-        night = commit_night(cfg, manifest) if cfg.output_table else None  # its table commit may not have landed
+        table = NightlyTable.of_config(cfg)
+        night = commit_night(table, manifest) if table else None  # its table commit may not have landed
         return ScoreSummary(output=output, already_complete=True, table_snapshot=night.snapshot_id if night else None)
 
     files = storage.list_parquet_files(inputs)
@@ -117,8 +118,8 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     passthrough = _check_columns(cfg, {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()})
     _check_not_empty(cfg, footers, unreadable)
     check_before_ray(cfg, ckpt, footers, unreadable)  # text types, a UTF-8 sample, weights' sha256: exit 2 before Ray
-    if cfg.output_table:
-        check_table(cfg, ckpt.space)  # the catalog answers (else exit 1) and the table holds these labels (else 2)
+    if table := NightlyTable.of_config(cfg):
+        check_table(table, ckpt.space)  # the catalog answers (else exit 1) and the table holds these labels (else 2)
     storage.check_writable(output)
     timings["check_inputs_seconds"] = time.perf_counter() - t_start - timings["list_seconds"]
 
@@ -149,9 +150,14 @@ def _reuse_source(run: ScoringRun) -> tuple[ReuseSource | None, ReuseSummary]:
     cfg = run.cfg
     if cfg.reuse == "none":
         return None, ReuseSummary(mode="none", note="reuse: none")
-    found = candidates(cfg.output, run.date, cfg.reuse_from, cfg.reuse_lookback_days)
+    table = NightlyTable.of_config(cfg)
+    if table and not cfg.reuse_from:  # the table says which outputs are its nights
+        found = [n.output for n in earlier_nights(table, run.date, cfg.reuse_lookback_days)]
+    else:
+        found = candidates(cfg.output, run.date, cfg.reuse_from, cfg.reuse_lookback_days)
     if not found:
-        note = "the output has no {date} partition and no reuse_from was given"
+        note = (f"table {table.name} has no night in the {cfg.reuse_lookback_days} days before" if table else
+                "the output has no {date} partition and no reuse_from was given")
         return None, ReuseSummary(mode=cfg.reuse, note=note)
     source, note = find_previous(run.output, found, dict(run.reuse_key), len(run.checkpoint.space.names),
                                  cfg.reuse_index_max_mb, read_manifest)
@@ -224,9 +230,9 @@ def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: Le
     manifest = commit(run, stats, {n: r.seconds for n, r in scored.items()}, set(scored), timings, reuse=reuse,
                       guard=lease.check)
     night = None
-    if cfg.output_table:
-        lease.check(f"the commit to table {cfg.output_table}")
-        night = commit_night(cfg, manifest)
+    if table := NightlyTable.of_config(cfg):
+        lease.check(f"the commit to table {table.name}")
+        night = commit_night(table, manifest)
     return ScoreSummary(output=output, rows_in=manifest.rows_in, rows_out=manifest.rows_out,
                         rows_per_s=manifest.rows_per_s or 0.0, seconds=manifest.timings["total_seconds"],
                         units_scored=len(scored), units_skipped=len(run.units) - len(scored),

@@ -220,11 +220,19 @@ def read_manifest(output: str) -> Manifest:
 
 
 def previous_manifest(cfg: ScoreConfig, date: dt.date) -> Manifest | None:
-    """The previous day's manifest when the output is a dated partition and that day was committed."""
-    if not has_date(cfg.output):
+    """The previous day's manifest when that day was committed: the table's night when the output is a table, else
+    the output's {date} partition."""
+    from bertclf.scoring.table import NightlyTable, earlier_nights
+
+    if table := NightlyTable.of_config(cfg):
+        nights = earlier_nights(table, date, 1)
+        previous = nights[0].output if nights else None
+    else:
+        previous = fill_date(cfg.output, date - dt.timedelta(days=1)) if has_date(cfg.output) else None
+    if previous is None:
         return None
     try:
-        return read_manifest(fill_date(cfg.output, date - dt.timedelta(days=1)))
+        return read_manifest(previous)
     except (FileNotFoundError, RecordError, storage.StorageError, OSError):
         return None
 

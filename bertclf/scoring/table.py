@@ -69,10 +69,27 @@ class NightCommit:
                    get("manifest_sha256"), snapshot_id)
 
 
-def open_catalog(cfg: ScoreConfig):
-    """The catalog named by `output_table`: configured the pyiceberg way, else the embedded SQL catalog. A catalog
-    that can't be reached is a StorageError (exit 1, naming it); a missing pyiceberg a ConfigError (exit 2)."""
-    name = TableName.parse(cfg.output_table or "")
+@dataclass(frozen=True)
+class NightlyTable:
+    """The table a run commits to or reads nights from: its name, and the embedded catalog's warehouse (used when
+    the name's catalog is not configured the pyiceberg way)."""
+
+    name: TableName
+    warehouse: str
+
+    @classmethod
+    def of(cls, table: str, warehouse: str) -> NightlyTable:
+        return cls(TableName.parse(table), warehouse)
+
+    @classmethod
+    def of_config(cls, cfg: ScoreConfig) -> NightlyTable | None:
+        return cls.of(cfg.output_table, cfg.table_warehouse) if cfg.output_table else None
+
+
+def open_catalog(target: NightlyTable):
+    """The target's catalog: configured the pyiceberg way, else the embedded SQL catalog. A catalog that can't be
+    reached is a StorageError (exit 1, naming it); a missing pyiceberg a ConfigError (exit 2)."""
+    name = target.name
     try:
         from pyiceberg.catalog import load_catalog
         from pyiceberg.utils.config import Config
@@ -80,7 +97,7 @@ def open_catalog(cfg: ScoreConfig):
         raise ConfigError(f"output_table {name} needs pyiceberg: pip install 'bertclf[iceberg]'") from None
     configured = Config().get_catalog_config(name.catalog)  # read now: the environment of this call
     props = {**_s3_properties(), **configured} if configured else _embedded_properties(name.catalog,
-                                                                                        cfg.table_warehouse)
+                                                                                        target.warehouse)
     try:
         catalog = load_catalog(name.catalog, **props)
         catalog.list_namespaces()  # a REST or Glue catalog answers only when asked
@@ -93,28 +110,52 @@ def open_catalog(cfg: ScoreConfig):
     return catalog
 
 
-def check_table(cfg: ScoreConfig, space: LabelSpace) -> None:
+def check_table(target: NightlyTable, space: LabelSpace) -> None:
     """Before any scoring: the catalog answers and an existing table holds this checkpoint's labels (exit 2 if not:
     a label space that changed is refused, not evolved silently)."""
-    table = _load(open_catalog(cfg), TableName.parse(cfg.output_table or ""))
+    table = _load(open_catalog(target), target.name)
     if table is not None:
-        _check_labels(table, space, str(cfg.output_table))
+        _check_labels(table, space, str(target.name))
 
 
-def committed_night(cfg: ScoreConfig, date: dt.date) -> NightCommit | None:
+def committed_night(target: NightlyTable, date: dt.date) -> NightCommit | None:
     """The table's latest commit of this night (None: never committed, or no table)."""
-    table = _load(open_catalog(cfg), TableName.parse(cfg.output_table or ""))
-    return None if table is None else _latest_night(table, date.isoformat())
+    nights = _nights(target)
+    return nights.get(date.isoformat())
 
 
-def commit_night(cfg: ScoreConfig, manifest: Manifest) -> NightCommit:
+def earlier_nights(target: NightlyTable, date: dt.date, days: int) -> list[NightCommit]:
+    """The table's nights in the `days` before `date`, nearest first (what reuse and drift read as the previous
+    nights when the output is a table)."""
+    first = (date - dt.timedelta(days=days)).isoformat()
+    nights = _nights(target)
+    return [nights[d] for d in sorted(nights, reverse=True) if first <= d < date.isoformat()]
+
+
+def scores_of(spec: str, warehouse: str) -> str:
+    """A scoring output to read: `CATALOG.NAMESPACE.TABLE@YYYY-MM-DD` (a table's night: the output its latest
+    commit copied) or a directory URI as it is."""
+    if "@" not in spec or "/" in spec.split("@", 1)[0]:
+        return storage.absolute(spec)
+    table, day = spec.split("@", 1)
+    try:
+        date = dt.date.fromisoformat(day)
+    except ValueError:
+        raise ConfigError(f"scores {spec!r}: {day!r} is not a date (TABLE@YYYY-MM-DD)") from None
+    night = committed_night(NightlyTable.of(table, warehouse), date)
+    if night is None:
+        raise DataError(f"table {table} has no committed {day} partition")
+    return night.output
+
+
+def commit_night(target: NightlyTable, manifest: Manifest) -> NightCommit:
     """Replace the night's partition with the committed output's parts, in one Iceberg commit (module docstring).
     Nothing happens when the table already holds exactly this output (a re-run after the commit landed)."""
-    name = TableName.parse(cfg.output_table or "")
+    name = target.name
     output = manifest.output
     night = NightCommit(date=manifest.date, run_id=manifest.run_id or "", checkpoint_sha256=manifest.checkpoint.sha256,
                         rows=manifest.rows_out, output=output, manifest_sha256=_manifest_sha256(output))
-    catalog = open_catalog(cfg)
+    catalog = open_catalog(target)
     table = _load(catalog, name) or _create(catalog, name, storage.join(output, manifest.parts[0].name)
                                              if manifest.parts else None, manifest.labels)
     _check_labels(table, manifest.labels, str(name))
@@ -164,15 +205,25 @@ def _has_rows(table, date: str) -> bool:
 
 
 def _latest_night(table, date: str) -> NightCommit | None:
-    """Walk the current snapshot's ancestry back to the latest bertclf commit of `date`."""
+    return _nights_of(table).get(date)
+
+
+def _nights(target: NightlyTable) -> dict[str, NightCommit]:
+    table = _load(open_catalog(target), target.name)
+    return {} if table is None else _nights_of(table)
+
+
+def _nights_of(table) -> dict[str, NightCommit]:
+    """{date: its latest bertclf commit}, from the current snapshot's ancestry (the nights readers see)."""
+    nights: dict[str, NightCommit] = {}
     snapshot = table.current_snapshot()
     while snapshot is not None:
         night = NightCommit.from_summary(snapshot.snapshot_id, dict(snapshot.summary.additional_properties)
                                          if snapshot.summary else {})
-        if night is not None and night.date == date:
-            return night
+        if night is not None:
+            nights.setdefault(night.date, night)
         snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
-    return None
+    return nights
 
 
 def _copy_parts(manifest: Manifest, location: str, night: NightCommit) -> Iterator[str]:
@@ -285,5 +336,5 @@ def _as_bertclf_error(exc: BaseException, name: TableName) -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
-__all__ = ["DATE_COLUMN", "NightCommit", "TableConflictError", "check_table", "commit_night", "committed_night",
-           "open_catalog"]
+__all__ = ["DATE_COLUMN", "NightCommit", "NightlyTable", "TableConflictError", "check_table", "commit_night",
+           "committed_night", "earlier_nights", "open_catalog", "scores_of"]
