@@ -30,6 +30,8 @@ TRAIN_STATE_JSON = "train_state.json"
 ADAPTER_DIR = "adapter"  # peft's adapter files (bertclf.adapters)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 WEIGHTS_KEY = "weights"  # bertclf.json: {relative path: {"bytes": n, "sha256": hex}} of the weights it needs
+# the precision gate's record (bertclf.precision): which precisions `auto` may use, not what the model computes
+PRECISION_GATE = "precision_gate.json"
 
 
 @dataclass
@@ -149,8 +151,9 @@ def weight_files(meta: CheckpointMeta) -> list[str]:
 
 def inference_files(directory: Path, meta: CheckpointMeta) -> list[str]:
     """The checkpoint's files that loading it for inference reads (relative, sorted): its top-level files and its
-    adapter's, less bertclf.json, the training state, tracking.json and hidden files."""
-    skip = {MARKER, TRAIN_STATE_TENSORS, TRAIN_STATE_JSON, "tracking.json"}
+    adapter's, less bertclf.json, the training state, tracking.json, the precision gate's record (the precision an
+    actor ran is checked on its own) and hidden files."""
+    skip = {MARKER, TRAIN_STATE_TENSORS, TRAIN_STATE_JSON, "tracking.json", PRECISION_GATE}
     names = [p.name for p in directory.iterdir() if p.is_file()]
     if meta.tuning.adapter and (directory / meta.tuning.adapter).is_dir():
         names += [f"{meta.tuning.adapter}/{p.name}" for p in (directory / meta.tuning.adapter).iterdir() if p.is_file()]

@@ -184,25 +184,38 @@ class Predictor:
     checkpoint: Any = None  # the LoadedCheckpoint it came from: its fingerprint is hashed once, here or by a caller
     baseline: Baseline | None = None  # the checkpoint's TF-IDF baseline, when its blend is used
     blend_weight: float = 1.0  # the transformer's share of the probabilities (bertclf.blend)
+    precision: str = ""  # what the forward runs at: fp32, bf16 (autocast) or int8 (bertclf.precision); "": by bf16
+
+    def __post_init__(self) -> None:
+        self.precision = self.precision or ("bf16" if self.bf16 else "fp32")
 
     @classmethod
     def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
              max_rows: int = 256, compile: str = "off", long_text: str = "checkpoint") -> Predictor:
-        """`compile` (on / off / auto): run the checkpoint's graph compiled once per node (bertclf.compiled).
-        `long_text` (checkpoint / truncate / chunk): the checkpoint's way with long texts, or another."""
+        """`precision` (auto / fp32 / bf16 / int8): bertclf.precision.resolve, auto reading the checkpoint's gate
+        record where it can matter. `compile` (on / off / auto): run the checkpoint's graph compiled once per node
+        (bertclf.compiled; fp32 and bf16 only). `long_text` (checkpoint / truncate / chunk): the checkpoint's way
+        with long texts, or another."""
         from bertclf import checkpoint
+        from bertclf import precision as precisions
         from bertclf.adapters import load_for_inference
-        from bertclf.resources import use_bf16
 
         ckpt = checkpoint.load(checkpoint_uri)
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        gates = (precisions.read_gates(ckpt.uri, ckpt.fingerprint())
+                 if precisions.record_needed(precision, target.type) else {})
+        chosen = precisions.resolve(precision, target.type, gates)
         model, tokenizer = load_for_inference(ckpt.local_dir, target, ckpt.meta.tuning.adapter)
+        if chosen == "int8":
+            layers = precisions.quantize_int8(model)
+            log.info("precision %s: int8, %d encoder Linear layers quantized%s", precision, layers,
+                     f" ({gates['int8'].reason})" if "int8" in gates else "")
         mode, stride = checkpoint.long_text_setting(long_text, ckpt.meta)
         baseline, weight = load_blend(ckpt)
-        predictor = cls(model, tokenizer, ckpt.space, ckpt.max_length, target, use_bf16(precision, target.type),
-                        max_tokens, max_rows, long_text=mode, chunk_stride=stride, checkpoint=ckpt,
-                        baseline=baseline, blend_weight=weight)
-        if compiled.wanted(compile, model, target.type):
+        predictor = cls(model, tokenizer, ckpt.space, ckpt.max_length, target, chosen == "bf16", max_tokens,
+                        max_rows, long_text=mode, chunk_stride=stride, checkpoint=ckpt, baseline=baseline,
+                        blend_weight=weight, precision=chosen)
+        if chosen != "int8" and compiled.wanted(compile, model, target.type):
             predictor.graph = _compiled_graph(predictor, ckpt.fingerprint())
         return predictor
 

@@ -1,0 +1,251 @@
+"""The precision a forward runs at (fp32, bf16 autocast, int8 on CPU) and the quality gate a lower one must pass.
+
+The gate compares a precision with fp32 on the same checkpoint and a labelled split, in the terms users care about:
+its task metric (macro-F1 at the checkpoint's thresholds for multi-label, accuracy for multi-class) within
+MAX_METRIC_DELTA of fp32's, and its predicted label sets equal to fp32's on at least MIN_AGREEMENT of the rows.
+One function, `quality_gate`, is used by the scoring benchmark and by `calibrate`, whose record in the checkpoint
+directory (GATE_FILE) is what lets `precision: auto` choose int8 for that checkpoint (`resolve`).
+
+int8 (CPU only): the encoder's Linear layers run as fbgemm dynamic-quantized matmuls (weights int8 per output
+channel; activations quantized per token on the fly, 7 bits so the u8 x s8 products never saturate int16 on CPUs
+without VNNI); the pooler and classifier, which run once per text, stay fp32. benchmarks/int8.py has the measurements
+behind each choice (benchmarks/results/NOTES.md, 2026-12-06).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from bertclf import storage
+from bertclf.checkpoint import PRECISION_GATE
+from bertclf.labels import LabelSpace
+
+log = logging.getLogger(__name__)
+
+MAX_METRIC_DELTA = 0.003  # |task metric(candidate) - task metric(fp32)|
+MIN_AGREEMENT = 0.99  # share of rows whose predicted label set is fp32's
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One precision against fp32 on one labelled split; `passed` is the gate's verdict, `reason` why."""
+
+    precision: str
+    rows: int
+    metric: str  # "f1_macro" (multi-label) or "accuracy" (multi-class)
+    metric_fp32: float
+    metric_candidate: float
+    metric_delta: float  # candidate - fp32
+    agreement: float
+    max_abs_dprob: float
+    mean_abs_dprob: float
+    passed: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GateResult:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def task_metric(space: LabelSpace, targets: np.ndarray, probs: np.ndarray) -> tuple[str, float]:
+    """(name, value): macro-F1 of the predicted label sets at the space's thresholds (multi-label; a label with no
+    positives and none predicted counts 0, as scikit-learn's zero_division=0), or accuracy (multi-class; targets are
+    class ids)."""
+    if space.task == "multi_class":
+        return "accuracy", float((np.asarray(probs).argmax(axis=1) == np.asarray(targets)).mean())
+    hits = np.asarray(probs) >= np.asarray(space.thresholds, dtype=np.float32)
+    truth = np.asarray(targets) > 0.5
+    tp = (hits & truth).sum(axis=0)
+    wrong = (hits ^ truth).sum(axis=0)  # false positives + false negatives
+    denominator = 2 * tp + wrong
+    return "f1_macro", float(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0).mean())
+
+
+def label_agreement(space: LabelSpace, a: np.ndarray, b: np.ndarray) -> float:
+    """Share of rows whose predicted label set is the same under both probability matrices."""
+    if space.task == "multi_class":
+        return float((np.asarray(a).argmax(axis=1) == np.asarray(b).argmax(axis=1)).mean())
+    thresholds = np.asarray(space.thresholds, dtype=np.float32)
+    return float(((np.asarray(a) >= thresholds) == (np.asarray(b) >= thresholds)).all(axis=1).mean())
+
+
+def quality_gate(space: LabelSpace, targets: np.ndarray, fp32: np.ndarray, candidate: np.ndarray, precision: str,
+                 max_metric_delta: float = MAX_METRIC_DELTA, min_agreement: float = MIN_AGREEMENT) -> GateResult:
+    """`candidate`'s probabilities against `fp32`'s on the same labelled rows (`targets`: multi-hot rows or class
+    ids): the task metric of each, label-set agreement, |Δp|, and whether the gate passes."""
+    fp32, candidate = np.asarray(fp32, dtype=np.float32), np.asarray(candidate, dtype=np.float32)
+    if fp32.shape != candidate.shape or len(fp32) != len(targets) or len(fp32) == 0:
+        raise ValueError(f"the gate compares the same rows: fp32 {fp32.shape}, {precision} {candidate.shape}, "
+                         f"targets {len(targets)}")
+    name, reference = task_metric(space, targets, fp32)
+    _, value = task_metric(space, targets, candidate)
+    delta, agreement = value - reference, label_agreement(space, fp32, candidate)
+    diff = np.abs(candidate - fp32)
+    failed = []
+    if abs(delta) > max_metric_delta:
+        failed.append(f"{name} {value:.4f} vs fp32 {reference:.4f} (|Δ| {abs(delta):.4f} > {max_metric_delta})")
+    if agreement < min_agreement:
+        failed.append(f"label agreement {agreement:.4f} < {min_agreement}")
+    reason = ("; ".join(failed) if failed else
+              f"{name} Δ {delta:+.4f} (<= {max_metric_delta}), agreement {agreement:.4f} (>= {min_agreement})")
+    return GateResult(precision, len(fp32), name, reference, value, delta, agreement, float(diff.max()),
+                      float(diff.mean()), not failed, reason)
+
+
+
+
+# ------------------------------------------------------------------------------------------------ int8 on CPU
+
+INT8_SCHEME = "fbgemm-dynamic/w8-per-channel/a7-per-token/head-fp32/v1"  # what a recorded int8 gate vouches for
+INT8_AUTO_CPU_CLASSES = frozenset({"avx2"})  # where auto may pick int8 (measured: no native bf16, int8 pays off)
+SCHEMES = {"int8": INT8_SCHEME, "bf16": "autocast/head-fp32/v1"}
+
+
+class Int8Linear(torch.nn.Module):
+    """A Linear layer as an fbgemm dynamic-quantized matmul: weights int8 per output channel, packed once; each row
+    of the input (a token) scaled to max |x| = 1 before fbgemm quantizes the whole input to 7 bits, and scaled back
+    after, so every token gets its own range (per-tensor ranges lose small tokens to the outlier channels of others).
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float().cpu()
+        scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
+        with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; fbgemm's prepack still takes one
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scale, torch.zeros(len(scale), dtype=torch.long), 0,
+                                                 torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().cpu().clone(),
+                             persistent=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).float()
+        scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)
+        # reduce_range: 7-bit activations; u8 x s8 pairs then stay below int16's limit on every x86 CPU
+        out = torch.ops.quantized.linear_dynamic(rows / scale, self.packed, True)
+        out = torch.addcmul(self.bias, out, scale) if self.bias is not None else out.mul_(scale)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_int8(model) -> int:
+    """Replace the encoder's Linear layers with Int8Linear in place (CPU models); the pooler and classifier stay fp32.
+    Returns how many layers were replaced."""
+    from bertclf.adapters import hf_model
+    from bertclf.modeling import head_modules
+
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        if "fbgemm" not in torch.backends.quantized.supported_engines:
+            raise RuntimeError(f"precision int8 needs torch's x86 (fbgemm) quantized engine; this build has "
+                               f"{torch.backends.quantized.supported_engines}: use fp32")
+        torch.backends.quantized.engine = "fbgemm"
+    inner = hf_model(model)
+    kept = {id(m) for head in head_modules(inner).values() for m in head.modules()}
+    replaced = 0
+    for parent in list(inner.modules()):
+        if id(parent) in kept:
+            continue
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and id(child) not in kept:
+                setattr(parent, name, Int8Linear(child))
+                replaced += 1
+    return replaced
+
+
+# ------------------------------------------------------------------------------------------------ auto and its record
+
+GATE_FILE = PRECISION_GATE  # in the checkpoint directory, written by bertclf.calibration.calibrate
+GATE_FORMAT = 1
+
+
+def resolve(setting: str, device_type: str, gates: dict[str, GateResult] | None = None,
+            cpu: str | None = None) -> str:
+    """The precision a forward runs at for a config's `precision`: fp32, bf16 or int8 as asked (int8 on CPU only);
+    auto: bf16 on GPUs that support it; on CPUs with native bf16, bf16 unless the checkpoint's gate record says bf16
+    failed there; on AVX2-class CPUs, int8 only where the record says int8 passed; fp32 otherwise. `gates`: the
+    checkpoint's record (read_gates); `cpu`: this machine's class unless given."""
+    from bertclf.resources import cpu_class, use_bf16
+
+    if setting == "int8":
+        if device_type != "cpu":
+            raise ValueError(f"precision int8 runs on CPU only (device {device_type}): use auto, bf16 or fp32")
+        return "int8"
+    if setting != "auto":
+        return "bf16" if use_bf16(setting, device_type) else "fp32"
+    gates = gates or {}
+    if use_bf16("auto", device_type):
+        failed = device_type == "cpu" and "bf16" in gates and not gates["bf16"].passed
+        return "fp32" if failed else "bf16"
+    if device_type == "cpu" and (cpu or cpu_class()) in INT8_AUTO_CPU_CLASSES and "int8" in gates \
+            and gates["int8"].passed:
+        return "int8"
+    return "fp32"
+
+
+def record_needed(setting: str, device_type: str, cpu: str | None = None) -> bool:
+    """Whether `resolve(setting, ...)` can depend on the checkpoint's gate record here (only then is it read)."""
+    from bertclf.resources import cpu_class, cpu_has_native_bf16
+
+    return setting == "auto" and device_type == "cpu" and (
+        cpu_has_native_bf16() or (cpu or cpu_class()) in INT8_AUTO_CPU_CLASSES)
+
+
+def read_gates(checkpoint_uri: str, fingerprint: str) -> dict[str, GateResult]:
+    """The checkpoint's recorded gate results by precision, read from its own URI (not a node's cached copy, which
+    may predate the record); a record of other weights or of another int8 scheme counts as none."""
+    uri = storage.join(checkpoint_uri, GATE_FILE)
+    if not storage.exists(uri):
+        return {}
+    try:
+        record = json.loads(storage.read_bytes(uri))
+        if record.get("format") != GATE_FORMAT or record.get("fingerprint") != fingerprint:
+            log.warning("%s was recorded for other weights (or another format): ignored, precision auto as without "
+                        "it", uri)
+            return {}
+        return {name: GateResult.from_dict(g) for name, g in record.get("gates", {}).items()
+                if g.get("scheme") == SCHEMES.get(name)}
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s can't be read (%s): ignored, precision auto as without it", uri, exc)
+        return {}
+
+
+def write_gates(checkpoint_uri: str, fingerprint: str, results: list[GateResult], context: dict) -> str:
+    """Record gate results (merged with the precisions recorded before for the same weights) in the checkpoint
+    directory, with what they were measured on (`context`: data, CPU, versions); returns the record's URI."""
+    uri = storage.join(checkpoint_uri, GATE_FILE)
+    gates = {}
+    if storage.exists(uri):
+        try:
+            old = json.loads(storage.read_bytes(uri))
+            if old.get("fingerprint") == fingerprint:
+                gates = old.get("gates", {})
+        except ValueError:
+            pass
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for r in results:
+        gates[r.precision] = {**r.to_dict(), "scheme": SCHEMES.get(r.precision, ""), "recorded": now, **context}
+    record = {"format": GATE_FORMAT, "fingerprint": fingerprint, "max_metric_delta": MAX_METRIC_DELTA,
+              "min_agreement": MIN_AGREEMENT, "gates": gates}
+    storage.write_bytes(uri, (json.dumps(record, indent=1) + "\n").encode())
+    return uri
+
+
+# the interface other modules, jobs and benchmarks use
+__all__ = ["GATE_FILE", "INT8_AUTO_CPU_CLASSES", "INT8_SCHEME", "MAX_METRIC_DELTA", "MIN_AGREEMENT", "GateResult",
+           "Int8Linear", "label_agreement", "quality_gate", "quantize_int8", "read_gates", "record_needed", "resolve",
+           "task_metric", "write_gates"]
