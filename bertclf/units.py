@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from bertclf import storage
 from bertclf.errors import DataError, UnreadableFileError
-from bertclf.records import WorkUnit
+from bertclf.records import UnitError, WorkUnit
 
 T = TypeVar("T")
 FOOTER_GC_EVERY = 32  # read_footers: footers read between two collections of their decoded FileMetaData
@@ -209,8 +209,8 @@ class Footer:
         return self._rows.nbytes + self._sizes.nbytes
 
 
-def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, Footer], dict[str, str]]:
-    """({uri: footer} for the readable files, {uri: error} for the others), read in parallel; each footer is kept
+def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, Footer], dict[str, UnitError]]:
+    """({uri: footer} for the readable files, {uri: why not} for the others), read in parallel; each footer is kept
     as a compact Footer (files with the same schema share one), not pyarrow's whole FileMetaData."""
     schemas = SchemaCache()
 
@@ -218,7 +218,7 @@ def read_footers(files: list[str], threads: int = 16) -> tuple[dict[str, Footer]
         try:
             return uri, Footer(file_metadata(uri), schemas), None
         except UnreadableFileError as exc:  # storage failures are raised: the whole run is worth retrying
-            return uri, None, f"{type(exc).__name__}: {exc}"
+            return uri, None, UnitError.of(exc)
 
     results = []
     with ThreadPoolExecutor(max_workers=min(threads, max(1, len(files)))) as pool:
@@ -305,7 +305,7 @@ def balanced_rows_per_unit(total_rows: int, workers: int, ceiling: int, units_pe
 
 
 def plan_units(files: list[str], rows_per_unit: int, threads: int = 16
-               ) -> tuple[list[WorkUnit], dict[str, str], dict[str, pa.Schema]]:
+               ) -> tuple[list[WorkUnit], dict[str, UnitError], dict[str, pa.Schema]]:
     """Units for every readable file, plus {uri: error} for files whose footer can't be read, plus schemas."""
     footers, errors = read_footers(files, threads)
     schemas = {uri: meta.schema.to_arrow_schema() for uri, meta in footers.items()}

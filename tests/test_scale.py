@@ -129,7 +129,8 @@ files = storage.list_parquet_files(sys.argv[1])
 footers, unreadable = read_footers(files)
 units = cut_units(files, footers, 10, "text")
 names = {u.name for u in units}
-print(json.dumps({"files": len(files), "units": len(units), "names": len(names), "unreadable": unreadable,
+print(json.dumps({"files": len(files), "units": len(units), "names": len(names),
+                  "unreadable": {uri: str(err) for uri, err in unreadable.items()},
                   "rss_growth_mb": rss() - base}))
 """
 

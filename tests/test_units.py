@@ -93,7 +93,8 @@ def test_corrupt_file_reported_others_planned(tmp_path):
     files = [good1, str(bad), good2]
     units, errors, schemas = plan_units(files, rows_per_unit=4)
     assert list(errors) == [str(bad)]
-    assert str(bad) in errors[str(bad)]
+    error = errors[str(bad)]
+    assert str(bad) in error.message and (error.error_type, error.kind) == ("UnreadableFileError", "input")
     assert set(schemas) == {good1, good2}
     assert sum(u.num_rows for u in units if u.uri == good1) == 12
     assert sum(u.num_rows for u in units if u.uri == good2) == 8

@@ -25,6 +25,7 @@ from bertclf import storage
 from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.errors import DataError, UnreadableFileError
+from bertclf.records import UnitError
 from bertclf.units import check_utf8, is_text_type, read_parquet_part
 
 SAMPLE_FILES = 8
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def check_before_ray(cfg: ScoreConfig, ckpt: LoadedCheckpoint, footers: dict[str, pq.FileMetaData],
-                     unreadable: dict[str, str]) -> None:
+                     unreadable: dict[str, UnitError]) -> None:
     """Refuse, naming the file, what the driver can already see is wrong (module docstring)."""
     if unreadable and not footers:
         listing = "\n".join(f"  {uri}: {err}" for uri, err in sorted(unreadable.items()))

@@ -125,8 +125,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
 
     with LeaseKeeper(output, new_run_id()) as lease:  # refused (exit 2) while another run holds the output
         run = _plan_run(cfg, ckpt, output, date, files, footers, passthrough, lease)
-        failures = {uri: UnitError("UnreadableFileError", err, "input") for uri, err in unreadable.items()}
-        return _score_and_commit(run, failures, lease, timings, t_start)
+        return _score_and_commit(run, dict(unreadable), lease, timings, t_start)
 
 
 def _check_complete_output(cfg: ScoreConfig, output: str, date: dt.date) -> Manifest:
@@ -324,7 +323,7 @@ def _comparable_type(arrow_type):
     return {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}.get(arrow_type, arrow_type)
 
 
-def _check_not_empty(cfg: ScoreConfig, footers: dict, unreadable: dict[str, str]) -> None:
+def _check_not_empty(cfg: ScoreConfig, footers: dict, unreadable: dict[str, UnitError]) -> None:
     """An input of 0 rows is refused unless allowed: for a nightly partition it is usually an upstream failure."""
     if unreadable or cfg.allow_empty or any(meta.num_rows for meta in footers.values()):
         return
