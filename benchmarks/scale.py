@@ -1,6 +1,6 @@
 """Benchmark: what grows with the corpus in `bertclf score`, measured at 10^3, 10^4 and 10^5 units (issue 34).
 
-    python benchmarks/scale.py [--sizes 300,1000,10000,100000] [--score-max 1000] [--storage local,s3]
+    python benchmarks/scale.py [--sizes 300,1000,10000,100000] [--score-max 10000] [--storage local,s3]
                                [--layouts row_groups,files] [--reuse-texts 1000000,10000000] [--resume-size 1000]
 
 The model is a stand-in: a random 1-layer BERT (hidden 32) built here with bertclf.dev's builders, so the costs
@@ -573,7 +573,8 @@ def one_size(args, storage_kind: str, layout: str, units: int, ckpt: str, workdi
     mark = storage.join(root, "__mark__") if storage_kind == "s3" else None
     result = {"storage": storage_kind, "layout": layout, "units": units, "rows": info["rows"], "corpus": info}
     output = storage.join(root, "scores", f"{layout}-{units}")
-    scored = units <= (args.score_max if storage_kind == "local" else args.s3_score_max)
+    scored = units <= min(args.score_max if storage_kind == "local" else args.s3_score_max,
+                          args.score_max_files if layout == "files" else units)
     if scored:
         if storage.is_s3(output):
             storage.delete(output)
@@ -654,11 +655,20 @@ def resume_check(args, ckpt: str, workdir: Path, roots: dict, full: dict | None)
     return out
 
 
+def git_state() -> dict:
+    """The commit measured, and the library files changed on top of it (others work in the same tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=bc.REPO, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "changed": git("status", "--short", "bertclf").splitlines()}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="300,1000,10000,100000", help="units per corpus")
-    p.add_argument("--score-max", type=int, default=1000, help="the largest size scored locally (larger: commit only)")
+    p.add_argument("--score-max", type=int, default=10000, help="the largest size scored locally (larger: commit only)")
     p.add_argument("--s3-score-max", type=int, default=1000, help="the largest size scored on S3")
+    p.add_argument("--score-max-files", type=int, default=1000, help="the largest size scored in layout files")
     p.add_argument("--storage", default="local,s3")
     p.add_argument("--layouts", default="row_groups,files")
     p.add_argument("--s3-max-files", type=int, default=10000, help="skip S3 corpora of more input files than this")
@@ -747,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
     machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {"benchmark": "scale", "date": started, "finished": bc.now_utc(), "warning": "; ".join(warnings) or None,
               "cpu_class": machine["cpu_class"], "machine": machine, "versions": bc.versions(), "checkpoint": ckpt,
-              "rows_per_unit": ROWS_PER_UNIT, "groups_per_file": GROUPS_PER_FILE, "args": vars(args),
+              "git": git_state(), "rows_per_unit": ROWS_PER_UNIT, "groups_per_file": GROUPS_PER_FILE,
+              "args": vars(args),
               "runs": results, "growth_exponents": growth, "reuse_load": reuse, "ray_data_floor": floor,
               "resume": resume}
     bc.write_json(bc.result_path("scale", machine, started, args.json), result)
