@@ -101,18 +101,23 @@ def versions() -> dict:
     return out
 
 
-def precision_for(setting: str | None) -> str:
-    """The precision bertclf runs at on this CPU for a config's `precision` (auto/bf16/fp32): the library decides."""
-    from bertclf.resources import use_bf16
+def precision_for(setting: str | None, checkpoint=None) -> str:
+    """The precision bertclf runs at on this CPU for a config's `precision` (auto/bf16/fp32/int8): the library
+    decides, with the checkpoint's gate record where auto reads it (`checkpoint`: a LoadedCheckpoint)."""
+    from bertclf.precision import read_gates, record_needed, resolve
 
-    return "bf16" if use_bf16(setting or "auto", "cpu") else "fp32"
+    setting = setting or "auto"
+    gates = (read_gates(checkpoint.uri, checkpoint.fingerprint())
+             if checkpoint is not None and record_needed(setting, "cpu") else {})
+    return resolve(setting, "cpu", gates)
 
 
 def can_time(precision: str) -> bool:
-    """False for bf16 on a CPU without native bf16: torch emulates it there, and a 2048² matmul takes minutes."""
+    """Whether a matmul peak is measured for `precision`: fp32, and bf16 where the CPU runs it natively (emulated,
+    a 2048² matmul takes minutes); int8 has no such peak here."""
     from bertclf.resources import cpu_has_native_bf16
 
-    return precision == "fp32" or cpu_has_native_bf16()
+    return precision == "fp32" or (precision == "bf16" and cpu_has_native_bf16())
 
 
 def matmul_peak_gflops(dtype_name: str, n: int = 2048, trials: int = 7, min_seconds: float = 0.25,

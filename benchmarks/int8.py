@@ -10,8 +10,9 @@ against its 99.9th percentile and the channels that hold the maximum (outliers),
 (3) Quality: each int8 variant (and bf16) against fp32 on --rows labelled rows of each checkpoint, through the quality
 gate bertclf uses (bertclf.precision.quality_gate), for the transformer alone and for the checkpoint's output (its
 TF-IDF blend included: what users get). (4) Speed at --threads (1 = one scoring actor's share): the HF pipeline
-(fp32), bertclf eager fp32, compiled fp32 (AOTInductor), bertclf int8 and torch's default dynamic int8, each
---pairs times in rotating order on the same rows, with each pair's ratio. --record writes bertclf int8's gate into
+(fp32), bertclf eager fp32, compiled fp32 (AOTInductor), bertclf int8 (per-token inputs) and int8 with one input range
+per tensor (torch's scheme, the same fbgemm kernel), each --pairs times in rotating order on the same rows, in a
+scoring actor's micro-batches, with each round's ratios. --record writes bertclf int8's gate into
 each checkpoint directory (what `precision: auto` reads). Results: benchmarks/results/<date>-int8-<cpu class>.json.
 """
 
@@ -186,6 +187,29 @@ def weights_rounded(model, selected, how: str):
     return replace_linear(model, selected, make)
 
 
+def simulated_int8(model, selected, bits: int):
+    """Simulated in fp32 arithmetic: int8 per-channel weights and `bits`-bit symmetric per-token inputs. 8 bits is
+    what a CPU with VNNI could run exactly (no int16 saturation, so no reduce_range); 7 bits is bertclf's int8."""
+    import torch
+
+    def make(linear):
+        w = linear.weight.data
+        scale = (w.abs().amax(1, keepdim=True) / 127).clamp(min=1e-12)
+        linear.weight.data = torch.round(w / scale) * scale
+        top = 2 ** (bits - 1) - 1
+
+        def forward(self, x):
+            rows = x.reshape(-1, x.shape[-1])
+            s = (rows.abs().amax(1, keepdim=True) / top).clamp(min=1e-12)
+            q = (torch.round(rows / s).clamp(-top, top) * s).reshape(x.shape)
+            return torch.nn.functional.linear(q, self.weight, self.bias)
+
+        linear.forward = types.MethodType(forward, linear)
+        return linear
+
+    return replace_linear(model, selected, make)
+
+
 def variants(model) -> dict:
     """name -> (what it is, builder of the variant model)."""
     from bertclf.precision import Int8Linear
@@ -210,6 +234,9 @@ def variants(model) -> dict:
         "bertclf_int8_attention_output_only": (
             "bertclf int8 on the attention output dense only (1/12 of the encoder's matmul FLOPs)",
             lambda: replace_linear(model, lambda n: linear_kind(n) == "attention output dense", Int8Linear)),
+        "sim_int8_a8_per_token": ("simulated: int8 per-channel weights, 8-bit per-token inputs (VNNI CPUs could run "
+                                  "8-bit inputs without saturation)",
+                                  lambda: simulated_int8(model, encoder, 8)),
         "sim_int8_weights_only": ("simulated: int8 per-channel weights, fp32 inputs (no activation rounding at all)",
                                   lambda: weights_rounded(model, encoder, "int8_weights")),
         "sim_bf16": ("simulated: bf16-rounded weights and inputs of every Linear (bf16 autocast's matmuls)",
@@ -225,8 +252,11 @@ def quality(checkpoint: str, data: str, rows: int, stats_rows: int) -> tuple[dic
     from bertclf.calibration import labelled_rows
     from bertclf.inference import Predictor
     from bertclf.precision import quality_gate
+    from bertclf.resources import plan_scoring
 
-    fp32 = Predictor.load(checkpoint, device="cpu", precision="fp32", compile="off")
+    plan = plan_scoring({"CPU": 1})  # a CPU scoring actor's micro-batches
+    fp32 = Predictor.load(checkpoint, device="cpu", precision="fp32", compile="off",
+                          max_tokens=plan.max_tokens_per_batch, max_rows=plan.max_batch_rows)
     texts, targets = labelled_rows(data, fp32.space, rows)
     token_ids = fp32.token_ids(texts)
     baseline = fp32.baseline_probabilities(texts)
@@ -271,43 +301,46 @@ def speed(checkpoint: str, fp32, token_ids, texts, pairs: int) -> dict:
     from transformers import pipeline
 
     from bertclf.inference import Predictor
+    from bertclf.precision import Int8Linear
 
-    compiled = Predictor.load(checkpoint, device="cpu", precision="fp32", compile="on")
+    budget = {"max_tokens": fp32.max_tokens, "max_rows": fp32.max_rows}
+    compiled = Predictor.load(checkpoint, device="cpu", precision="fp32", compile="on", **budget)
     t0 = time.perf_counter()
     compiled.transformer_probabilities(token_ids[:64])  # loads (or waits for) the graph
     compile_s = time.perf_counter() - t0
-    int8 = Predictor.load(checkpoint, device="cpu", precision="int8", compile="off")
-    torch_int8 = torch_dynamic(fp32.model, lambda n: ".encoder." in f".{n}", per_channel=True)
+    int8 = Predictor.load(checkpoint, device="cpu", precision="int8", compile="off", **budget)
+    per_tensor = replace_linear(fp32.model, lambda n: ".encoder." in f".{n}", lambda lin: Int8Linear(lin, False))
     hf = pipeline("text-classification", model=str(fp32.checkpoint.local_dir), top_k=None, batch_size=64,
                   device=-1, dtype=torch.float32)
     function = "sigmoid" if fp32.space.task == "multi_label" else "softmax"
     model32 = fp32.model
 
-    def torch_default():
-        fp32.model = torch_int8
+    def int8_per_tensor(ids):
+        fp32.model = per_tensor
         try:
-            fp32.transformer_probabilities(token_ids)
+            fp32.transformer_probabilities(ids)
         finally:
             fp32.model = model32
 
     modes = {
-        "hf_pipeline_fp32": lambda: hf(texts, truncation=True, max_length=fp32.max_length, function_to_apply=function),
-        "bertclf_eager_fp32": lambda: fp32.transformer_probabilities(token_ids),
-        "bertclf_compiled_fp32": lambda: compiled.transformer_probabilities(token_ids),
-        "bertclf_int8": lambda: int8.transformer_probabilities(token_ids),
-        "torch_dynamic_int8_per_channel": torch_default,
+        "hf_pipeline_fp32": lambda n: hf(texts[:n], truncation=True, max_length=fp32.max_length,
+                                         function_to_apply=function),
+        "bertclf_eager_fp32": lambda n: fp32.transformer_probabilities(token_ids[:n]),
+        "bertclf_compiled_fp32": lambda n: compiled.transformer_probabilities(token_ids[:n]),
+        "bertclf_int8": lambda n: int8.transformer_probabilities(token_ids[:n]),
+        "bertclf_int8_per_tensor": lambda n: int8_per_tensor(token_ids[:n]),
     }
     if compiled.graph is None:
         del modes["bertclf_compiled_fp32"]
     for run in modes.values():  # warm-up: kernels, packing, the graph
-        run()
+        run(256)
     names = list(modes)
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(pairs):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             t0 = time.perf_counter()
-            modes[name]()
+            modes[name](len(texts))
             rates[name].append(len(texts) / (time.perf_counter() - t0))
         print(f"[bench] speed round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f}" for n in names), flush=True)
 
@@ -318,7 +351,8 @@ def speed(checkpoint: str, fp32, token_ids, texts, pairs: int) -> dict:
            "rows_per_s_rounds": rates, "compile_or_load_seconds": compile_s, "ratios": {}}
     for a, b in (("bertclf_int8", "bertclf_eager_fp32"), ("bertclf_int8", "bertclf_compiled_fp32"),
                  ("bertclf_int8", "hf_pipeline_fp32"), ("bertclf_eager_fp32", "hf_pipeline_fp32"),
-                 ("bertclf_compiled_fp32", "bertclf_eager_fp32"), ("torch_dynamic_int8_per_channel", "bertclf_int8")):
+                 ("bertclf_compiled_fp32", "bertclf_eager_fp32"),
+                 ("bertclf_int8_per_tensor", "bertclf_eager_fp32"), ("bertclf_int8_per_tensor", "bertclf_int8")):
         if (rs := ratios(a, b)) is not None:
             out["ratios"][f"{a}/{b}"] = {"median": statistics.median(rs), "rounds": rs}
     return out

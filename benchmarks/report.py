@@ -44,10 +44,13 @@ def model_name(result: dict) -> str:
 
 
 def group_key(result: dict) -> tuple[str, str]:
-    """Results replace each other per benchmark, CPU class (quality, methods: dataset) and model."""
+    """Results replace each other per benchmark, CPU class (quality, methods: dataset; int8: CPU class and the
+    checkpoints' data sets) and model."""
     benchmark = result.get("benchmark", "unknown")
     subject = result.get("dataset" if benchmark in ("quality", "methods", "long_documents") else "cpu_class") \
         or "unknown"
+    if benchmark == "int8":
+        subject += " " + "+".join(Path(case["data"]).parent.name for case in result.get("cases", []))
     return benchmark, f"{subject} {model_name(result)}"
 
 
@@ -131,6 +134,7 @@ def print_score(r: dict) -> None:
                  ["compile / compiled_vs_eager", f"{r.get('compile', '-')} / {fmt(r.get('compiled_vs_eager'), 2)}"],
                  ["agreement (label sets)", r.get("agreement")],
                  ["max_abs_dprob", r.get("max_abs_dprob")],
+                 ["quality gate (labelled split vs fp32)", gate_text(r.get("quality_gate"))],
                  ["rows near a threshold", r.get("rows_with_a_prob_within_max_dprob_of_threshold")],
                  ["matmul peak GFLOP/s", " / ".join(peaks) or None],
                  ["flops_per_token", f"{flops / 1e6:.2f} M" if flops else None],
@@ -139,6 +143,14 @@ def print_score(r: dict) -> None:
                   f"{fmt(r.get('peak_mem_mb_10N'), 0)} / {fmt(r.get('peak_pss_mb_10N'), 0)}"],
                  ["memory_ratio_10x", r.get("memory_ratio_10x")],
                  ["warning", r.get("warning")]])
+
+
+def gate_text(gate: dict | None) -> str:
+    """One line for a quality gate's result (bertclf.precision.GateResult as a dict): verdict, metric, agreement."""
+    if not gate:
+        return "-"
+    return (f"{'pass' if gate['passed'] else 'FAIL'}: {gate['metric']} {gate['metric_delta']:+.4f}, agreement "
+            f"{gate['agreement']:.4f}, max |dp| {gate['max_abs_dprob']:.4f} ({gate['rows']:,} rows)")
 
 
 def print_train(r: dict) -> None:
@@ -169,7 +181,26 @@ def print_quality(r: dict) -> None:
 
 
 def print_result(r: dict) -> None:
-    {"score": print_score, "train": print_train, "quality": print_quality}.get(r.get("benchmark"), print)(r)
+    {"score": print_score, "train": print_train, "quality": print_quality,
+     "int8": print_int8}.get(r.get("benchmark"), print)(r)
+
+
+def print_int8(r: dict) -> None:
+    """The tables benchmarks/int8.py's result holds: the engine, each variant's gates, and the speeds."""
+    engine = r["engine"]
+    print(f"int8, CPU class {r['cpu_class']}, {r.get('date')}: engine {engine['engine']}, VNNI-type flags "
+          f"{engine['vnni_flags'] or 'none'}, saturates without reduce_range "
+          f"{engine['saturates_without_reduce_range']}")
+    for case in r["cases"]:
+        print_table(f"{case['checkpoint']} on {case['rows']} rows of {case['data']} (blend {case['blend_weight']:g})",
+                    ["variant", "transformer alone", "checkpoint output"],
+                    [[name, gate_cell(v["transformer"]) + f", max |dp| {v['transformer']['max_abs_dprob']:.3f}",
+                      gate_cell(v["checkpoint_output"]) + f", max |dp| {v['checkpoint_output']['max_abs_dprob']:.3f}"]
+                     for name, v in case["variants"].items()])
+        if case.get("speed"):
+            print_table("rows/s (median of the rounds)", ["mode", "rows/s"],
+                        [[k, v] for k, v in case["speed"]["rows_per_s"].items()]
+                        + [[k, v["median"]] for k, v in case["speed"]["ratios"].items()])
 
 
 # ------------------------------------------------------------------------------------------------ README
@@ -182,13 +213,13 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
              markdown_table(
                  ["CPU class", "machine", "model", "date", "rows", "precision", "compile", "baseline rows/s",
                   "bertclf rows/s", "`speedup`", "`compiled_vs_eager`", "`agreement`", "`max_abs_dprob`",
-                  "`memory_ratio_10x`", "`peak_fraction`"],
+                  "`memory_ratio_10x`", "`peak_fraction`", "gate: Δ metric, agreement"],
                  [[r["cpu_class"], machine_name(r), model_name(r), str(r.get("date", ""))[:10],
                    num(r.get("rows"), 0),
                    r.get("precision", "-"), r.get("compile", "off"), num(r.get("baseline_rows_per_s"), 1),
                    num(r.get("bertclf_rows_per_s"), 1), num(r.get("speedup"), 2), num(r.get("compiled_vs_eager"), 2),
                    num(r.get("agreement"), 4), num(r.get("max_abs_dprob"), 4), num(r.get("memory_ratio_10x"), 2),
-                   num(r.get("peak_fraction"), 2)] for r in score]),
+                   num(r.get("peak_fraction"), 2), gate_cell(r.get("quality_gate"))] for r in score]),
              "", "Training (`benchmarks/train.py`: bertclf Ray Train against HF `Trainer` in one process;",
              "each Trainer figure is the faster of its precisions):", "",
              markdown_table(
@@ -250,6 +281,14 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                     f"{run['failed']} / {run['lost_answers']}", num(run.get("memory_growth_second_half"), 3)]
                    for run in r["runs"]])
     parts += optional_table(
+        groups, "int8",
+        "int8 on CPU (`benchmarks/int8.py`: bertclf `precision: int8` in one process at 1 thread, in a scoring "
+        "actor's micro-batches, against eager fp32, compiled fp32 and the HF pipeline on the same rows, rotating "
+        "rounds; gate: task metric change and label agreement against fp32 on the labelled split):",
+        ["CPU class", "date", "checkpoint", "rows", "int8 rows/s", "int8 / eager fp32", "int8 / compiled fp32",
+         "int8 / HF pipeline", "gate, transformer alone", "gate, checkpoint output", "note"],
+        int8_rows)
+    parts += optional_table(
         groups, "score_long",
         "Long documents (`benchmarks/score_long.py`: `bertclf score` of long posts, units cut by text bytes against "
         "whole row groups, and with the blend against the same checkpoint without it):",
@@ -263,6 +302,33 @@ def performance_tables(groups: dict[tuple[str, str], dict]) -> str:
                     num(r["runs"].get("text bytes, no blend", {}).get("rows_per_s"), 1),
                     num(r["ratios"].get("blend / no blend"), 3)]])
     return "\n".join(parts)
+
+
+def gate_cell(gate: dict | None) -> str:
+    """A table cell for a quality gate: "pass, f1_macro +0.0004, 0.9960" ("-" where the run had none)."""
+    if not gate:
+        return "-"
+    verdict = "pass" if gate["passed"] else "fail"
+    return f"{verdict}, {gate['metric']} {gate['metric_delta']:+.4f}, {gate['agreement']:.4f}"
+
+
+def int8_rows(r: dict) -> list[list[str]]:
+    """benchmarks/int8.py: one row per checkpoint: speed ratios and bertclf int8's gate (transformer, checkpoint)."""
+    rows = []
+    for case in r["cases"]:
+        variant = case["variants"]["bertclf_int8"]
+        speed = case.get("speed") or {}
+        ratio = {k: v["median"] for k, v in speed.get("ratios", {}).items()}
+        rows.append([r["cpu_class"], str(r.get("date", ""))[:10],
+                     f"{Path(case['data']).parent.name}, {case['task']}, {case['labels']} labels, blend "
+                     f"{case['blend_weight']:g}", num(case["rows"], 0),
+                     num(speed.get("rows_per_s", {}).get("bertclf_int8"), 0),
+                     num(ratio.get("bertclf_int8/bertclf_eager_fp32"), 2),
+                     num(ratio.get("bertclf_int8/bertclf_compiled_fp32"), 2),
+                     num(ratio.get("bertclf_int8/hf_pipeline_fp32"), 2),
+                     gate_cell(variant["transformer"]), gate_cell(variant["checkpoint_output"]),
+                     "machine busy at start" if r.get("warning") else ""])
+    return rows
 
 
 def optional_table(groups: dict[tuple[str, str], dict], benchmark: str, intro: str, header: list[str],

@@ -9,7 +9,10 @@ Steps: (1) a checkpoint (--checkpoint, or a brief 1-epoch training run, reused f
 precisions the run uses (bertclf's, as the library picks it for this CPU, and the baseline's fp32); (4) the
 baseline: `transformers.pipeline`, one process, every core, fp32, in a subprocess before Ray starts;
 (5) `bertclf.scoring.run` end to end, timed around the call, its output compared with the baseline's by id;
-(6) FLOPs per token and the fraction of the matmul peak reached; (7) peak memory at N and 10 x N rows.
+(6) FLOPs per token and the fraction of the matmul peak reached; (7) peak memory at N and 10 x N rows; (8) the
+quality gate users care about: a labelled split (--quality-data, GoEmotions test by default) scored in this process at
+fp32 and at bertclf's precision, the task metric of each (macro-F1 or accuracy), agreement and max |dp|, judged by
+bertclf.precision.quality_gate, the gate `precision: auto` uses.
 Results: one JSON (default benchmarks/results/<date>-score-<cpu class>.json) and its tables on stdout.
 """
 
@@ -59,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads of the one-process baseline (default: every core)")
     p.add_argument("--max-tokens-per-batch", type=int, help="bertclf ScoreConfig.max_tokens_per_batch (default: its)")
     p.add_argument("--max-batch-rows", type=int, help="bertclf ScoreConfig.max_batch_rows (default: its)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="bertclf ScoreConfig.precision")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32", "int8"], help="bertclf ScoreConfig.precision")
+    p.add_argument("--quality-data", help="labelled Parquet for the quality gate (default: GoEmotions test in "
+                                          "--data-dir; give the checkpoint's own test split for other tasks)")
+    p.add_argument("--quality-rows", type=int, default=2000, help="rows of --quality-data the gate scores")
+    p.add_argument("--skip-quality", action="store_true", help="skip the labelled split's quality gate")
     p.add_argument("--tokenize-stage", choices=["auto", "fused", "separate"],
                    help="bertclf ScoreConfig.tokenize_stage (default: its)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
@@ -339,6 +346,32 @@ def summarize(n: int, precision: str, baseline: dict, runs_n: list[dict], run_n:
     }
 
 
+def labelled_gate(args: argparse.Namespace, ckpt_uri: str, precision: str) -> dict | None:
+    """bertclf's precision (and compile setting) against fp32 eager on the same checkpoint and labelled rows, in this
+    process, through the library's quality gate: the task metric's change, label agreement, max |dp|."""
+    import torch
+
+    from bertclf.calibration import labelled_rows
+    from bertclf.inference import Predictor
+    from bertclf.precision import quality_gate
+
+    if precision == "bf16" and not bc.can_time("bf16"):
+        print("[bench] quality gate skipped: bf16 is emulated on this CPU (minutes per batch)", flush=True)
+        return None
+    data = args.quality_data or str(Path(args.data_dir) / "goemotions" / "test.parquet")
+    torch.set_num_threads(os.cpu_count() or 1)
+    fp32 = Predictor.load(ckpt_uri, device="cpu", precision="fp32", compile="off")
+    texts, targets = labelled_rows(data, fp32.space, args.quality_rows)
+    reference = fp32.probabilities(texts)
+    ours = Predictor.load(ckpt_uri, device="cpu", precision=precision, compile=args.compile)
+    gate = quality_gate(fp32.space, targets, reference, ours.probabilities(texts), precision).to_dict()
+    gate.update(data=data, compiled=ours.graph is not None, thresholds="the checkpoint's")
+    print(f"[bench] quality gate on {len(texts)} labelled rows of {data}: {precision} "
+          f"{'passed' if gate['passed'] else 'FAILED'}: {gate['reason']}; max |dp| {gate['max_abs_dprob']:.4f}",
+          flush=True)
+    return gate
+
+
 def median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda r: r["wall_seconds"])[len(runs) // 2]
 
@@ -388,11 +421,6 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     machine = bc.machine_info()
     warnings = [w for w in [bc.contention_warning(machine)] if w]
-    precision = bc.precision_for(args.precision)
-    peak_precisions = ["fp32"] + ([precision] if precision != "fp32" and bc.can_time(precision) else [])
-    if precision not in peak_precisions:  # bf16 forced where it is emulated
-        warnings.append("bf16 forced on a CPU without native bf16 (emulated): its matmul peak is not measured")
-        print(f"[bench] WARNING: {warnings[-1]}", flush=True)
     n = args.rows
     existing = bc.in_existing_cluster()
     compile_cache = workdir / "compile_cache"  # empty: the first run pays the compile, as a new checkpoint's does
@@ -401,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ckpt_uri, ckpt_source, ckpt_train_s = ensure_checkpoint(args, workdir)
         ckpt = checkpoint.load(ckpt_uri)
+        precision = bc.precision_for(args.precision, ckpt)  # as the actors resolve it (auto reads the gate record)
+        peak_precisions = ["fp32"] + ([precision] if precision != "fp32" and bc.can_time(precision) else [])
+        if precision == "bf16" and precision not in peak_precisions:  # bf16 forced where it is emulated
+            warnings.append("bf16 forced on a CPU without native bf16 (emulated): its matmul peak is not measured")
+            print(f"[bench] WARNING: {warnings[-1]}", flush=True)
         corpus = workdir / f"corpus_{n}"
         bc.write_corpus(args.data_dir, corpus, n, args.files, args.row_group_rows)
 
@@ -428,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             run_10n = score_once(args, ckpt_uri, corpus_10, workdir / f"scores_{10 * n}", session)
     finally:
         bc.stop_ray()
+    gate = None if args.skip_quality else labelled_gate(args, ckpt_uri, precision)
 
     result = {
         "benchmark": "score", "rows": n, "warning": "; ".join(warnings) or None, "date": started,
@@ -446,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                      "attn_implementation": baseline["attn_implementation"]},
         **summarize(n, precision, baseline, runs_n, run_n, run_10n),
         **quality,
+        "quality_gate": gate,
         "run_N": {k: v for k, v in run_n.items() if k != "parts"},
         "run_10N": {k: v for k, v in run_10n.items() if k != "parts"} if run_10n else None,
         **compiled_vs_eager(n, runs_n, runs_eager, baseline),

@@ -112,12 +112,12 @@ SCHEMES = {"int8": INT8_SCHEME, "bf16": "autocast/head-fp32/v1"}
 
 
 class Int8Linear(torch.nn.Module):
-    """A Linear layer as an fbgemm dynamic-quantized matmul: weights int8 per output channel, packed once; each row
-    of the input (a token) scaled to max |x| = 1 before fbgemm quantizes the whole input to 7 bits, and scaled back
-    after, so every token gets its own range (per-tensor ranges lose small tokens to the outlier channels of others).
-    """
+    """A Linear layer as an fbgemm dynamic-quantized matmul, weights int8 per output channel, packed once. fbgemm
+    quantizes the whole input with one 7-bit range; with `per_token`, each row (a token) is first scaled to max |x| = 1
+    and scaled back after, so every token gets its own range (one range per tensor loses small tokens to the outliers
+    of others), at the cost of three passes over the input and output."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, per_token: bool = True):
         super().__init__()
         weight = linear.weight.detach().float().cpu()
         scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
@@ -125,22 +125,27 @@ class Int8Linear(torch.nn.Module):
             warnings.simplefilter("ignore", UserWarning)
             qweight = torch.quantize_per_channel(weight, scale, torch.zeros(len(scale), dtype=torch.long), 0,
                                                  torch.qint8)
-        self.packed = torch.ops.quantized.linear_prepack(qweight, None)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().cpu().clone(),
-                             persistent=False)
+        bias = None if linear.bias is None else linear.bias.detach().float().cpu().clone()
+        self.per_token = per_token
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None if per_token else bias)  # bias fused
+        self.register_buffer("bias", bias if per_token else None, persistent=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (vector_norm(inf) is 15x slower on CPU)
         # reduce_range: 7-bit activations; u8 x s8 pairs then stay below int16's limit on every x86 CPU
+        if not self.per_token:
+            return torch.ops.quantized.linear_dynamic(rows, self.packed, True).reshape(*shape[:-1], self.out_features)
+        # max |x| per row from two reductions (abs() would add a pass; vector_norm(inf) is 15x slower on CPU)
+        scale = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-12)
         out = torch.ops.quantized.linear_dynamic(rows / scale, self.packed, True)
         out = torch.addcmul(self.bias, out, scale) if self.bias is not None else out.mul_(scale)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8, "
+                f"{'per-token' if self.per_token else 'per-tensor'} inputs")
 
 
 def quantize_int8(model) -> int:
