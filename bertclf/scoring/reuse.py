@@ -70,20 +70,28 @@ def sorted_first(keys: np.ndarray) -> np.ndarray:
     """Positions of `keys` (S16) in sorted order, the first of equal keys only: np.unique(keys, return_index=True)'s
     indices, but sorted by the hashes' first 8 bytes as integers: 1.3 s against 6.5 s for np.unique on 10^7 keys in
     random order (2 AVX2 cores); on a previous night's parts, each already sorted, the two take the same time (its
-    mergesort finds the runs) and this one less memory. Uniform hashes share 8-byte prefixes only when equal: where
-    two different keys do, the sort is redone on all 16 bytes."""
+    mergesort finds the runs) and this one a third less memory: only neighbours that share a prefix are compared
+    whole. Uniform hashes share 8-byte prefixes only when equal: where two different keys do, the sort is redone on
+    all 16 bytes."""
     if len(keys) < 2:
         return np.arange(len(keys))
-    halves = np.ascontiguousarray(keys).view(">u8").reshape(-1, 2)  # big-endian: integer order is byte order
+    keys = np.ascontiguousarray(keys)
+    halves = keys.view(">u8").reshape(-1, 2)  # big-endian: integer order is byte order
     high = halves[:, 0].astype(np.uint64)
     order = np.argsort(high, kind="stable")  # stable: the first of equal keys stays first, as np.unique's
-    ranked = keys[order]
-    distinct = ranked[1:] != ranked[:-1]
-    if np.any(distinct & (high[order[1:]] == high[order[:-1]])):  # two texts with one 8-byte prefix
-        order = np.lexsort((halves[:, 1].astype(np.uint64), high))
+    high = high[order]
+    distinct = np.empty(len(keys), bool)
+    distinct[0] = True
+    np.not_equal(high[1:], high[:-1], out=distinct[1:])
+    del high
+    # only neighbours with one prefix are compared whole (duplicates, mostly): no sorted copy of every key
+    same = np.flatnonzero(~distinct[1:])
+    whole = keys[order[same]] != keys[order[same + 1]]
+    if whole.any():  # two different texts with one 8-byte prefix: sort on all 16 bytes
+        order = np.lexsort((halves[:, 1].astype(np.uint64), halves[:, 0].astype(np.uint64)))
         ranked = keys[order]
-        distinct = ranked[1:] != ranked[:-1]
-    return order[np.concatenate([[True], distinct])]
+        distinct[1:] = ranked[1:] != ranked[:-1]
+    return order[distinct]
 
 
 class ScoredTexts:
@@ -156,8 +164,8 @@ def load_previous(source: ReuseSource, key: dict[str, Any], labels: int) -> tupl
     if not keys:
         return ScoredTexts(labels), skipped
     # one copy of the parts at a time: each list is dropped once joined, and the sort works on 8-byte prefixes
-    # (10^7 texts in 500 parts: 5.2 s, peak +952 MiB for a 267 MiB index; np.unique: 5.1 s, +1,145 MiB;
-    # benchmarks/results/2026-12-06-scale-avx2.json)
+    # (10^7 texts in 500 parts: 6.0 s, peak +790 MiB for a 267 MiB index; np.unique: 5.8 s, +1,148 MiB;
+    # benchmarks/results/2026-12-06-scale-avx2.json, reruns)
     all_keys = np.concatenate(keys)
     del keys
     first = sorted_first(all_keys)
