@@ -89,7 +89,7 @@ def contention_warning(machine: dict) -> str | None:
 
 
 def versions() -> dict:
-    from bertclf.checkpoint import versions as lib_versions
+    from bertclf.model.checkpoint import versions as lib_versions
 
     out = lib_versions()
     try:
@@ -104,7 +104,7 @@ def versions() -> dict:
 def precision_for(setting: str | None, checkpoint=None) -> str:
     """The precision bertclf runs at on this CPU for a config's `precision` (auto/bf16/fp32/int8): the library
     decides, with the checkpoint's gate record where auto reads it (`checkpoint`: a LoadedCheckpoint)."""
-    from bertclf.precision import read_gates, record_needed, resolve
+    from bertclf.model.precision import read_gates, record_needed, resolve
 
     setting = setting or "auto"
     gates = (read_gates(checkpoint.uri, checkpoint.fingerprint())

@@ -92,7 +92,7 @@ def step_for(model, device, cfg):
     a CPU smoke run the planner's answer for a fixed share)."""
     import torch
 
-    from bertclf.adapters import hf_model
+    from bertclf.model.adapters import hf_model
     from bertclf.training import StepContext
     from bertclf.training.memory import plan_for_model
     from bertclf.training.worker import gpu_memory_plan
@@ -108,11 +108,11 @@ def step_for(model, device, cfg):
 def train_steps(model_dir: Path, method: str, device, steps: int = 30) -> dict:
     import torch
 
-    from bertclf import adapters
     from bertclf.config import TrainConfig
     from bertclf.dev.synthetic import LABEL_WORDS
     from bertclf.labels import LabelSpace
-    from bertclf.modeling import attention_for, build_classifier, keep_head_in_fp32, load_tokenizer
+    from bertclf.model import adapters
+    from bertclf.model.modeling import attention_for, build_classifier, keep_head_in_fp32, load_tokenizer
     from bertclf.training import accumulate_gradients
 
     cfg = TrainConfig(model=str(model_dir), method=method, lora_rank=4, prefix_length=4, max_length=32,
@@ -140,7 +140,7 @@ def architectures(workdir: Path) -> dict:
 
     from bertclf.dev.tiny_architectures import ARCHITECTURES, TAKES_PREFIX, build_tiny
     from bertclf.dev.tiny_model import save_tiny_checkpoint
-    from bertclf.inference import Predictor
+    from bertclf.model.inference import Predictor
 
     device = torch.device(DEVICE)
     texts, _ = synthetic_rows(64, seed=3)
@@ -169,9 +169,9 @@ def random_checkpoint(model_dir: Path, workdir: Path, max_length: int) -> tuple[
     directory holds none)."""
     import transformers as t
 
-    from bertclf import adapters
     from bertclf.labels import LabelSpace
-    from bertclf.modeling import build_classifier, load_tokenizer
+    from bertclf.model import adapters
+    from bertclf.model.modeling import build_classifier, load_tokenizer
     from bertclf.records import CheckpointMeta
 
     source = model_dir
@@ -190,7 +190,7 @@ def random_checkpoint(model_dir: Path, workdir: Path, max_length: int) -> tuple[
 def variants(ckpt: Path) -> list[tuple[str, bool]]:
     """(precision, cuDNN attention on): bertclf's settings, and for SDPA models on a GPU also bf16 with torch's
     default backend order (cuDNN first), the baseline for `without_cudnn_attention`."""
-    from bertclf.modeling import attention_for
+    from bertclf.model.modeling import attention_for
 
     runs = [(precision, False) for precision in precisions()]
     return runs + ([("bf16", True)] if DEVICE == "cuda" and attention_for(DEVICE, str(ckpt)) == "sdpa" else [])
@@ -199,8 +199,8 @@ def variants(ckpt: Path) -> list[tuple[str, bool]]:
 def scoring(ckpt: Path, texts: list[str], max_length: int) -> dict:
     import torch
 
-    from bertclf.inference import Predictor
-    from bertclf.modeling import load_tokenizer
+    from bertclf.model.inference import Predictor
+    from bertclf.model.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(ckpt))
     t0 = time.perf_counter()
@@ -233,9 +233,9 @@ def training(ckpt: Path, texts: list[str], steps: int) -> list[dict]:
     """Full fine-tuning steps of TRAIN_BATCH rows padded to each length, bf16 autocast, against the planner."""
     import torch
 
-    from bertclf.adapters import hf_model
     from bertclf.config import TrainConfig
-    from bertclf.modeling import attention_for, from_pretrained, load_tokenizer
+    from bertclf.model.adapters import hf_model
+    from bertclf.model.modeling import attention_for, from_pretrained, load_tokenizer
     from bertclf.training import accumulate_gradients
 
     device = torch.device(DEVICE)

@@ -8,7 +8,7 @@
 reduce_range (fbgemm reads the CPU's features itself: only VNNI avoids it). (2) Per Linear layer, the input's max |x|
 against its 99.9th percentile and the channels that hold the maximum (outliers), on a sample of the texts.
 (3) Quality: each int8 variant (and bf16) against fp32 on --rows labelled rows of each checkpoint, through the quality
-gate bertclf uses (bertclf.precision.quality_gate), for the transformer alone and for the checkpoint's output (its
+gate bertclf uses (bertclf.model.precision.quality_gate), for the transformer alone and for the checkpoint's output (its
 TF-IDF blend included: what users get). (4) Speed at --threads (1 = one scoring actor's share): the HF pipeline
 (fp32), bertclf eager fp32, compiled fp32 (AOTInductor), bertclf int8 (per-token inputs) and int8 with one input range
 per tensor (torch's scheme, the same fbgemm kernel), each --pairs times in rotating order on the same rows, in a
@@ -212,7 +212,7 @@ def simulated_int8(model, selected, bits: int):
 
 def variants(model) -> dict:
     """name -> (what it is, builder of the variant model)."""
-    from bertclf.precision import Int8Linear
+    from bertclf.model.precision import Int8Linear
 
     def encoder(n):
         return ".encoder." in f".{n}"
@@ -249,9 +249,9 @@ def variants(model) -> dict:
 
 def quality(checkpoint: str, data: str, rows: int, stats_rows: int) -> tuple[dict, object, list, object]:
     """Gates of every variant on `rows` labelled rows; returns (result, fp32 predictor, token ids, texts)."""
-    from bertclf.calibration import labelled_rows
-    from bertclf.inference import Predictor
-    from bertclf.precision import quality_gate
+    from bertclf.model.calibration import labelled_rows
+    from bertclf.model.inference import Predictor
+    from bertclf.model.precision import quality_gate
     from bertclf.resources import plan_scoring
 
     plan = plan_scoring({"CPU": 1})  # a CPU scoring actor's micro-batches
@@ -300,8 +300,8 @@ def speed(checkpoint: str, fp32, token_ids, texts, pairs: int) -> dict:
     import torch
     from transformers import pipeline
 
-    from bertclf.inference import Predictor
-    from bertclf.precision import Int8Linear
+    from bertclf.model.inference import Predictor
+    from bertclf.model.precision import Int8Linear
 
     budget = {"max_tokens": fp32.max_tokens, "max_rows": fp32.max_rows}
     compiled = Predictor.load(checkpoint, device="cpu", precision="fp32", compile="on", **budget)
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             print("[bench] rows/s (median): " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + "; "
                   + ", ".join(f"{k} {v['median']:.2f}" for k, v in ratios.items()), flush=True)
         if args.record:
-            from bertclf.precision import GateResult, write_gates
+            from bertclf.model.precision import GateResult, write_gates
 
             gate = GateResult.from_dict(case["variants"]["bertclf_int8"]["checkpoint_output"])
             gate = GateResult(**{**gate.to_dict(), "precision": "int8"})
@@ -394,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "int8", "date": started[:10], "started": started, "finished": bc.now_utc(),
               "cpu_class": machine["cpu_class"], "machine": machine, "versions": bc.versions(),
               "threads": args.threads, "engine": facts, "cases": cases, "warning": warning,
-              "gate": "bertclf.precision.quality_gate: |Δ task metric| <= 0.003 and label agreement >= 0.99 against "
+              "gate": "bertclf.model.precision.quality_gate: |Δ task metric| <= 0.003 and label agreement >= 0.99 "
+                      "against "
                       "fp32 (eager) on the same rows; 'checkpoint_output' includes the checkpoint's TF-IDF blend",
               "speed_note": "in-process, the same token ids for every bertclf mode (the pipeline tokenizes its own), "
                             "transformer forward only; median of the rounds; ratios are per round, then the median"}

@@ -71,12 +71,12 @@ def evaluate_three_ways(best: str, test_uri: str, text_column: str = "text") -> 
     the probabilities `bertclf score` writes), each with its validation-tuned thresholds."""
     import pyarrow.parquet as pq
 
-    from bertclf import checkpoint
     from bertclf.baseline import Baseline
     from bertclf.blend import combine
-    from bertclf.inference import Predictor
     from bertclf.labels import encode_targets, label_format
     from bertclf.metrics import classification_metrics
+    from bertclf.model import checkpoint
+    from bertclf.model.inference import Predictor
 
     predictor = Predictor.load(best, device="cpu")
     ckpt, space = predictor.checkpoint, predictor.space

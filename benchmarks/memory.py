@@ -49,8 +49,8 @@ def one_run(spec: dict) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from bertclf.inference import pad_batch, tokenize
-    from bertclf.modeling import load_tokenizer, packaged_model_dir
+    from bertclf.model.inference import pad_batch, tokenize
+    from bertclf.model.modeling import load_tokenizer, packaged_model_dir
     from bertclf.training import Batch, StepContext, accumulate_gradients
 
     torch.set_num_threads(spec["threads"])
@@ -87,14 +87,14 @@ def plan_for(length: int, batch_size: int, workers: int, bf16: bool) -> tuple[in
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from bertclf.config import TrainConfig
-    from bertclf.modeling import packaged_model_dir
+    from bertclf.model.modeling import packaged_model_dir
     from bertclf.training.memory import node_share, plan_for_model
 
     config = AutoConfig.from_pretrained(str(packaged_model_dir()), num_labels=20)
     model = AutoModelForSequenceClassification.from_config(config)
     psutil = bc.import_psutil()
     share = node_share(psutil.virtual_memory().total, workers)
-    # a CPU worker: eager attention (bertclf.modeling.attention_for), full fine-tuning
+    # a CPU worker: eager attention (bertclf.model.modeling.attention_for), full fine-tuning
     plan = plan_for_model(model, config, TrainConfig(max_length=length, batch_size=batch_size), share_bytes=share,
                           device_type="cpu", bf16=bf16)
     return plan.max_tokens_per_batch, share

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="result file (default benchmarks/results/<date>-methods-<dataset>.json)")
     args = p.parse_args(argv)
     bc.setup_env()
-    from bertclf import checkpoint
     from bertclf.config import EvaluateConfig, TrainConfig, load_config, parse_set_overrides
     from bertclf.evaluate import evaluate
+    from bertclf.model import checkpoint
     from bertclf.training import run
 
     title, folder, _ = DATASETS[args.dataset]

@@ -52,10 +52,10 @@ def make_checkpoint(workdir: Path) -> str:
     """The packaged MiniLM with a seeded 28-label multi-label head, saved as a bertclf checkpoint (no training)."""
     import torch
 
-    from bertclf import adapters
     from bertclf.config import PACKAGED_MODEL
     from bertclf.labels import LabelSpace
-    from bertclf.modeling import build_classifier, load_tokenizer, resolve_model_dir
+    from bertclf.model import adapters
+    from bertclf.model.modeling import build_classifier, load_tokenizer, resolve_model_dir
     from bertclf.records import CheckpointMeta
 
     names = sorted({lab for labels in bc.read_goemotions(bc.DEFAULT_DATA_DIR, "validation", ["labels"])["labels"]

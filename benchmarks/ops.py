@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     bc.setup_env()
     import torch
 
-    from bertclf.inference import Predictor
+    from bertclf.model.inference import Predictor
 
     machine = bc.machine_info()
     started = bc.now_utc()

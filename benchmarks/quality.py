@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="result file (default benchmarks/results/<date>-quality-<dataset>.json)")
     args = p.parse_args(argv)
     bc.setup_env()
-    from bertclf import checkpoint
     from bertclf.config import EvaluateConfig
     from bertclf.evaluate import evaluate
+    from bertclf.model import checkpoint
 
     title, folder, notes = DATASETS[args.dataset]
     best = str(Path(args.run, "best").resolve())

@@ -146,7 +146,8 @@ def print_score(r: dict) -> None:
 
 
 def gate_text(gate: dict | None) -> str:
-    """One line for a quality gate's result (bertclf.precision.GateResult as a dict): verdict, metric, agreement."""
+    """One line for a quality gate's result (bertclf.model.precision.GateResult as a dict): verdict, metric,
+    agreement."""
     if not gate:
         return "-"
     return (f"{'pass' if gate['passed'] else 'FAIL'}: {gate['metric']} {gate['metric_delta']:+.4f}, agreement "

@@ -12,7 +12,7 @@ baseline: `transformers.pipeline`, one process, every core, fp32, in a subproces
 (6) FLOPs per token and the fraction of the matmul peak reached; (7) peak memory at N and 10 x N rows; (8) the
 quality gate users care about: a labelled split (--quality-data, GoEmotions test by default) scored in this process at
 fp32 and at bertclf's precision, the task metric of each (macro-F1 or accuracy), agreement and max |dp|, judged by
-bertclf.precision.quality_gate, the gate `precision: auto` uses.
+bertclf.model.precision.quality_gate, the gate `precision: auto` uses.
 Results: one JSON (default benchmarks/results/<date>-score-<cpu class>.json) and its tables on stdout.
 """
 
@@ -34,7 +34,7 @@ bc.setup_env()
 
 FLOPS_NOTE = ("flops_per_token = 2*P_encoder + 4*n_layers*hidden*avg_tokens + 2*P_head/avg_tokens: P_encoder = the "
               "transformer layers' parameters (embeddings are lookups), the attention term counts Q.K^T and A.V at "
-              "the mean real length, P_head (bertclf.modeling.head_modules) runs once per sequence; "
+              "the mean real length, P_head (bertclf.model.modeling.head_modules) runs once per sequence; "
               "padding is not counted")
 
 
@@ -103,7 +103,7 @@ def token_lengths(spec: dict, tokenizer):
     the library's own units (plan_units), read batches (read_unit), tokenize and micro-batches."""
     import numpy as np
 
-    from bertclf.inference import plan_microbatches, tokenize
+    from bertclf.model.inference import plan_microbatches, tokenize
     from bertclf.units import plan_units, read_unit
 
     files = [str(f) for f in sorted(Path(spec["corpus"]).glob("*.parquet"))]
@@ -133,7 +133,7 @@ def baseline_worker(spec_path: str) -> None:
     import torch
     from transformers import pipeline
 
-    from bertclf.modeling import head_parameter_ids, load_tokenizer
+    from bertclf.model.modeling import head_parameter_ids, load_tokenizer
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
@@ -351,9 +351,9 @@ def labelled_gate(args: argparse.Namespace, ckpt_uri: str, precision: str) -> di
     process, through the library's quality gate: the task metric's change, label agreement, max |dp|."""
     import torch
 
-    from bertclf.calibration import labelled_rows
-    from bertclf.inference import Predictor
-    from bertclf.precision import quality_gate
+    from bertclf.model.calibration import labelled_rows
+    from bertclf.model.inference import Predictor
+    from bertclf.model.precision import quality_gate
 
     if precision == "bf16" and not bc.can_time("bf16"):
         print("[bench] quality gate skipped: bf16 is emulated on this CPU (minutes per batch)", flush=True)
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline_worker(args.internal_baseline)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from bertclf import checkpoint
+    from bertclf.model import checkpoint
 
     started = bc.now_utc()
     workdir = Path(args.workdir).expanduser().resolve()

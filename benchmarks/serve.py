@@ -114,7 +114,7 @@ def in_process_rate(checkpoint: str, texts: list[str], size: int, precision: str
     """texts/s of `Predictor.predict` (what `bertclf predict` runs) on batches of `size`, in this process."""
     import torch
 
-    from bertclf.inference import Predictor
+    from bertclf.model.inference import Predictor
 
     torch.set_num_threads(os.cpu_count() or 1)
     predictor = Predictor.load(checkpoint, precision=precision)

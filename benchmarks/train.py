@@ -98,7 +98,7 @@ def hf_worker(spec_path: str) -> None:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
-    from bertclf.modeling import build_classifier, load_tokenizer, packaged_model_dir
+    from bertclf.model.modeling import build_classifier, load_tokenizer, packaged_model_dir
     from bertclf.training import encode_batch, inspect_training_data
     from bertclf.units import read_table
 
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "hf_trainer_runs": hf,
         "hf_note": "transformers.Trainer in one process, torch threads = all cores; samples/s = max_steps x batch / "
                    f"wall time of train(); tokenization done before train() (not timed); attention {args.hf_attention} "
-                   "(bertclf uses eager attention on CPU: see bertclf.modeling.attention_for)",
+                   "(bertclf uses eager attention on CPU: see bertclf.model.modeling.attention_for)",
         "speedup_vs_hf_trainer": (bertclf_sps / dyn_sps) if dyn_sps else None,
         "speedup_vs_hf_trainer_against": dyn_key,
         "speedup_vs_fixed_padding": (bertclf_sps / fix_sps) if fix_sps else None,

@@ -247,7 +247,7 @@ def _check_texts(texts: list[str]) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from bertclf.inference import predict_texts
+    from bertclf.model.inference import predict_texts
 
     _check_texts(args.texts)
 

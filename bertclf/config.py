@@ -22,11 +22,11 @@ from bertclf.errors import ConfigError
 C = TypeVar("C")
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
-# opt-in base-size model, assembled once from five PyPI packages (bertclf.packaged)
+# opt-in base-size model, assembled once from five PyPI packages (bertclf.model.packaged)
 PACKAGED_MPNET_MODEL = "packaged:all-mpnet-base-v2"
 
 Task = Literal["auto", "multi_label", "multi_class"]
-Precision = Literal["auto", "bf16", "fp32", "int8"]  # int8: CPU inference only (bertclf.precision)
+Precision = Literal["auto", "bf16", "fp32", "int8"]  # int8: CPU inference only (bertclf.model.precision)
 CompileSetting = Literal["auto", "on", "off"]
 TokenizeStage = Literal["auto", "fused", "separate"]
 Method = Literal["full", "lora", "prefix"]
@@ -221,7 +221,7 @@ class ScoreConfig:
     cpus_per_actor: float | None = key(None, help="CPUs per scoring actor; none: 1 on CPU clusters")
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs, "
                                             "int8 on AVX2 CPUs where the checkpoint's recorded gate passed it "
-                                            "(bertclf.calibration); int8: CPU only")
+                                            "(bertclf.model.calibration); int8: CPU only")
     compile: CompileSetting = key("auto", help="run the model as a graph compiled once per checkpoint and node "
                                                "(AOTInductor, cached); auto: on CPUs for models of 5M+ parameters")
     tokenize_stage: TokenizeStage = key("auto", help="where texts are tokenized: fused (in each scoring actor), "
@@ -345,7 +345,7 @@ class ServeConfig:
     gpus_per_replica: float = key(0.0, help="GPUs per replica (1 on GPU nodes)")
     precision: Precision = key("auto", help="auto: bf16 autocast on GPUs that support it and native-bf16 CPUs, "
                                             "int8 on AVX2 CPUs where the checkpoint's recorded gate passed it "
-                                            "(bertclf.calibration); int8: CPU only")
+                                            "(bertclf.model.calibration); int8: CPU only")
     max_batch_size: int = key(64, help="texts batched into one forward pass at most (across requests)")
     batch_wait_timeout_s: float = key(0.005, help="how long a batch waits to fill before it runs")
     max_texts_per_request: int = key(256, help="texts one request may send; more get 413")

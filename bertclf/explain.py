@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bertclf.errors import InputError
-from bertclf.inference import Predictor
+from bertclf.model.inference import Predictor
 
 DEFAULT_STEPS = 50
 
@@ -55,7 +55,7 @@ class Explainer:
     def __init__(self, predictor: Predictor, steps: int = DEFAULT_STEPS):
         from captum.attr import LayerIntegratedGradients
 
-        from bertclf.adapters import hf_model
+        from bertclf.model.adapters import hf_model
 
         self.predictor = predictor
         self.steps = steps

@@ -333,7 +333,7 @@ def cpu_has_native_bf16() -> bool:
 
 def use_bf16(precision: str, device_type: str) -> bool:
     """bf16 autocast: always when asked, never for fp32; auto = GPUs that support it and native-bf16 CPUs. What a
-    model runs at for inference (int8 too) is bertclf.precision.resolve, which asks this for bf16; training asks
+    model runs at for inference (int8 too) is bertclf.model.precision.resolve, which asks this for bf16; training asks
     here directly, and int8 is no precision to train at."""
     if precision == "int8":
         raise ConfigError("precision int8 is for CPU inference (score, serve); train with auto, bf16 or fp32")

@@ -353,7 +353,7 @@ class Classifier:
     def __init__(self, cfg: ServeConfig):
         import torch
 
-        from bertclf.inference import Predictor
+        from bertclf.model.inference import Predictor
 
         logs.setup_worker()  # a RayService replica has no bertclf driver whose setup hook would have run
         torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
@@ -440,7 +440,7 @@ def build_app(args: dict[str, Any]):
 def start(cfg: ServeConfig) -> str:
     """Start Serve on this Ray cluster with the endpoint at http://host:port/ and return that URL."""
     from bertclf import storage
-    from bertclf.checkpoint import load
+    from bertclf.model.checkpoint import load
     from bertclf.resources import connect
 
     cfg = dataclasses.replace(cfg, checkpoint=storage.absolute(cfg.checkpoint))  # replicas run elsewhere

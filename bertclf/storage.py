@@ -461,3 +461,11 @@ def list_names(uri: str) -> set[str]:
     fs, path = resolve(uri)
     infos = with_retries(lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)), f"listing {uri}")
     return {posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File}
+
+
+# the storage interface other modules, jobs and benchmarks use
+__all__ = ["AWS_CREDENTIAL_VARS", "AWS_ENV_VARS", "StorageError", "StorageInputError", "absolute", "aws_env",
+           "check_writable", "copy_file", "delete", "download_dir", "exists", "io_attempts", "io_deadline", "is_s3",
+           "is_permanent", "is_transient", "join", "list_names", "list_parquet_files", "local_copy", "read_bytes",
+           "read_json", "replace_dir", "resolve", "retry_delay", "retry_or_raise", "s3_filesystem", "s3_retries",
+           "to_uri", "upload_dir", "upload_file", "with_retries", "without_credentials", "write_bytes", "write_json"]

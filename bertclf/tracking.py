@@ -190,7 +190,7 @@ def for_report(cfg: ReportConfig, checkpoint_uri: str) -> Run | None:
         if cfg.tracking == "auto":
             return None
         return start(cfg.tracking_uri, cfg.experiment, cfg.run_name or "report",
-                     {"bertclf.command": "report", "bertclf.checkpoint": checkpoint_uri})
+                     {"bertclf.command": "report", "bertclf.model.checkpoint": checkpoint_uri})
     if cfg.tracking_uri:
         ref = replace(ref, tracking_uri=cfg.tracking_uri)
     check_uri(ref.tracking_uri)

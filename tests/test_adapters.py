@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from bertclf import adapters, checkpoint
-from bertclf.adapters import load_for_inference
 from bertclf.config import TrainConfig
 from bertclf.dev.synthetic import LABEL_WORDS
 from bertclf.errors import CheckpointError, ConfigError
 from bertclf.labels import LabelSpace
-from bertclf.modeling import build_classifier, keep_head_in_fp32, load_tokenizer
+from bertclf.model import adapters, checkpoint
+from bertclf.model.adapters import load_for_inference
+from bertclf.model.modeling import build_classifier, keep_head_in_fp32, load_tokenizer
 from bertclf.records import CheckpointMeta
 
 SPACE = LabelSpace("multi_label", sorted(LABEL_WORDS), [0.5] * len(LABEL_WORDS))

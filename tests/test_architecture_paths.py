@@ -25,7 +25,7 @@ from bertclf.dev.scores import read_scores
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_architectures import ARCHITECTURES, TAKES_PREFIX, arch_checkpoint, build_tiny
 from bertclf.explain import Explainer
-from bertclf.inference import Predictor, predict_texts
+from bertclf.model.inference import Predictor, predict_texts
 from bertclf.scoring import run as score
 
 REPO = Path(__file__).resolve().parents[1]

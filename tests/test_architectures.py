@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertclf import adapters
 from bertclf.config import TrainConfig
 from bertclf.dev.synthetic import LABEL_WORDS, make_rows, write_rows
 from bertclf.dev.tiny_architectures import ARCHITECTURES, TAKES_PREFIX, build_tiny
 from bertclf.errors import ConfigError
 from bertclf.labels import LabelSpace
-from bertclf.modeling import attention_for, build_classifier, load_tokenizer
+from bertclf.model import adapters
+from bertclf.model.modeling import attention_for, build_classifier, load_tokenizer
 from bertclf.training.lengths import absolute_positions, check_max_length, model_length_limit
 
 SPACE = LabelSpace("multi_label", sorted(LABEL_WORDS), [0.5] * len(LABEL_WORDS))
@@ -159,7 +159,7 @@ def test_the_driver_refuses_before_any_worker_starts(tiny, tmp_path):
 def test_two_workers_train_and_score_each_architecture(ray_local, tmp_path, arch, method):
     from transformers import AutoModelForSequenceClassification
 
-    from bertclf.inference import Predictor
+    from bertclf.model.inference import Predictor
     from bertclf.training import run as train
 
     model_dir = build_tiny(tmp_path / arch, arch)

@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertclf import checkpoint, storage
+from bertclf import storage
 from bertclf.cli import main
 from bertclf.dev.ports import free_port
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import StorageError, UnreadableFileError
+from bertclf.model import checkpoint
 from bertclf.units import read_parquet_part
 
 

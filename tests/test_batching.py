@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bertclf.modeling import load_tokenizer
+from bertclf.model.modeling import load_tokenizer
 from bertclf.training.batching import length_grouped_batches
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()

@@ -12,14 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from bertclf import baseline, checkpoint
+from bertclf import baseline
 from bertclf.blend import choose, combine
 from bertclf.config import EvaluateConfig, ScoreConfig
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.evaluate import evaluate
-from bertclf.inference import Predictor, predict_texts
 from bertclf.labels import LabelSpace, encode_targets
+from bertclf.model import checkpoint
+from bertclf.model.inference import Predictor, predict_texts
 from bertclf.scoring import run as score
 from bertclf.scoring.tokens import TokenizedBatch, pack, unpack
 

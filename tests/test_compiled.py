@@ -1,4 +1,4 @@
-"""The compiled graph (bertclf.compiled): built once per checkpoint and node, the same numbers as eager, and eager
+"""The compiled graph (bertclf.model.compiled): built once per checkpoint and node, the same numbers as eager, and eager
 whenever it is not there yet or cannot be used. One real AOTInductor compile of the tiny BERT serves the module."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bertclf import compiled
 from bertclf.config import ScoreConfig
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
-from bertclf.inference import Predictor
+from bertclf.model import compiled
+from bertclf.model.inference import Predictor
 from bertclf.scoring import run
 
 MAX_ROWS = 8  # small, so the 41 texts below make several micro-batches, the last one a single row

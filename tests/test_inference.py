@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertclf.inference import logits_for_token_ids, pad_batch, plan_microbatches
+from bertclf.model.inference import logits_for_token_ids, pad_batch, plan_microbatches
 
 
 def _check_plan(lengths, max_tokens, max_rows):
@@ -119,7 +119,7 @@ def test_logits_for_token_ids_runs_without_grad():
 def test_keep_head_in_fp32_under_bf16_autocast(tiny_model):
     """Pooler and classifier compute in fp32 inside a bf16 autocast region; the encoder stays bf16; keys unchanged."""
     from bertclf.labels import LabelSpace
-    from bertclf.modeling import build_classifier, keep_head_in_fp32
+    from bertclf.model.modeling import build_classifier, keep_head_in_fp32
 
     model = build_classifier(str(tiny_model), LabelSpace("multi_label", ["a", "b"], [0.5, 0.5])).eval()
     keys = set(model.state_dict())

@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bertclf"
 ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 
-def _unit(module: str) -> str:
-    """bertclf.scoring.actor -> bertclf.scoring: a subpackage is one layer."""
-    return ".".join(module.split(".")[:2])
+def _unit(module: str, depth: int = 2) -> str:
+    """bertclf.scoring.actor -> bertclf.scoring: a subpackage is one layer (at depth 3, its modules are)."""
+    return ".".join(module.split(".")[:depth])
 
 
 def _module_of(path: Path) -> str:
@@ -34,14 +34,14 @@ def _imported(node: ast.AST) -> list[str]:
     return []
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(depth: int = 2) -> dict[str, set[str]]:
     """Each bertclf layer -> the layers it imports anywhere in its files (module level or inside functions)."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
-        unit = _unit(_module_of(path))
+        unit = _unit(_module_of(path), depth)
         deps = graph.setdefault(unit, set())
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            deps.update(_unit(m) for m in _imported(node))
+            deps.update(_unit(m, depth) for m in _imported(node))
         deps.discard(unit)
         deps.discard("bertclf")  # the package's __init__ holds only __version__
     return graph
@@ -79,15 +79,17 @@ def test_no_import_cycles_between_bertclf_modules():
         order = list(TopologicalSorter(import_graph()).static_order())
     except CycleError as exc:
         raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
-    assert "bertclf.checkpoint" in order and "bertclf.cli" in order
+    assert "bertclf.model" in order and "bertclf.cli" in order
 
 
 def test_the_model_stack_runs_checkpoint_then_modeling_then_adapters():
-    graph = import_graph()
-    assert not graph["bertclf.checkpoint"] & {"bertclf.modeling", "bertclf.adapters", "bertclf.inference"}
-    assert "bertclf.adapters" not in graph["bertclf.modeling"]
-    assert {"bertclf.modeling", "bertclf.checkpoint"} <= graph["bertclf.adapters"]
-    assert "bertclf.evaluate" not in graph["bertclf.report"], "evaluate is a view of the report's engine"
+    graph = import_graph(depth=3)
+    model = {"bertclf.model.modeling", "bertclf.model.adapters", "bertclf.model.inference"}
+    assert not graph["bertclf.model.checkpoint"] & model
+    assert "bertclf.model.adapters" not in graph["bertclf.model.modeling"]
+    assert {"bertclf.model.modeling", "bertclf.model.checkpoint"} <= graph["bertclf.model.adapters"]
+    assert not [unit for unit, deps in graph.items() if unit.startswith("bertclf.report") and "bertclf.evaluate" in deps
+                ], "evaluate is a view of the report's engine"
 
 
 
@@ -95,17 +97,20 @@ def test_benchmarks_import_only_what_bertclf_names_public():
     """Benchmarks call the library's own planners so they report what bertclf really does; what they use is each
     module's declared interface (`__all__`), so renaming an internal can't break them unseen."""
     import importlib
+    import importlib.util
 
     outside = []
     for path in sorted((PACKAGE.parent / "benchmarks").glob("*.py")):
         tree = ast.parse(path.read_text())
         modules = {}  # `from bertclf import checkpoint`: the name bound to a bertclf module, used as `checkpoint.x`
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bertclf."):
-                public = getattr(importlib.import_module(node.module), "__all__", ())
-                outside += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in public]
-            elif isinstance(node, ast.ImportFrom) and node.module == "bertclf":
-                modules.update({a.asname or a.name: importlib.import_module(f"bertclf.{a.name}") for a in node.names})
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bertclf"):
+                package = importlib.import_module(node.module)
+                for a in node.names:
+                    if importlib.util.find_spec(f"{node.module}.{a.name}") if hasattr(package, "__path__") else None:
+                        modules[a.asname or a.name] = importlib.import_module(f"{node.module}.{a.name}")  # a module
+                    elif a.name not in getattr(package, "__all__", ()):
+                        outside.append(f"{path.name}: {node.module}.{a.name}")
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
                     and node.attr not in getattr(modules[node.value.id], "__all__", ())):

@@ -7,7 +7,7 @@ import pytest
 
 from bertclf.config import TrainConfig
 from bertclf.dev.synthetic import FILLER, make_rows, write_rows
-from bertclf.modeling import load_tokenizer
+from bertclf.model.modeling import load_tokenizer
 from bertclf.training.driver import prepare
 from bertclf.training.lengths import auto_long_text, auto_max_length, model_length_limit, text_sample, token_counts
 

@@ -16,8 +16,8 @@ from bertclf.dev.scores import read_scores
 from bertclf.dev.synthetic import FILLER, LABEL_WORDS, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import ConfigError
-from bertclf.inference import window_layout
-from bertclf.modeling import load_tokenizer
+from bertclf.model.inference import window_layout
+from bertclf.model.modeling import load_tokenizer
 from bertclf.records import WorkUnit
 from bertclf.scoring import run as score
 from bertclf.training.batching import sampled_windows
@@ -99,7 +99,7 @@ def test_the_first_epoch_projects_the_whole_run():
 
 @pytest.mark.slow  # a 2-worker training run and a scoring run on long synthetic multi-label texts (~3 min)
 def test_long_multi_label_texts_train_on_sampled_windows_and_blend(ray_local, tiny_model, tmp_path):
-    from bertclf.inference import Predictor
+    from bertclf.model.inference import Predictor
     from bertclf.training import run
 
     write_rows(tmp_path / "train.parquet", _long_rows(160, 120, seed=3))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from bertclf import adapters
 from bertclf.config import EvaluateConfig
 from bertclf.dev.synthetic import LABEL_WORDS, make_rows, write_rows
 from bertclf.evaluate import evaluate
-from bertclf.inference import pool_window_logits, special_tokens_around, window_starts, windows
 from bertclf.labels import LabelSpace
-from bertclf.modeling import build_classifier, load_tokenizer
+from bertclf.model import adapters
+from bertclf.model.inference import pool_window_logits, special_tokens_around, window_starts, windows
+from bertclf.model.modeling import build_classifier, load_tokenizer
 from bertclf.records import CheckpointMeta
 
 

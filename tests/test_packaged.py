@@ -1,4 +1,4 @@
-"""Packaged split-zip models (bertclf.packaged): assembly from fake parts of a tiny zip, hash checks, races.
+"""Packaged split-zip models (bertclf.model.packaged): assembly from fake parts of a tiny zip, hash checks, races.
 
 No download: the parts are made here, and `locate_part` is pointed at them."""
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bertclf import packaged
 from bertclf.config import PACKAGED_MODEL, PACKAGED_MPNET_MODEL
 from bertclf.errors import ModelError
+from bertclf.model import packaged
 
 FOLDER = "tiny-model"
 FILES = {
@@ -192,7 +192,7 @@ def test_rename_race_without_lock(fake, monkeypatch):
 _CHILD = """
 import json, sys
 from pathlib import Path
-from bertclf import packaged
+from bertclf.model import packaged
 args = json.loads(sys.argv[1])
 spec = packaged.SplitZipModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in args["spec"].items()})
 packaged.locate_part = lambda package, file_name: Path(args["where"][package])
@@ -216,7 +216,7 @@ def test_two_processes_at_once(fake):
 
 
 def test_resolve_model_dir_routes_packaged_names(fake, monkeypatch):
-    from bertclf import modeling
+    from bertclf.model import modeling
 
     spec, _, cache = fake
     monkeypatch.setenv(packaged.CACHE_ENV, str(cache))
@@ -229,7 +229,7 @@ def test_resolve_model_dir_routes_packaged_names(fake, monkeypatch):
 
 def test_real_parts_missing_is_exit_2_with_hint(tmp_path, monkeypatch):
     """The real spec, with its packages reported absent: a ModelError (exit 2) naming the install command."""
-    from bertclf import modeling
+    from bertclf.model import modeling
 
     monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(packaged, "locate_part", lambda package, file_name: None)

@@ -12,13 +12,14 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from bertclf import checkpoint, precision, resources
-from bertclf.calibration import calibrate
+from bertclf import resources
 from bertclf.dev.synthetic import make_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
-from bertclf.inference import Predictor
 from bertclf.labels import LabelSpace
-from bertclf.precision import GateResult, Int8Linear, quality_gate, resolve, task_metric
+from bertclf.model import checkpoint, precision
+from bertclf.model.calibration import calibrate
+from bertclf.model.inference import Predictor
+from bertclf.model.precision import GateResult, Int8Linear, quality_gate, resolve, task_metric
 
 SPACE = LabelSpace("multi_label", ["a", "b", "c"], [0.5, 0.3, 0.7])
 

@@ -15,11 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from bertclf import adapters, cli, storage
+from bertclf import cli, storage
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import CheckpointError, DataError, InputError, LabelError
+from bertclf.model import adapters
 from bertclf.records import EpochRecord
 from bertclf.report import evaluation_report, scores_report
 from bertclf.scoring import run as score
@@ -163,8 +164,8 @@ def _shifted_checkpoint(directory: Path, tiny_model: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from bertclf import checkpoint
-    from bertclf.modeling import load_tokenizer
+    from bertclf.model import checkpoint
+    from bertclf.model.modeling import load_tokenizer
 
     save_tiny_checkpoint(directory, tiny_model, "multi_label", [0.45, 0.5, 0.55])
     model = AutoModelForSequenceClassification.from_pretrained(directory)

@@ -10,12 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertclf import adapters, storage
-from bertclf.checkpoint import CheckpointError
+from bertclf import storage
 from bertclf.config import ScoreConfig
 from bertclf.dev.scores import read_scores
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
+from bertclf.model import adapters
+from bertclf.model.checkpoint import CheckpointError
 from bertclf.scoring import ScoreError, run
 
 THRESHOLDS = [0.45, 0.5, 0.55]
@@ -184,7 +185,7 @@ def test_input_that_matches_no_files(tiny_checkpoint, tmp_path):
 
 def test_predict_prints_labels_from_the_checkpoint(tiny_checkpoint):
     from bertclf.cli import render_predictions
-    from bertclf.inference import predict_texts
+    from bertclf.model.inference import predict_texts
 
     rows = predict_texts(str(tiny_checkpoint), ["happy glad day", "scared panic"])
     expected = _direct_probs(tiny_checkpoint, ["happy glad day", "scared panic"])
@@ -245,7 +246,7 @@ def test_long_texts_are_scored_in_windows_and_pooled_to_one_row_each(ray_local, 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from bertclf.labels import LabelSpace
-    from bertclf.modeling import build_classifier, load_tokenizer
+    from bertclf.model.modeling import build_classifier, load_tokenizer
     from bertclf.records import CheckpointMeta
 
     space = LabelSpace("multi_label", ["anger", "fear", "joy"], THRESHOLDS)

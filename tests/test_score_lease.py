@@ -54,7 +54,7 @@ def _cfg(ckpt, corpus, output, **kw) -> ScoreConfig:
 
 
 def _sha(ckpt) -> str:
-    from bertclf import checkpoint
+    from bertclf.model import checkpoint
 
     return checkpoint.load(str(ckpt)).fingerprint()
 

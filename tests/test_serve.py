@@ -25,7 +25,7 @@ from bertclf.dev.ports import free_port
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
 from bertclf.errors import ConfigError
-from bertclf.inference import predict_texts
+from bertclf.model.inference import predict_texts
 from bertclf.scoring import run as score
 from bertclf.serve import (
     TextFailed,

@@ -10,7 +10,7 @@ from bertclf import training
 from bertclf.config import TrainConfig
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.errors import DataError, InputError
-from bertclf.modeling import ModelError
+from bertclf.model.modeling import ModelError
 from bertclf.storage import StorageError
 from bertclf.training.data import in_validation_split, inspect_training_data
 

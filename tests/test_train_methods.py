@@ -12,7 +12,7 @@ from bertclf import storage
 from bertclf.config import ScoreConfig
 from bertclf.dev.scores import read_scores
 from bertclf.dev.synthetic import make_rows, write_rows
-from bertclf.inference import Predictor, predict_texts
+from bertclf.model.inference import Predictor, predict_texts
 from bertclf.scoring import run as score
 from bertclf.training import run as train
 

@@ -19,7 +19,7 @@ from bertclf import tuning
 from bertclf.config import TrainConfig
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.errors import ConfigError
-from bertclf.inference import predict_texts
+from bertclf.model.inference import predict_texts
 from bertclf.tuning import SearchSpec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,9 +31,10 @@ def save_tiny_checkpoint(directory: Path, tiny_model: Path, task: str, threshold
     with `blend_weight`, also a TF-IDF baseline fitted on synthetic rows and blended in at that transformer weight."""
     import pyarrow as pa
 
-    from bertclf import adapters, baseline
+    from bertclf import baseline
     from bertclf.labels import LabelSpace, encode_targets
-    from bertclf.modeling import build_classifier, load_tokenizer
+    from bertclf.model import adapters
+    from bertclf.model.modeling import build_classifier, load_tokenizer
     from bertclf.records import BlendChoice, CheckpointMeta
 
     space = LabelSpace(task, sorted(LABEL_WORDS), thresholds or [])

@@ -16,10 +16,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertclf import checkpoint, storage, tracking
+from bertclf import storage, tracking
 from bertclf.blend import comparison
 from bertclf.config import ReportConfig, ScoreConfig
 from bertclf.labelled import check_labelled_files
+from bertclf.model import checkpoint
 from bertclf.progress import Progress
 from bertclf.records import EpochRecord
 from bertclf.report import figures

@@ -108,7 +108,7 @@ class UnitScorer:
         import ray
         import torch
 
-        from bertclf.inference import Predictor
+        from bertclf.model.inference import Predictor
 
         torch.set_num_threads(settings.torch_threads)
         self.settings = settings

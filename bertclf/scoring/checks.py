@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertclf import storage
-from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
 from bertclf.errors import DataError, UnreadableFileError
+from bertclf.model.checkpoint import LoadedCheckpoint
 from bertclf.records import UnitError
 from bertclf.units import check_utf8, is_text_type, read_parquet_part
 

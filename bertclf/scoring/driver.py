@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from bertclf import checkpoint, logs, storage
-from bertclf.checkpoint import LoadedCheckpoint
+from bertclf import logs, storage
 from bertclf.config import ScoreConfig
 from bertclf.errors import DataError, RecordError, ScoreError, StorageError
+from bertclf.model import checkpoint
+from bertclf.model.checkpoint import LoadedCheckpoint
 from bertclf.progress import Progress
 from bertclf.records import DriftReport, Manifest, PartStats, ReuseSource, ReuseSummary, UnitError, UnitResult
 from bertclf.resources import ScorePlan, connect

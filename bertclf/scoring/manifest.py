@@ -18,9 +18,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from bertclf import storage
-from bertclf.checkpoint import LoadedCheckpoint, long_text_setting, versions
 from bertclf.config import ScoreConfig
 from bertclf.errors import InputError, RecordError, ScoreError
+from bertclf.model.checkpoint import LoadedCheckpoint, long_text_setting, versions
 from bertclf.records import (
     CheckpointRef,
     EmptyTexts,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bertclf import storage
-from bertclf.checkpoint import LoadedCheckpoint
 from bertclf.config import ScoreConfig
+from bertclf.model.checkpoint import LoadedCheckpoint
 from bertclf.records import UnitPlan, WorkUnit
 from bertclf.resources import ScorePlan, plan_scoring
 from bertclf.scoring.tokens import ReadSettings

@@ -196,10 +196,10 @@ class UnitTokenizer:
     """Ray Data actor of the CPU stage on GPU clusters: the checkpoint's tokenizer, loaded once."""
 
     def __init__(self, checkpoint_uri: str, read: ReadSettings, long_text: str = "checkpoint"):
-        from bertclf import checkpoint
-        from bertclf.checkpoint import long_text_setting
-        from bertclf.inference import encode_texts, load_blend
-        from bertclf.modeling import load_tokenizer
+        from bertclf.model import checkpoint
+        from bertclf.model.checkpoint import long_text_setting
+        from bertclf.model.inference import encode_texts, load_blend
+        from bertclf.model.modeling import load_tokenizer
 
         ckpt = checkpoint.load(checkpoint_uri)
         tokenizer = load_tokenizer(str(ckpt.local_dir))

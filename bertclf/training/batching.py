@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertclf.inference import encode_texts, pad_batch, tokenize, window_layout, window_starts
+from bertclf.model.inference import encode_texts, pad_batch, tokenize, window_layout, window_starts
 
 
 @dataclass
@@ -52,7 +52,7 @@ def length_grouped_batches(pools: Iterable[dict[str, np.ndarray]], tokenizer, *,
 
 def sampled_windows(tokenizer, texts: list[str], max_length: int, stride: int, rng: random.Random) -> list[list[int]]:
     """One window per text, with the tokenizer's special tokens, chosen uniformly among the windows inference
-    pools for it (bertclf.inference.windows); a text that fits is its only window."""
+    pools for it (bertclf.model.inference.windows); a text that fits is its only window."""
     prefix, suffix, room, step = window_layout(tokenizer, max_length, stride)
     out = []
     for ids in encode_texts(tokenizer, texts, max_length, "chunk"):

@@ -120,8 +120,8 @@ def _check_texts(table: pa.Table, text_column: str, uri: str) -> None:
 def check_model(cfg: TrainConfig) -> None:
     """The --model's safetensors files parse and are whole (a truncated copy fails here, naming the file, not on
     every worker after Ray started)."""
-    from bertclf.checkpoint import check_model_weights
-    from bertclf.modeling import resolve_model_dir
+    from bertclf.model.checkpoint import check_model_weights
+    from bertclf.model.modeling import resolve_model_dir
 
     check_model_weights(resolve_model_dir(cfg.model), cfg.model)
 

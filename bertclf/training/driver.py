@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bertclf import checkpoint, storage, tracking
+from bertclf import storage, tracking
 from bertclf.baseline import Baseline
 from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
-from bertclf.modeling import load_tokenizer, resolve_model_dir
+from bertclf.model import checkpoint
+from bertclf.model.modeling import load_tokenizer, resolve_model_dir
 from bertclf.records import EpochRecord, TrackingRef
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.classical import fit_on_cluster
@@ -107,8 +108,8 @@ def _plan_worker_memory(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -
     fit fails now (exit 2), not as a killed worker. GPU workers plan from their device's memory when they start."""
     import ray
 
-    from bertclf.adapters import apply_method, hf_model
-    from bertclf.modeling import build_classifier
+    from bertclf.model.adapters import apply_method, hf_model
+    from bertclf.model.modeling import build_classifier
     from bertclf.resources import use_bf16
     from bertclf.training.memory import GIB, plan_for_model, train_workers_share
 
@@ -167,8 +168,8 @@ def _check_method(cfg: TrainConfig, model_dir: str, data: TrainingData) -> None:
     """Build the model for the method once here, so a wrong LoRA target fails before any worker starts."""
     if cfg.method == "full":
         return
-    from bertclf.adapters import apply_method, tuning_info
-    from bertclf.modeling import build_classifier
+    from bertclf.model.adapters import apply_method, tuning_info
+    from bertclf.model.modeling import build_classifier
 
     info = tuning_info(apply_method(build_classifier(model_dir, data.space, cfg.reinit_pooler), cfg), cfg)
     log.info("method %s %s: %s of %s parameters train", cfg.method, info.settings,

@@ -70,7 +70,7 @@ def _numbers_positions_from_padding(config) -> bool:
     """True where the model's modeling code numbers positions from the padding index (RoBERTa's helper)."""
     import importlib
 
-    from bertclf.modeling import classifier_class
+    from bertclf.model.modeling import classifier_class
 
     cls = classifier_class(config)
     if cls is None:
@@ -94,7 +94,7 @@ def check_max_length(cfg, model_dir: str) -> None:
     """Refuse an explicit max_length past what the model takes (it would fail as an index error on a worker)."""
     if cfg.max_length == "auto":
         return
-    from bertclf.modeling import load_tokenizer
+    from bertclf.model.modeling import load_tokenizer
 
     prefix = prefix_positions(cfg)
     limit = model_length_limit(model_dir, load_tokenizer(model_dir), prefix)

@@ -127,7 +127,7 @@ def plan_memory(shape: ModelShape, *, share_bytes: int, max_length: int, batch_s
 def plan_for_model(model, config, cfg, *, share_bytes: int, device_type: str, bf16: bool) -> MemoryPlan:
     """The plan for `model` as it trains (adapters applied; `config` its transformers config) under the run's
     max_length, batch_size and max_tokens_per_batch (`cfg`, a TrainConfig), with the attention its class gets."""
-    from bertclf.modeling import attention_for
+    from bertclf.model.modeling import attention_for
 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

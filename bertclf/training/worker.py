@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bertclf import checkpoint, storage
+from bertclf import storage
 from bertclf.config import TrainConfig
+from bertclf.model import checkpoint
 from bertclf.progress import Progress, format_duration
 from bertclf.records import EpochRecord, TuningInfo
 from bertclf.resources import TrainPlan, use_bf16
@@ -92,8 +93,8 @@ def set_up(cfg: TrainConfig, data: TrainingData, plan: TrainPlan) -> Worker:
     from ray.train.torch import get_device, prepare_model
     from transformers import get_linear_schedule_with_warmup
 
-    from bertclf import adapters
-    from bertclf.modeling import build_classifier, keep_head_in_fp32, load_tokenizer, resolve_model_dir
+    from bertclf.model import adapters
+    from bertclf.model.modeling import build_classifier, keep_head_in_fp32, load_tokenizer, resolve_model_dir
 
     torch.set_num_threads(plan.torch_threads)
     ctx = ray.train.get_context()
@@ -150,7 +151,7 @@ def gpu_memory_plan(cfg: TrainConfig, model, device, bf16: bool) -> MemoryPlan:
     """The micro-batch plan of a GPU worker, from its device's memory (the driver can't see it)."""
     import torch
 
-    from bertclf.adapters import hf_model
+    from bertclf.model.adapters import hf_model
 
     memory = plan_for_model(model, hf_model(model).config, cfg, device_type=device.type, bf16=bf16,
                             share_bytes=int(0.9 * torch.cuda.get_device_properties(device).total_memory))
@@ -221,7 +222,7 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from bertclf.inference import logits_for_texts
+    from bertclf.model.inference import logits_for_texts
 
     w.step.model.eval()
     local_logits = logits_for_texts(w.raw_model, w.tokenizer, w.val_texts, max_length=w.cfg.max_length,
@@ -253,7 +254,7 @@ def validate_and_report(w: Worker, epoch: int, totals: EpochTotals) -> None:
         if should_checkpoint(epoch, w.cfg, w.history):
             tmp = Path(tempfile.mkdtemp(prefix="bertclf-ckpt-"))
             meta = checkpoint_meta(w.cfg, w.data, record, w.history, w.tuning)
-            from bertclf import adapters
+            from bertclf.model import adapters
 
             adapters.save_model_dir(tmp, w.raw_model, w.tokenizer, meta, w.baseline)
             checkpoint.save_train_state(tmp, w.optimizer, w.scheduler,
@@ -300,8 +301,8 @@ def _seed(seed: int) -> None:
 def _param_groups(model, weight_decay: float, lr: float, head_lr: float) -> list[dict]:
     """Encoder (or its adapter) at `lr`, new head + pooler at `head_lr`; no weight decay on biases and LayerNorm
     weights. Frozen weights (under LoRA and prefix-tuning) are left out."""
-    from bertclf.adapters import hf_model
-    from bertclf.modeling import head_parameter_ids
+    from bertclf.model.adapters import hf_model
+    from bertclf.model.modeling import head_parameter_ids
 
     head = head_parameter_ids(hf_model(model))
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertclf import checkpoint, logs, storage, tracking
+from bertclf import logs, storage, tracking
 from bertclf.config import TrainConfig
 from bertclf.errors import ConfigError
+from bertclf.model import checkpoint
 from bertclf.records import TrackingRef
 from bertclf.resources import TrainPlan, connect, plan_training
 from bertclf.training.driver import prepare

@@ -1,8 +1,8 @@
 """What lets `precision: auto` use a lower precision for one checkpoint: the checkpoint scored at fp32 and at each
-lower precision on a labelled split, judged by the quality gate (bertclf.precision.quality_gate), the verdicts
+lower precision on a labelled split, judged by the quality gate (bertclf.model.precision.quality_gate), the verdicts
 recorded in the checkpoint directory (precision_gate.json) where every later Predictor.load finds them.
 
-    from bertclf.calibration import calibrate
+    from bertclf.model.calibration import calibrate
     calibrate("runs/goemotions/best", "../shared/data/goemotions/validation.parquet")   # int8, 2,000 rows
 
 Run it once per checkpoint (its record names the weights it judged, so new weights need a new one); the int8 scheme
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bertclf import storage
-from bertclf.precision import GateResult, quality_gate, write_gates
+from bertclf.model.precision import GateResult, quality_gate, write_gates
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def calibrate(checkpoint_uri: str, data: str | Sequence[str], precisions: Sequen
     """Each precision's gate against fp32 on the first `rows` labelled rows (CPU, eager); with `record`, the verdicts
     are written into the checkpoint directory for `precision: auto`. bf16 is judged only where the CPU runs it
     natively (emulated, it would take minutes and prove nothing about the machines that would use it)."""
-    from bertclf.inference import Predictor
+    from bertclf.model.inference import Predictor
     from bertclf.resources import cpu_class, cpu_has_native_bf16
 
     fp32 = Predictor.load(checkpoint_uri, device="cpu", precision="fp32", compile="off")

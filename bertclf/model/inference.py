@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertclf import compiled
 from bertclf.baseline import Baseline
 from bertclf.blend import combine
-from bertclf.compiled import CompiledGraph
 from bertclf.errors import CheckpointError
 from bertclf.labels import LabelSpace
+from bertclf.model import compiled
+from bertclf.model.compiled import CompiledGraph
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def logits_for_token_ids(model, token_ids: list[list[int]], pad_id: int, *, max_
                          bf16: bool, device: torch.device,
                          graph: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """float32 logits in the input order, computed in length-sorted micro-batches under inference_mode, by the
-    model or by its compiled graph (bertclf.compiled: same inputs, logits out, precision built in)."""
+    model or by its compiled graph (bertclf.model.compiled: same inputs, logits out, precision built in)."""
     out: np.ndarray | None = None
     with torch.inference_mode(), autocast(device.type, bf16 and graph is None):
         for idx in plan_microbatches([len(t) for t in token_ids], max_tokens, max_rows):
@@ -184,7 +184,7 @@ class Predictor:
     checkpoint: Any = None  # the LoadedCheckpoint it came from: its fingerprint is hashed once, here or by a caller
     baseline: Baseline | None = None  # the checkpoint's TF-IDF baseline, when its blend is used
     blend_weight: float = 1.0  # the transformer's share of the probabilities (bertclf.blend)
-    precision: str = ""  # what the forward runs at: fp32, bf16 (autocast) or int8 (bertclf.precision); "": by bf16
+    precision: str = ""  # the forward's: fp32, bf16 (autocast) or int8 (bertclf.model.precision); "": by bf16
 
     def __post_init__(self) -> None:
         self.precision = self.precision or ("bf16" if self.bf16 else "fp32")
@@ -192,13 +192,13 @@ class Predictor:
     @classmethod
     def load(cls, checkpoint_uri: str, *, device: str | None = None, precision: str = "fp32", max_tokens: int = 8192,
              max_rows: int = 256, compile: str = "off", long_text: str = "checkpoint") -> Predictor:
-        """`precision` (auto / fp32 / bf16 / int8): bertclf.precision.resolve, auto reading the checkpoint's gate
+        """`precision` (auto / fp32 / bf16 / int8): bertclf.model.precision.resolve, auto reading the checkpoint's gate
         record where it can matter. `compile` (on / off / auto): run the checkpoint's graph compiled once per node
-        (bertclf.compiled; fp32 and bf16 only). `long_text` (checkpoint / truncate / chunk): the checkpoint's way
+        (bertclf.model.compiled; fp32 and bf16 only). `long_text` (checkpoint / truncate / chunk): the checkpoint's way
         with long texts, or another."""
-        from bertclf import checkpoint
-        from bertclf import precision as precisions
-        from bertclf.adapters import load_for_inference
+        from bertclf.model import checkpoint
+        from bertclf.model import precision as precisions
+        from bertclf.model.adapters import load_for_inference
 
         ckpt = checkpoint.load(checkpoint_uri)
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from bertclf import storage
-from bertclf.checkpoint import PRECISION_GATE
 from bertclf.labels import LabelSpace
+from bertclf.model.checkpoint import PRECISION_GATE
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ class Int8Linear(torch.nn.Module):
 def quantize_int8(model) -> int:
     """Replace the encoder's Linear layers with Int8Linear in place (CPU models); the pooler and classifier stay fp32.
     Returns how many layers were replaced."""
-    from bertclf.adapters import hf_model
-    from bertclf.modeling import head_modules
+    from bertclf.model.adapters import hf_model
+    from bertclf.model.modeling import head_modules
 
     if torch.backends.quantized.engine not in ("x86", "fbgemm"):
         if "fbgemm" not in torch.backends.quantized.supported_engines:
@@ -174,7 +174,7 @@ def quantize_int8(model) -> int:
 
 # ------------------------------------------------------------------------------------------------ auto and its record
 
-GATE_FILE = PRECISION_GATE  # in the checkpoint directory, written by bertclf.calibration.calibrate
+GATE_FILE = PRECISION_GATE  # in the checkpoint directory, written by bertclf.model.calibration.calibrate
 GATE_FORMAT = 1
 
 

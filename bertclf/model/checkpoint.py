@@ -27,10 +27,10 @@ from bertclf.records import CheckpointMeta, EpochRecord
 MARKER = "bertclf.json"
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
-ADAPTER_DIR = "adapter"  # peft's adapter files (bertclf.adapters)
+ADAPTER_DIR = "adapter"  # peft's adapter files (bertclf.model.adapters)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 WEIGHTS_KEY = "weights"  # bertclf.json: {relative path: {"bytes": n, "sha256": hex}} of the weights it needs
-# the precision gate's record (bertclf.precision): which precisions `auto` may use, not what the model computes
+# the precision gate's record (bertclf.model.precision): which precisions `auto` may use, not what the model computes
 PRECISION_GATE = "precision_gate.json"
 
 
