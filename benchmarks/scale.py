@@ -734,11 +734,11 @@ def main(argv: list[str] | None = None) -> int:
                 scored = [{**r["score"], "units": r["units"]} for r in series if "score" in r]
                 if len(scored) >= 2:
                     growth[f"{kind}/{layout}/score"] = exponents(scored)
-        reuse = []
+        reuse_loads = []
         for texts in [int(t) for t in args.reuse_texts.split(",") if t]:
-            reuse.append({"storage": "local", **reuse_load(workdir, texts, roots["local"])})
+            reuse_loads.append({"storage": "local", **reuse_load(workdir, texts, roots["local"])})
             if "s3" in roots and texts <= args.reuse_s3_max:
-                reuse.append({"storage": "s3", **reuse_load(workdir, texts, roots["s3"])})
+                reuse_loads.append({"storage": "s3", **reuse_load(workdir, texts, roots["s3"])})
         floor = []
         for units in [int(t) for t in args.ray_floor_sizes.split(",") if t]:
             floor.append(run_child({"mode": "ray_floor", "units": units}, workdir, {}, timeout=1200))
@@ -759,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
               "cpu_class": machine["cpu_class"], "machine": machine, "versions": bc.versions(), "checkpoint": ckpt,
               "git": git_state(), "rows_per_unit": ROWS_PER_UNIT, "groups_per_file": GROUPS_PER_FILE,
               "args": vars(args),
-              "runs": results, "growth_exponents": growth, "reuse_load": reuse, "ray_data_floor": floor,
+              "runs": results, "growth_exponents": growth, "reuse_load": reuse_loads, "ray_data_floor": floor,
               "resume": resume}
     bc.write_json(bc.result_path("scale", machine, started, args.json), result)
     for name, table in growth.items():

@@ -280,3 +280,7 @@ class UnitScorer:
             day = dt.date.fromisoformat(self.settings.table_date)
             columns[DATE_COLUMN] = pa.array([day] * len(top), pa.date32())
         return pa.table(columns)
+
+
+# the part footer's keys are a data contract: readers without bertclf find the weights and the run there
+__all__ = ["PART_CHECKPOINT_KEY", "PART_RUN_KEY", "PART_STATS_KEY", "ScoringSettings", "UnitScorer", "read_part_stats"]

@@ -70,3 +70,6 @@ def compare(share: dict[str, float], histograms: dict[str, list[int]], previous_
         if reasons:
             report.alerts.append(f"{name}: {', '.join(reasons)}")
     return report
+
+
+__all__ = ["HIST_BINS", "add_histograms", "compare", "jensen_shannon", "probability_histograms", "psi"]

@@ -229,5 +229,5 @@ def candidates(output_template: str, date: dt.date, reuse_from: str | None, look
     return [fill_date(output_template, date - dt.timedelta(days=k)) for k in range(1, lookback_days + 1)]
 
 
-__all__ = ["INDEX_DIR", "ScoredTexts", "candidates", "find_previous", "hash_array", "hashes_of", "load_previous",
-           "read_index", "reuse_key", "sorted_first", "text_hashes", "write_index"]
+__all__ = ["HASH_DTYPE", "INDEX_DIR", "ScoredTexts", "candidates", "find_previous", "hash_array", "hashes_of",
+           "load_previous", "read_index", "reuse_key", "sorted_first", "text_hashes", "write_index"]
