@@ -9,6 +9,7 @@ its parts were scored with.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -381,8 +382,10 @@ def _score_units(run: ScoringRun, lease: LeaseKeeper,
                     f"Stopped after {len(scored)} of {len(todo)} unit(s) (committed parts are kept, {SUCCESS} is "
                     "not written); re-run to finish the rest")
             continue
-        scored[result.unit] = result
         rows_done += result.stats.rows_in
+        # kept for the summary without its stats (label counts, histograms): the commit reads every part's stats
+        # back from the part itself, so the driver's memory doesn't grow with them
+        scored[result.unit] = dataclasses.replace(result, stats=None)
         log.debug("unit %s: %d rows in %.1fs (actor %d ready after %.1fs)", result.unit, result.stats.rows_in,
                   result.seconds, result.actor_pid, result.actor_ready_seconds)
         rows.update(rows_done, f"{len(scored)}/{len(todo)} unit(s)")
