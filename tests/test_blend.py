@@ -5,6 +5,7 @@ test_serve), with reuse never copying across a blend or tokenizer change."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import shutil
 
@@ -183,7 +184,7 @@ def test_the_reuse_key_and_the_parts_settings_follow_the_blend_and_the_tokenizer
     keys = []
     for ckpt in (blended, _changed_copy(blended, tmp_path / change, change)):
         loaded = checkpoint.load(str(ckpt))
-        settings = scored_with(cfg, loaded, ("id",))
+        settings = scored_with(cfg, loaded, ("id",), dt.date(2026, 12, 6))
         keys.append((reuse_key(loaded.fingerprint(), settings), settings))
     assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
 

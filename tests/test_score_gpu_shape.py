@@ -105,7 +105,7 @@ def test_pack_and_unpack_keep_rows_ids_and_counts(tmp_path, checkpoint_dir):
     rows = [{"id": f"r{i}", "text": "" if i % 7 == 0 else f"happy day {i}"} for i in range(50)]
     write_rows(tmp_path / "in.parquet", rows, row_group_size=20)
     unit = WorkUnit(uri=str(tmp_path / "in.parquet"), row_groups=(0, 1, 2), num_rows=50, file_index=0)
-    tokenizer = UnitTokenizer(checkpoint_dir, ReadSettings("text", ("id",), "skip", 16))
+    tokenizer = UnitTokenizer(checkpoint_dir, ReadSettings("text", ("id",), "skip", 16), "truncate")
     direct = list(tokenized_batches(unit, tokenizer.read, tokenizer.tokenize))
     packed = pack(iter(direct))
     assert (packed.rows_in, packed.empty) == (50, 8)

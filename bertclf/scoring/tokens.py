@@ -195,16 +195,15 @@ def unpack(unit: PackedUnit) -> Iterator[TokenizedBatch]:
 class UnitTokenizer:
     """Ray Data actor of the CPU stage on GPU clusters: the checkpoint's tokenizer, loaded once."""
 
-    def __init__(self, checkpoint_uri: str, read: ReadSettings, long_text: str = "checkpoint"):
+    def __init__(self, checkpoint_uri: str, read: ReadSettings, long_text: str):
+        """`long_text`: truncate or chunk, as the run resolved it (ScoringRun.long_text)."""
         from bertclf.model import checkpoint
-        from bertclf.model.checkpoint import long_text_setting
         from bertclf.model.inference import encode_texts, load_blend
         from bertclf.model.modeling import load_tokenizer
 
         ckpt = checkpoint.load(checkpoint_uri)
         tokenizer = load_tokenizer(str(ckpt.local_dir))
-        mode, _ = long_text_setting(long_text, ckpt.meta)
-        self.tokenize: Tokenize = lambda texts: encode_texts(tokenizer, texts, ckpt.max_length, mode)
+        self.tokenize: Tokenize = lambda texts: encode_texts(tokenizer, texts, ckpt.max_length, long_text)
         baseline, _ = load_blend(ckpt)
         self.baseline: BaselineProbs | None = baseline.probabilities if baseline is not None else None
         self.read = read
