@@ -227,7 +227,8 @@ def variants(model) -> dict:
                               lambda: torch_dynamic(model, encoder, per_channel=True)),
         "torch_per_channel_no_ffn_out": ("as above, FFN output dense kept fp32",
                                          lambda: torch_dynamic(model, no_ffn_out, per_channel=True)),
-        "bertclf_int8": ("bertclf precision int8: per-channel weights, per-token 7-bit inputs, head fp32",
+        "bertclf_int8": ("bertclf precision int8: per-channel weights, 7-bit inputs over each token's min..max, "
+                         "head fp32",
                          lambda: replace_linear(model, encoder, Int8Linear)),
         "bertclf_int8_no_ffn_out": ("bertclf int8 with the FFN output dense kept fp32",
                                     lambda: replace_linear(model, no_ffn_out, Int8Linear)),

@@ -7,9 +7,9 @@ One function, `quality_gate`, is used by the scoring benchmark and by `calibrate
 directory (GATE_FILE) is what lets `precision: auto` choose int8 for that checkpoint (`resolve`).
 
 int8 (CPU only): the encoder's Linear layers run as fbgemm dynamic-quantized matmuls (weights int8 per output
-channel; activations quantized per token on the fly, 7 bits so the u8 x s8 products never saturate int16 on CPUs
-without VNNI); the pooler and classifier, which run once per text, stay fp32. benchmarks/int8.py has the measurements
-behind each choice (benchmarks/results/NOTES.md, 2026-12-06).
+channel; activations quantized per token over the token's own min..max on the fly, 7 bits so the u8 x s8 products
+never saturate int16 on CPUs without VNNI); the pooler and classifier, which run once per text, stay fp32.
+benchmarks/int8.py has the measurements behind each choice (benchmarks/results/NOTES.md, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -106,16 +106,18 @@ def quality_gate(space: LabelSpace, targets: np.ndarray, fp32: np.ndarray, candi
 
 # ------------------------------------------------------------------------------------------------ int8 on CPU
 
-INT8_SCHEME = "fbgemm-dynamic/w8-per-channel/a7-per-token/head-fp32/v1"  # what a recorded int8 gate vouches for
+INT8_SCHEME = "fbgemm-dynamic/w8-per-channel/a7-per-token-min-max/head-fp32/v2"  # what a recorded int8 gate vouches for
 INT8_AUTO_CPU_CLASSES = frozenset({"avx2"})  # where auto may pick int8 (measured: no native bf16, int8 pays off)
 SCHEMES = {"int8": INT8_SCHEME, "bf16": "autocast/head-fp32/v1"}
 
 
 class Int8Linear(torch.nn.Module):
     """A Linear layer as an fbgemm dynamic-quantized matmul, weights int8 per output channel, packed once. fbgemm
-    quantizes the whole input with one 7-bit range; with `per_token`, each row (a token) is first scaled to max |x| = 1
-    and scaled back after, so every token gets its own range (one range per tensor loses small tokens to the outliers
-    of others), at the cost of three passes over the input and output."""
+    quantizes the whole input with one 7-bit range; with `per_token` (bertclf's int8), each row (a token) is first
+    mapped onto [0, 1] by its own min and max and mapped back after (W x = span * W x' + min * sum_j W_ij), so every
+    token gets its own range and fbgemm's range is always [0, 1]. One range per tensor loses small tokens to the
+    outliers of others, and a symmetric range wastes half its levels on rows that are nearly one-signed (GELU's
+    outputs). Costs three passes over the input and output."""
 
     def __init__(self, linear: torch.nn.Linear, per_token: bool = True):
         super().__init__()
@@ -129,6 +131,8 @@ class Int8Linear(torch.nn.Module):
         self.per_token = per_token
         self.packed = torch.ops.quantized.linear_prepack(qweight, None if per_token else bias)  # bias fused
         self.register_buffer("bias", bias if per_token else None, persistent=False)
+        # the int8 weights' row sums: what the rows' shift by their min contributes to each output
+        self.register_buffer("weight_sums", qweight.dequantize().sum(dim=1) if per_token else None, persistent=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,11 +141,12 @@ class Int8Linear(torch.nn.Module):
         # reduce_range: 7-bit activations; u8 x s8 pairs then stay below int16's limit on every x86 CPU
         if not self.per_token:
             return torch.ops.quantized.linear_dynamic(rows, self.packed, True).reshape(*shape[:-1], self.out_features)
-        # max |x| per row from two reductions (abs() would add a pass; vector_norm(inf) is 15x slower on CPU)
-        scale = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-12)
-        out = torch.ops.quantized.linear_dynamic(rows / scale, self.packed, True)
-        out = torch.addcmul(self.bias, out, scale) if self.bias is not None else out.mul_(scale)
-        return out.reshape(*shape[:-1], self.out_features)
+        low = rows.amin(dim=1, keepdim=True)
+        span = (rows.amax(dim=1, keepdim=True) - low).clamp_(min=1e-12)
+        inverse = span.reciprocal()
+        out = torch.ops.quantized.linear_dynamic(torch.addcmul(-low * inverse, rows, inverse), self.packed, True)
+        out = torch.addcmul(self.bias, out, span) if self.bias is not None else out.mul_(span)
+        return out.addcmul_(low, self.weight_sums).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8, "
