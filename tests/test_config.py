@@ -88,7 +88,7 @@ def test_invalid_yaml_and_non_mapping(yaml_file):
 @pytest.mark.parametrize("cls,key,value", [
     (TrainConfig, "task", "regression"),
     (TrainConfig, "precision", "fp16"),
-    (ScoreConfig, "precision", "int8"),
+    (ScoreConfig, "precision", "int4"),
     (ScoreConfig, "empty_text", "drop"),
     (TrainConfig, "use_gpu", "maybe"),
     (TrainConfig, "best_mode", "avg"),

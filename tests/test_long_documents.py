@@ -53,6 +53,7 @@ def test_a_row_group_of_long_texts_is_cut_into_row_slices_read_back_exactly(tmp_
         "without a byte budget: whole row groups, as before"
 
 
+@pytest.mark.slow  # a Ray run (~20 s); row slices read back exactly are checked by default
 def test_long_texts_in_one_row_group_are_scored_by_every_actor_once(ray_local, tiny_model, tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", tiny_model, "multi_label")
     rows = _long_rows(24, 300, seed=2)

@@ -86,6 +86,7 @@ def test_a_live_lease_of_another_run_is_refused_with_exit_2_and_nothing_committe
     assert read_lease(str(output)) == lease, "the holder's lease is left alone"
 
 
+@pytest.mark.slow  # three runs end to end; the mid-run takeover and the refused complete output run by default
 def test_expired_lease_taken_over_resume_with_another_checkpoint_refused_overwrite_starts_clean(
         ray_local, checkpoints, corpus, tmp_path, caplog):
     """A run takes over an expired lease and fails half-way; finishing it with another checkpoint or precision is
