@@ -171,7 +171,10 @@ def commit_night(target: NightlyTable, manifest: Manifest) -> NightCommit:
             break
         except Exception as exc:  # noqa: BLE001 - CommitFailedException, imported lazily with pyiceberg
             if type(exc).__name__ != "CommitFailedException" or attempt == COMMIT_ATTEMPTS:
-                raise _as_bertclf_error(exc, name) from exc
+                error = _as_bertclf_error(exc, name)
+                if error is exc:
+                    raise
+                raise error from exc
             table.refresh()
             now = _latest_night(table, night.date)
             if now != before:  # the same night, committed by another run since this one looked: refuse
@@ -328,12 +331,14 @@ def _is_network_failure(exc: BaseException) -> bool:
     return bool(names & {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "OperationalError"})
 
 
-def _as_bertclf_error(exc: BaseException, name: TableName) -> Exception:
+def _as_bertclf_error(exc: Exception, name: TableName) -> Exception:
+    """A failed commit as bertclf's failure kinds: storage or network (exit 1), parts the table can't take (exit 2),
+    else the exception itself."""
     if _is_network_failure(exc) or isinstance(exc, OSError):
         return StorageError(f"committing to table {name}: {exc}")
-    if isinstance(exc, ValueError):  # pyiceberg's schema checks of the added files
+    if isinstance(exc, ValueError) and not isinstance(exc, InputError):  # pyiceberg's schema checks of the files
         return DataError(f"table {name} can't take this night's parts: {exc}")
-    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+    return exc
 
 
 __all__ = ["DATE_COLUMN", "NightCommit", "NightlyTable", "TableConflictError", "check_table", "commit_night",
