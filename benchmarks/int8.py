@@ -3,6 +3,8 @@
     python benchmarks/int8.py --checkpoint runs/go16k/best --data ../shared/data/goemotions/test.parquet \
         [--checkpoint runs/yt-blend/best --data ../shared/data/youtube_trending/test.parquet] [--rows 2000]
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/int8.py ...   # an AVX2 CPU on an AVX512 host
+    (on a CPU with native bf16 the run adds real bf16 autocast to the quality variants and eager / compiled bf16 to
+    the speed rounds: there int8 has to beat bf16, auto's choice)
 
 (1) What the quantized engine does on this CPU: its name, and whether a u8 x s8 product pair saturates int16 without
 reduce_range (fbgemm reads the CPU's features itself: only VNNI avoids it). (2) Per Linear layer, the input's max |x|
@@ -253,7 +255,7 @@ def quality(checkpoint: str, data: str, rows: int, stats_rows: int) -> tuple[dic
     from bertclf.model.calibration import labelled_rows
     from bertclf.model.inference import Predictor
     from bertclf.model.precision import quality_gate
-    from bertclf.resources import plan_scoring
+    from bertclf.resources import cpu_has_native_bf16, plan_scoring
 
     plan = plan_scoring({"CPU": 1})  # a CPU scoring actor's micro-batches
     fp32 = Predictor.load(checkpoint, device="cpu", precision="fp32", compile="off",
@@ -281,8 +283,14 @@ def quality(checkpoint: str, data: str, rows: int, stats_rows: int) -> tuple[dic
               "labels": len(fp32.space.names), "blend_weight": fp32.blend_weight,
               "rows_with_a_transformer_prob_within_0_01_of_a_threshold": near,
               "fp32_rows_per_s_quality_pass": len(texts) / seconds, "activation_ranges": ranges, "variants": {}}
-    for name, (what, build) in variants(model32).items():
+    builds = {name: (what, build, False) for name, (what, build) in variants(model32).items()}
+    if cpu_has_native_bf16():  # the real thing where the CPU runs it (AMX, AVX512-BF16): autocast, head in fp32
+        builds["bf16_autocast"] = ("bertclf precision bf16 (autocast; pooler and classifier fp32)",
+                                   lambda: model32, True)
+    for name, (what, build, bf16) in builds.items():
+        fp32.bf16 = bf16
         transformer, output, seconds = scored(build())
+        fp32.bf16 = False
         result["variants"][name] = {
             "what": what, "transformer": quality_gate(fp32.space, targets, ref_t, transformer, name).to_dict(),
             "checkpoint_output": quality_gate(fp32.space, targets, ref_c, output, name).to_dict(),
@@ -303,6 +311,7 @@ def speed(checkpoint: str, fp32, token_ids, texts, pairs: int) -> dict:
 
     from bertclf.model.inference import Predictor
     from bertclf.model.precision import Int8Linear
+    from bertclf.resources import cpu_has_native_bf16
 
     budget = {"max_tokens": fp32.max_tokens, "max_rows": fp32.max_rows}
     compiled = Predictor.load(checkpoint, device="cpu", precision="fp32", compile="on", **budget)
@@ -333,6 +342,12 @@ def speed(checkpoint: str, fp32, token_ids, texts, pairs: int) -> dict:
     }
     if compiled.graph is None:
         del modes["bertclf_compiled_fp32"]
+    if cpu_has_native_bf16():  # where bf16 is native it is auto's choice: int8 has to beat it there
+        bf16 = Predictor.load(checkpoint, device="cpu", precision="bf16", compile="off", **budget)
+        bf16_compiled = Predictor.load(checkpoint, device="cpu", precision="bf16", compile="on", **budget)
+        modes["bertclf_eager_bf16"] = lambda n: bf16.transformer_probabilities(token_ids[:n])
+        if bf16_compiled.graph is not None:
+            modes["bertclf_compiled_bf16"] = lambda n: bf16_compiled.transformer_probabilities(token_ids[:n])
     for run in modes.values():  # warm-up: kernels, packing, the graph
         run(256)
     names = list(modes)
@@ -353,7 +368,9 @@ def speed(checkpoint: str, fp32, token_ids, texts, pairs: int) -> dict:
     for a, b in (("bertclf_int8", "bertclf_eager_fp32"), ("bertclf_int8", "bertclf_compiled_fp32"),
                  ("bertclf_int8", "hf_pipeline_fp32"), ("bertclf_eager_fp32", "hf_pipeline_fp32"),
                  ("bertclf_compiled_fp32", "bertclf_eager_fp32"),
-                 ("bertclf_int8_per_tensor", "bertclf_eager_fp32"), ("bertclf_int8_per_tensor", "bertclf_int8")):
+                 ("bertclf_int8_per_tensor", "bertclf_eager_fp32"), ("bertclf_int8_per_tensor", "bertclf_int8"),
+                 ("bertclf_int8", "bertclf_eager_bf16"), ("bertclf_int8", "bertclf_compiled_bf16"),
+                 ("bertclf_compiled_bf16", "hf_pipeline_fp32")):
         if (rs := ratios(a, b)) is not None:
             out["ratios"][f"{a}/{b}"] = {"median": statistics.median(rs), "rounds": rs}
     return out
