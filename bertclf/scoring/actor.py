@@ -118,7 +118,7 @@ class UnitScorer:
         self.sha256 = self.predictor.checkpoint.fingerprint()  # what this actor loaded, not the plan
         self.space = self.predictor.space
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-        self.precision_used = "bf16" if self.predictor.bf16 else "fp32"
+        self.precision_used = self.predictor.precision  # fp32, bf16 or int8: what each part and its index record
         self._previous: ScoredTexts | None = None  # the reuse source's index, loaded on the first unit
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 
