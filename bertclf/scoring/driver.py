@@ -191,8 +191,7 @@ def _plan_run(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.da
     units = cut_units(files, footers, plan.rows_per_unit, cfg.text_column, plan.text_bytes_per_unit)
     todo = tuple(u for u in units if u.name not in done)
     return ScoringRun(cfg=cfg, checkpoint=ckpt, output=output, date=date, run_id=lease.run_id, files=tuple(files),
-                      passthrough=passthrough, sha256=sha256, long_text=settings["long_text"],
-                      chunk_stride=settings["chunk_stride"], settings=settings, reuse_key=reuse_key(sha256, settings),
+                      passthrough=passthrough, sha256=sha256, settings=settings, reuse_key=reuse_key(sha256, settings),
                       unit_plan=plan, units=tuple(units), todo=todo,
                       actors=fit_to_units(actors(), cfg, cluster, len(todo)) if todo else None, cluster=cluster)
 

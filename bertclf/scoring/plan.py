@@ -40,8 +40,6 @@ class ScoringRun:
     files: tuple[str, ...]
     passthrough: tuple[str, ...]  # the id column, then the pass-through columns
     sha256: str  # the checkpoint's weights, as planned: an actor that loaded others commits nothing
-    long_text: str  # resolved: truncate | chunk
-    chunk_stride: int
     settings: Mapping[str, Any]  # bertclf.scoring.manifest.scored_with: what every part must carry alike
     reuse_key: Mapping[str, Any]  # bertclf.scoring.reuse.reuse_key: what makes a previous score reusable
     unit_plan: UnitPlan
@@ -49,6 +47,11 @@ class ScoringRun:
     todo: tuple[WorkUnit, ...]  # the units without a committed part when the run started (all but a resume's)
     actors: ScorePlan | None  # the actors that score `todo` (None: nothing to score, Ray not needed)
     cluster: Mapping[str, float]  # the Ray cluster's resources ({} when Ray was not needed)
+
+    @property
+    def long_text(self) -> str:
+        """truncate or chunk, as scored_with resolved the config against the checkpoint."""
+        return self.settings["long_text"]
 
     @property
     def read(self) -> ReadSettings:
