@@ -305,16 +305,18 @@ def _expand_one(src: str) -> list[str]:
     found = [
         to_uri(fs, i.path)
         for i in infos
-        if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not _hidden(i.path, path)
+        if i.type == pafs.FileType.File and is_data_file(i.path[len(path):].lstrip("/"))
     ]
     if not found:
         raise StorageInputError(f"input directory {src} contains no .parquet files")
     return found
 
 
-def _hidden(file_path: str, root: str) -> bool:
-    rel = file_path[len(root) :].lstrip("/")
-    return any(part.startswith((".", "_")) for part in rel.split("/"))
+def is_data_file(relative_path: str) -> bool:
+    """A Parquet file that readers of a dataset see: side files (`_manifest.json`, `_parts`, `_reuse/`)
+    and hidden ones start with "_" or ".", which Parquet readers (pandas, pyarrow datasets, Spark) skip."""
+    return relative_path.endswith(".parquet") and not any(
+        part.startswith((".", "_")) for part in relative_path.split("/"))
 
 
 def _expand_glob(fs: pafs.FileSystem, pattern: str, src: str) -> list[str]:
@@ -465,7 +467,8 @@ def list_names(uri: str) -> set[str]:
 
 # the storage interface other modules, jobs and benchmarks use
 __all__ = ["AWS_CREDENTIAL_VARS", "AWS_ENV_VARS", "StorageError", "StorageInputError", "absolute", "aws_env",
-           "check_writable", "copy_file", "delete", "download_dir", "exists", "io_attempts", "io_deadline", "is_s3",
-           "is_permanent", "is_transient", "join", "list_names", "list_parquet_files", "local_copy", "read_bytes",
-           "read_json", "replace_dir", "resolve", "retry_delay", "retry_or_raise", "s3_filesystem", "s3_retries",
-           "to_uri", "upload_dir", "upload_file", "with_retries", "without_credentials", "write_bytes", "write_json"]
+           "check_writable", "copy_file", "delete", "download_dir", "exists", "io_attempts", "io_deadline",
+           "is_data_file", "is_permanent", "is_s3", "is_transient", "join", "list_names", "list_parquet_files",
+           "local_copy", "read_bytes", "read_json", "replace_dir", "resolve", "retry_delay", "retry_or_raise",
+           "s3_filesystem", "s3_retries", "to_uri", "upload_dir", "upload_file", "with_retries", "without_credentials",
+           "write_bytes", "write_json"]

@@ -23,6 +23,8 @@ from bertclf.dev.ports import free_port
 from bertclf.dev.scores import read_scores
 from bertclf.dev.synthetic import make_rows, write_rows
 from bertclf.dev.tiny_model import save_tiny_checkpoint
+from bertclf.records import Manifest
+from bertclf.scoring.parts import part_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,7 +150,8 @@ def test_two_nodes_train_and_score_from_s3_and_score_as_one_node(ray_tmpdir, tin
     assert two.rows_out == one.rows_out == 400 and two.actors_used == one.actors_used == 2
     manifests = [storage.read_json(f"{root}/scores/{name}/_manifest.json") for name in ("two", "one")]
     assert manifests[0]["checkpoint"]["uri"] == result.best_uri, "the checkpoint was read from s3://"
-    assert [p["name"] for p in manifests[0]["parts"]] == [p["name"] for p in manifests[1]["parts"]]
+    assert sorted(part_names(f"{root}/scores/two", Manifest.from_dict(manifests[0]))) == sorted(
+        part_names(f"{root}/scores/one", Manifest.from_dict(manifests[1])))
     assert all(storage.exists(f"{root}/scores/{name}/_SUCCESS") for name in ("two", "one"))
     scores_two, scores_one = read_scores(f"{root}/scores/two"), read_scores(f"{root}/scores/one")
     assert scores_two.num_rows == 400 and scores_two.equals(scores_one), "two nodes score exactly as one"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -69,10 +70,12 @@ def test_three_files_on_s3_scored_exactly_once_and_match_a_direct_forward_pass(
     assert summary.rows_in == summary.rows_out == 600 and summary.output == out
     assert storage.exists(f"{out}/_SUCCESS")
     manifest = storage.read_json(f"{out}/_manifest.json")
-    assert manifest["rows_in"] == manifest["rows_out"] == 600 and len(manifest["inputs"]) == 3
+    assert manifest["rows_in"] == manifest["rows_out"] == 600 and manifest["input_files"] == 3
     assert manifest["labels"]["thresholds"] == THRESHOLDS and len(manifest["checkpoint"]["sha256"]) == 64
     # 600 rows for 2 actors: units of at most ceil(600 / (2 x 4)) = 75 rows, so each row group of 50 is a unit
-    assert len(manifest["parts"]) == 12 and manifest["units"]["rows_per_unit"] == 75
+    parts = pq.read_table(io.BytesIO(storage.read_bytes(f"{out}/_parts")))
+    assert parts.num_rows == 12 and len(set(parts["input"].to_pylist())) == 3
+    assert manifest["units"]["rows_per_unit"] == 75
     assert summary.actors_used == 2
 
     scores = read_scores(out)
@@ -91,7 +94,7 @@ def test_three_files_on_s3_scored_exactly_once_and_match_a_direct_forward_pass(
 
 
 def test_crash_then_rerun_equals_a_clean_run_and_a_finished_output_is_left_alone(
-        ray_local, tiny_checkpoint, corpus, tmp_path):
+        ray_local, tiny_checkpoint, corpus, tmp_path, monkeypatch):
     clean = str(tmp_path / "clean")
     run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=clean))
 
@@ -108,10 +111,21 @@ def test_crash_then_rerun_equals_a_clean_run_and_a_finished_output_is_left_alone
     assert "_plan.json" in left, "the unit plan is written before the first part"
 
     # resumed on one actor: the first run's unit plan is reused, so the units and names are the same
+    from bertclf.scoring import actor
+
+    footers_read: list[str] = []
+    read_part_stats = actor.read_part_stats
+    monkeypatch.setattr(actor, "read_part_stats", lambda uri: footers_read.append(uri) or read_part_stats(uri))
     resumed = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed, num_actors=1))
     assert resumed.units_scored == 4 and resumed.units_skipped == 8, "only the missing units are scored"
     assert read_scores(crashed).equals(read_scores(clean))
     assert storage.list_names(crashed) == storage.list_names(clean)
+    # each part's footer is read once: the 8 found at the start (checked and folded), the 4 scored at the commit
+    assert sorted(footers_read) == sorted(set(footers_read)) and len(footers_read) == 12
+    ours, theirs = (json.loads(storage.read_bytes(f"{o}/_manifest.json")) for o in (crashed, clean))
+    for key in ("rows_in", "rows_out", "predicted_label_counts", "score_histograms", "texts_scored", "input_files"):
+        assert ours[key] == theirs[key], key
+    assert ours["units"] == {**theirs["units"], "scored_this_run": 4, "already_done": 8}
 
     again = run(_cfg(checkpoint=str(tiny_checkpoint), input=str(corpus), output=crashed))
     assert again.already_complete and again.rows_out == 0

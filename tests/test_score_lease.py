@@ -25,7 +25,8 @@ from bertclf.records import Lease, PartStats, WorkUnit
 from bertclf.scoring import ScoreError, run
 from bertclf.scoring.actor import PART_CHECKPOINT_KEY, read_part_stats
 from bertclf.scoring.lease import LEASE, OutputLeasedError, acquire, read_lease, release, renew
-from bertclf.scoring.manifest import ResumeMismatchError, check_parts
+from bertclf.scoring.manifest import ResumeMismatchError
+from bertclf.scoring.parts import PartsFold
 
 THRESHOLDS = [0.45, 0.5, 0.55]
 
@@ -129,8 +130,12 @@ def test_expired_lease_taken_over_resume_with_another_checkpoint_refused_overwri
     assert manifest["rows_out"] == table.num_rows == 200
     held = Counter(pc.list_flatten(table["predicted"]).to_pylist())
     assert manifest["predicted_label_counts"] == dict(sorted(held.items()))
-    assert {p["name"]: p["rows"] for p in manifest["parts"]} == {n: pq.read_metadata(output / n).num_rows
-                                                                 for n in _parts(output)}
+    # the parts are listed in _parts, not in the manifest, whose size must not grow with the corpus
+    assert manifest["format"] == 2 and manifest["parts"] == [] and manifest["parts_file"] == "_parts"
+    listed = pq.read_table(output / "_parts").to_pylist()
+    assert {p["name"]: p["rows_out"] for p in listed} == {n: pq.read_metadata(output / n).num_rows
+                                                          for n in _parts(output)}
+    assert {p["run_id"] for p in listed} == {summary.run_id} and all(p["seconds"] > 0 for p in listed)
 
 
 def test_a_lease_taken_over_mid_run_stops_every_commit(ray_local, checkpoints, corpus, tmp_path, monkeypatch):
@@ -157,17 +162,29 @@ def test_a_lease_taken_over_mid_run_stops_every_commit(ray_local, checkpoints, c
 def test_a_part_from_another_checkpoint_or_run_plan_blocks_success():
     unit = WorkUnit("in/a.parquet", (0,), 10, 0)
     good = PartStats(unit=unit.name, input=unit.uri, row_groups=[0], rows_in=10, rows_out=10, empty_texts=0,
-                     label_counts={}, checkpoint_sha256="a" * 64, scored_with={"precision": "fp32"}, run_id="r1")
-    check_parts("out", [unit], [good], "a" * 64, {"precision": "fp32"})
+                     label_counts={"x": 4}, checkpoint_sha256="a" * 64, scored_with={"precision": "fp32"}, run_id="r1",
+                     prob_histograms={"x": [1] * 10 + [0] * 10})
+
+    def fold_of(*parts: PartStats) -> PartsFold:
+        fold = PartsFold(["x"], "a" * 64, {"precision": "fp32"})
+        for stats in parts:
+            fold.add(unit, stats)
+        return fold
+
+    fold = fold_of(good, good)
+    fold.check("out", [unit])
+    assert fold.label_counts == {"x": 8} and fold.score_histograms["x"][:2] == [2, 2] and fold.rows_out == 20
     foreign = PartStats(**{**good.__dict__, "checkpoint_sha256": "b" * 64, "run_id": "r2"})
     with pytest.raises(ScoreError, match=r"run r2\): checkpoint: sha256 bbbb"):
-        check_parts("out", [unit], [foreign], "a" * 64, {"precision": "fp32"})
+        fold_of(foreign).check("out", [unit])
     short = PartStats(**{**good.__dict__, "rows_in": 7})
     with pytest.raises(ScoreError, match="planned 10 rows"):
-        check_parts("out", [unit], [short], "a" * 64, {"precision": "fp32"})
+        fold_of(short).check("out", [unit])
     old = PartStats(**{**good.__dict__, "checkpoint_sha256": "", "scored_with": {}})
     with pytest.raises(ScoreError, match="not recorded"):
-        check_parts("out", [unit], [old], "a" * 64, {"precision": "fp32"})
+        fold_of(old).check("out", [unit])
+    with pytest.raises(ScoreError, match=r"(?s)1 part\(s\) of out are missing.*a-.*no committed part of in/a.parquet"):
+        fold_of().check("out", [unit])
 
 
 def test_lease_on_s3_refuses_a_live_holder_and_the_loser_of_a_race_sees_the_winner(bucket):

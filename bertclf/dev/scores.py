@@ -13,7 +13,7 @@ def read_scores(output: str | Path):
     from bertclf import storage
 
     fs, path = storage.resolve(str(output))
-    files = sorted(f for f in storage.list_names(str(output)) if f.endswith(".parquet"))
+    files = sorted(f for f in storage.list_names(str(output)) if storage.is_data_file(f))
     return pads.dataset([f"{path}/{f}" for f in files], filesystem=fs, format="parquet").to_table().sort_by("id")
 
 

@@ -7,7 +7,7 @@ import hashlib
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from bertclf.errors import FailureKind, failure_kind
 from bertclf.labels import LabelSpace
@@ -198,7 +198,14 @@ class DriftReport(Record):
 
 @dataclass
 class Manifest(Record):
-    """_manifest.json of a scoring output: what went in, what came out, with which model, and how fast."""
+    """_manifest.json of a scoring output: what went in, what came out, with which model, and how fast.
+
+    Format 2: the parts (and the input files they came from) are listed in the side file `parts_file`
+    (bertclf.scoring.parts), so the manifest's size doesn't grow with the corpus; format 1 listed them in `parts` and
+    `inputs`, which format 2 leaves empty.
+    """
+
+    FORMAT: ClassVar[int] = 2
 
     output: str
     date: str
@@ -229,6 +236,8 @@ class Manifest(Record):
     texts_scored: int | None = None  # distinct texts run through the model (None: some part did not count them)
     reuse: ReuseSummary | None = None
     reuse_key: dict[str, Any] = field(default_factory=dict)  # what a later run must match to reuse these scores
+    parts_file: str | None = None  # "_parts": one row per part (None: format 1, listed in `parts`)
+    input_files: int | None = None  # how many input files (None: format 1, listed in `inputs`)
 
 
 @dataclass

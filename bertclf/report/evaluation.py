@@ -98,7 +98,7 @@ def _numbers(counts: EvaluationCounts) -> tuple[dict, dict[str, dict], dict[str,
 def scored_batches(scores_uri: str, batch_rows: int = 8192):
     """The scored parts of an output, one record batch at a time."""
     fs, base = storage.resolve(scores_uri)
-    for name in sorted(n for n in storage.list_names(scores_uri) if n.endswith(".parquet")):
+    for name in sorted(n for n in storage.list_names(scores_uri) if storage.is_data_file(n)):
         with fs.open_input_file(f"{base}/{name}") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
                 yield pa.Table.from_batches([batch])

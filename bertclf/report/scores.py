@@ -10,13 +10,16 @@ from pathlib import Path
 from bertclf import storage
 from bertclf.config import ReportConfig
 from bertclf.errors import DataError
+from bertclf.records import PartEntry
 from bertclf.report import figures
 from bertclf.report import html as h
 from bertclf.report.writer import commit_report
 from bertclf.scoring.manifest import SUCCESS, read_manifest
+from bertclf.scoring.parts import part_entries
 from bertclf.scoring.table import scores_of
 
 log = logging.getLogger(__name__)
+PARTS_SHOWN = 200  # the throughput table's slowest parts: a night of 10^5 parts would be a page no one reads
 
 
 def scores_report(cfg: ReportConfig) -> dict:
@@ -42,12 +45,12 @@ def scores_report(cfg: ReportConfig) -> dict:
                                           f"PSI against {drift.previous_output}", "PSI", fig_dir, "drift_psi.png",
                                           threshold=drift.psi_threshold))
         report = {"kind": "scores", "scores": scores, "manifest": manifest.to_dict(), "figures": figs}
-        commit_report(staging, output, report, render(manifest, figs))
+        commit_report(staging, output, report, render(manifest, figs, part_entries(scores, manifest)))
     log.info("report: %s (%d rows scored)", storage.join(output, "index.html"), manifest.rows_out)
     return report
 
 
-def render(m, figs: list[str]) -> str:
+def render(m, figs: list[str], parts: list[PartEntry]) -> str:
     captions = {"label_distribution.png": "predicted-label shares",
                 "probability_histograms.png": "probability histograms (log scale)",
                 "drift_psi.png": "PSI per label against the previous partition"}
@@ -76,9 +79,12 @@ def render(m, figs: list[str]) -> str:
         sections.append(h.section("Drift", h.paragraph("No previous partition to compare with (the output has no "
                                                        "{date} placeholder, or the previous day was not scored).",
                                                        "muted"), anchor="drift"))
-    sections.append(h.section("Throughput", h.table(
+    shown = sorted(parts, key=lambda p: (p.rows / p.seconds) if p.seconds else float("inf"))[:PARTS_SHOWN]
+    more = (f"the {PARTS_SHOWN} slowest of {len(parts):,} parts (every part: {m.parts_file})"
+            if len(parts) > PARTS_SHOWN else "")
+    sections.append(h.section("Throughput", *([h.paragraph(more, "muted")] if more else []), h.table(
         ["part", "input", "rows", "seconds", "rows/s"],
-        [[p.name, p.input, p.rows, p.seconds, (p.rows / p.seconds) if p.seconds else None] for p in m.parts]),
+        [[p.name, p.input, p.rows, p.seconds, (p.rows / p.seconds) if p.seconds else None] for p in shown]),
         anchor="throughput"))
     return h.page(f"Scoring run: {m.output}", f"{m.rows_out:,} rows, {len(m.labels.names)} labels ({m.labels.task})",
                   sections)

@@ -15,7 +15,6 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bertclf import logs, storage
@@ -24,9 +23,9 @@ from bertclf.errors import DataError, RecordError, ScoreError, StorageError
 from bertclf.model import checkpoint
 from bertclf.model.checkpoint import LoadedCheckpoint
 from bertclf.progress import Progress
-from bertclf.records import DriftReport, Manifest, PartStats, ReuseSource, ReuseSummary, UnitError, UnitResult
+from bertclf.records import DriftReport, Manifest, ReuseSource, ReuseSummary, UnitError, UnitResult
 from bertclf.resources import ScorePlan, connect
-from bertclf.scoring.actor import ScoringSettings, UnitScorer, read_part_stats
+from bertclf.scoring.actor import ScoringSettings, UnitScorer
 from bertclf.scoring.checks import check_before_ray
 from bertclf.scoring.dates import fill_date, resolve_date
 from bertclf.scoring.lease import LEASE, LeaseKeeper, OutputLeasedError, new_run_id
@@ -35,13 +34,14 @@ from bertclf.scoring.manifest import (
     MANIFEST,
     SUCCESS,
     CompleteOutputMismatchError,
+    ResumeCheck,
     ResumeMismatchError,
     check_complete,
-    check_resume,
     commit,
     read_manifest,
     scored_with,
 )
+from bertclf.scoring.parts import PartsFold, fold_existing, fold_scored
 from bertclf.scoring.plan import ScoringRun, actor_plan, fit_to_units, unit_plan
 from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
 from bertclf.scoring.table import DATE_COLUMN, NightlyTable, check_table, commit_night, earlier_nights
@@ -126,8 +126,8 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     timings["check_inputs_seconds"] = time.perf_counter() - t_start - timings["list_seconds"]
 
     with LeaseKeeper(output, new_run_id()) as lease:  # refused (exit 2) while another run holds the output
-        run = _plan_run(cfg, ckpt, output, date, files, footers, passthrough, lease)
-        return _score_and_commit(run, dict(unreadable), lease, timings, t_start)
+        run, fold = _plan_run(cfg, ckpt, output, date, files, footers, passthrough, lease)
+        return _score_and_commit(run, fold, dict(unreadable), lease, timings, t_start)
 
 
 def _check_complete_output(cfg: ScoreConfig, output: str, date: dt.date) -> Manifest:
@@ -171,15 +171,14 @@ def _reuse_source(run: ScoringRun) -> tuple[ReuseSource | None, ReuseSummary]:
 
 
 def _plan_run(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.date, files: list[str],
-              footers: dict, passthrough: tuple[str, ...], lease: LeaseKeeper) -> ScoringRun:
+              footers: dict, passthrough: tuple[str, ...], lease: LeaseKeeper) -> tuple[ScoringRun, PartsFold]:
     """Under the output's lease: start clean or check that a resume matches, then fix the units and everything the
-    parts will record, once."""
+    parts will record, once. Returns the run and the parts it found, folded for the commit (each footer read once)."""
     sha256 = ckpt.fingerprint()
     settings = scored_with(cfg, ckpt, passthrough, date)
     if cfg.overwrite:
         _start_clean(output, lease)
     done = storage.list_names(output)
-    check_resume(output, _read_parts(output, sorted(n for n in done if n.endswith(".parquet"))), sha256, settings)
     cluster: dict[str, float] = {}
 
     @functools.cache
@@ -189,15 +188,20 @@ def _plan_run(cfg: ScoreConfig, ckpt: LoadedCheckpoint, output: str, date: dt.da
 
     plan = unit_plan(cfg, output, done, footers, lambda: actors().num_actors, lease.check)
     units = cut_units(files, footers, plan.rows_per_unit, cfg.text_column, plan.text_bytes_per_unit)
+    fold = PartsFold(list(ckpt.space.names), sha256, settings)
+    resume = ResumeCheck(output, sha256, settings)
+    fold_existing(units, output, sorted(n for n in done if storage.is_data_file(n)), fold, resume.see)
+    resume.done()
     todo = tuple(u for u in units if u.name not in done)
-    return ScoringRun(cfg=cfg, checkpoint=ckpt, output=output, date=date, run_id=lease.run_id, files=tuple(files),
-                      passthrough=passthrough, sha256=sha256, settings=settings, reuse_key=reuse_key(sha256, settings),
-                      unit_plan=plan, units=tuple(units), todo=todo,
-                      actors=fit_to_units(actors(), cfg, cluster, len(todo)) if todo else None, cluster=cluster)
+    run = ScoringRun(cfg=cfg, checkpoint=ckpt, output=output, date=date, run_id=lease.run_id, files=tuple(files),
+                     passthrough=passthrough, sha256=sha256, settings=settings, reuse_key=reuse_key(sha256, settings),
+                     unit_plan=plan, units=tuple(units), todo=todo,
+                     actors=fit_to_units(actors(), cfg, cluster, len(todo)) if todo else None, cluster=cluster)
+    return run, fold
 
 
-def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: LeaseKeeper, timings: dict[str, float],
-                      t_start: float) -> ScoreSummary:
+def _score_and_commit(run: ScoringRun, fold: PartsFold, failures: dict[str, UnitError], lease: LeaseKeeper,
+                      timings: dict[str, float], t_start: float) -> ScoreSummary:
     """Score the run's missing units, then commit: every part read back and checked, the manifest, _SUCCESS."""
     cfg, output = run.cfg, run.output
     todo = run.todo
@@ -222,13 +226,13 @@ def _score_and_commit(run: ScoringRun, failures: dict[str, UnitError], lease: Le
                          f"written. Fix or remove these and re-run to finish:\n{listing}",
                          kinds=tuple(err.kind for err in failures.values()))
 
-    # the manifest counts what the committed parts hold: every part's stats read back from its footer
+    # the manifest counts what the committed parts hold: this run's parts read back from their footers (the parts
+    # a resume found were read, checked and folded when it started)
     t_read = time.perf_counter()
-    stats = _read_parts(output, [u.name for u in run.units], required=True)
+    fold_scored(run, fold, {n: r.seconds for n, r in scored.items()})
     timings["read_parts_seconds"] = time.perf_counter() - t_read
     timings["total_seconds"] = time.perf_counter() - t_start
-    manifest = commit(run, stats, {n: r.seconds for n, r in scored.items()}, set(scored), timings, reuse=reuse,
-                      guard=lease.check)
+    manifest = commit(run, fold, timings, reuse=reuse, guard=lease.check)
     night = None
     if table := NightlyTable.of_config(cfg):
         lease.check(f"the commit to table {table.name}")
@@ -257,22 +261,6 @@ def _start_clean(output: str, lease: LeaseKeeper) -> None:
     for name in first + sorted(names - set(first)):
         storage.delete(storage.join(output, name))
     storage.delete(index)  # the parts' reuse indexes (bertclf.scoring.reuse)
-
-
-def _read_parts(output: str, names: list[str], required: bool = False) -> list[PartStats]:
-    """The stats in the footers of committed parts, read in parallel (footers only); with `required`, a missing part
-    fails the commit by name."""
-    def read(name: str) -> PartStats:
-        try:
-            return read_part_stats(storage.join(output, name))
-        except FileNotFoundError:
-            if not required:
-                raise
-            raise ScoreError(f"part {name} of {output} is missing after scoring (deleted by another process?); "
-                             f"{SUCCESS} not written: re-run to finish") from None
-
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(names)))) as pool:
-        return list(pool.map(read, names))
 
 
 def _check_output_outside_inputs(output: str, inputs: list[str]) -> None:

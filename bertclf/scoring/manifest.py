@@ -1,4 +1,4 @@
-"""Committing a scoring output: check the committed parts, write _manifest.json, then _SUCCESS, last.
+"""Committing a scoring output: check the committed parts, write _parts and _manifest.json, then _SUCCESS.
 
 Consumers read only outputs with _SUCCESS, so nothing here may run before every part has landed. Both names start
 with "_", which Parquet readers (pandas, pyarrow datasets, Spark) skip, so `pd.read_parquet(output)` reads the parts.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -21,21 +20,13 @@ from bertclf import storage
 from bertclf.config import ScoreConfig
 from bertclf.errors import InputError, RecordError, ScoreError
 from bertclf.model.checkpoint import LoadedCheckpoint, long_text_setting, versions
-from bertclf.records import (
-    CheckpointRef,
-    EmptyTexts,
-    InputRows,
-    Manifest,
-    PartEntry,
-    PartStats,
-    ReuseSummary,
-    UnitCounts,
-    WorkUnit,
-)
+from bertclf.records import CheckpointRef, EmptyTexts, Manifest, PartStats, ReuseSummary, UnitCounts
 from bertclf.scoring.dates import fill_date, has_date
-from bertclf.scoring.drift import add_histograms, compare
+from bertclf.scoring.drift import compare
+from bertclf.scoring.parts import PARTS
 
 if TYPE_CHECKING:
+    from bertclf.scoring.parts import PartsFold
     from bertclf.scoring.plan import ScoringRun
 
 SUCCESS = "_SUCCESS"
@@ -80,17 +71,36 @@ def differences(stats: PartStats, sha256: str, settings: dict[str, Any]) -> list
     return diffs
 
 
-def check_resume(output: str, existing: list[PartStats], sha256: str, settings: dict[str, Any]) -> None:
-    """Refuse to finish an output whose parts were scored with another checkpoint or other settings."""
-    mismatched = {s.unit: d for s in existing if (d := differences(s, sha256, settings))}
-    if not mismatched:
-        return
-    first, diffs = next(iter(sorted(mismatched.items())))
-    raise ResumeMismatchError(
-        f"{output} is partly scored with another checkpoint or other settings: {len(mismatched)} of its "
-        f"{len(existing)} part(s) differ from this run (e.g. {first}: {'; '.join(diffs)}; the part's vs this run's). "
-        "Finishing it would mix two models' scores in one output: re-run with the same checkpoint and settings, "
-        "or pass --overwrite to delete its parts and score it all again")
+class ResumeCheck:
+    """The parts a resume finds, checked one at a time (`see`), then `done()`: refuse to finish an output whose parts
+    were scored with another checkpoint or other settings. Keeps at most `KEPT` mismatches, not every part."""
+
+    KEPT = 1000
+
+    def __init__(self, output: str, sha256: str, settings: dict[str, Any]):
+        self.output, self.sha256, self.settings = output, sha256, settings
+        self.seen = 0
+        self.mismatched: dict[str, list[str]] = {}
+        self.more = 0
+
+    def see(self, name: str, stats: PartStats) -> None:
+        self.seen += 1
+        if diffs := differences(stats, self.sha256, self.settings):
+            if len(self.mismatched) < self.KEPT:
+                self.mismatched[stats.unit] = diffs
+            else:
+                self.more += 1
+
+    def done(self) -> None:
+        if not self.mismatched:
+            return
+        first, diffs = next(iter(sorted(self.mismatched.items())))
+        raise ResumeMismatchError(
+            f"{self.output} is partly scored with another checkpoint or other settings: "
+            f"{len(self.mismatched) + self.more} of its {self.seen} part(s) differ from this run (e.g. {first}: "
+            f"{'; '.join(diffs)}; the part's vs this run's). Finishing it would mix two models' scores in one output: "
+            "re-run with the same checkpoint and settings, or pass --overwrite to delete its parts and score it all "
+            "again")
 
 
 def check_complete(output: str, manifest: Manifest, checkpoint_uri: str, sha256: str,
@@ -111,49 +121,23 @@ def check_complete(output: str, manifest: Manifest, checkpoint_uri: str, sha256:
             f"are: pass --overwrite to replace them with {checkpoint_uri}'s, or choose another --output")
 
 
-def check_parts(output: str, units: list[WorkUnit], stats: list[PartStats], sha256: str,
-                settings: dict[str, Any]) -> None:
-    """Before _SUCCESS: one committed part per unit, each naming this unit, its rows and this run's checkpoint and
-    settings (stats as read back from the parts)."""
-    problems = []
-    for unit, s in zip(units, stats, strict=True):
-        if s.unit != unit.name or s.input != unit.uri or s.rows_in != unit.num_rows:
-            problems.append(f"{unit.name}: holds {s.unit} ({s.rows_in} rows of {s.input}), planned {unit.num_rows} "
-                            f"rows of {unit.uri}")
-        elif diffs := differences(s, sha256, settings):
-            problems.append(f"{unit.name} (run {s.run_id or '?'}): {'; '.join(diffs)}")
-    if problems:
-        listing = "\n".join(f"  {p}" for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ScoreError(f"{len(problems)} committed part(s) of {output} don't match this run (another run wrote "
-                         f"them?); {SUCCESS} not written. Re-run with --overwrite to score it clean:\n{listing}{more}")
-
-
-def commit(run: ScoringRun, stats: list[PartStats], seconds: dict[str, float], scored_names: set[str],
-           timings: dict[str, float], reuse: ReuseSummary | None = None,
+def commit(run: ScoringRun, fold: PartsFold, timings: dict[str, float], reuse: ReuseSummary | None = None,
            guard: Callable[[str], None] | None = None) -> Manifest:
-    """Check the parts (`stats` read back from them, one per unit of the run) against the run's checkpoint and
-    settings and rows in == rows out (+ skipped empties), then write _manifest.json and, last, _SUCCESS; `guard(name)`
-    runs before each write (the lease check). `timings`: the driver's phases so far in seconds, total_seconds
-    included; the commit adds its own (check_seconds, drift_seconds)."""
-    cfg, output, units = run.cfg, run.output, list(run.units)
+    """Check the folded parts (`fold`: every committed part's footer stats, read back) against the run's units,
+    checkpoint and settings and rows in == rows out (+ skipped empties), then write `_parts`, _manifest.json
+    and, last, _SUCCESS; `guard(name)` runs before each write (the lease check). `timings`: the driver's phases so
+    far in seconds, total_seconds included; the commit adds its own (check_seconds, drift_seconds)."""
+    cfg, output = run.cfg, run.output
     t0 = time.perf_counter()
-    check_parts(output, units, stats, run.sha256, dict(run.settings))
-    rows_in = sum(s.rows_in for s in stats)
-    rows_out = sum(s.rows_out for s in stats)
-    empties = sum(s.empty_texts for s in stats)
-    expected_out = rows_in - (empties if cfg.empty_text == "skip" else 0)
-    planned = sum(u.num_rows for u in units)
-    if rows_in != planned or rows_out != expected_out:
-        raise ScoreError(f"row counts don't add up in {output}: planned {planned}, read {rows_in}, wrote {rows_out} "
-                         f"(expected {expected_out}); {SUCCESS} not written")
-    counts: Counter[str] = Counter()
-    for s in stats:
-        counts.update(s.label_counts)
-    distribution = {k: v / max(1, rows_out) for k, v in sorted(counts.items())}
-    histograms: dict[str, list[int]] = {}
-    for s in stats:
-        histograms = add_histograms(histograms, s.prob_histograms)
+    fold.check(output, run.units)
+    expected_out = fold.rows_in - (fold.empty_texts if cfg.empty_text == "skip" else 0)
+    planned = sum(u.num_rows for u in run.units)
+    if fold.rows_in != planned or fold.rows_out != expected_out:
+        raise ScoreError(f"row counts don't add up in {output}: planned {planned}, read {fold.rows_in}, wrote "
+                         f"{fold.rows_out} (expected {expected_out}); {SUCCESS} not written")
+    counts = dict(sorted(fold.label_counts.items()))
+    distribution = {k: v / max(1, fold.rows_out) for k, v in counts.items()}
+    histograms = fold.score_histograms
     t_drift = time.perf_counter()
     previous = previous_manifest(cfg, run.date)
     drift = None
@@ -161,44 +145,32 @@ def commit(run: ScoringRun, stats: list[PartStats], seconds: dict[str, float], s
         drift = compare(distribution, histograms, previous.predicted_label_distribution, previous.score_histograms,
                         previous.output, cfg.drift_psi_threshold, cfg.drift_share_threshold)
     t_write = time.perf_counter()
-    scored_rows = sum(u.num_rows for u in units if u.name in scored_names)
     if reuse is not None:  # rows reused and from where, as the committed parts (of any run) say
-        reused_from: Counter[str] = Counter()
-        for s in stats:
-            if s.rows_reused:
-                reused_from[s.reused_from] += s.rows_reused
         reuse = ReuseSummary(mode=reuse.mode, source=reuse.source, note=reuse.note,
-                             rows_reused=sum(reused_from.values()), reused_from=dict(reused_from))
-    texts_scored = [s.texts_scored for s in stats]
-    per_file: Counter[str] = Counter()
-    for s in stats:
-        per_file[s.input] += s.rows_in
+                             rows_reused=sum(fold.reused_from.values()), reused_from=dict(fold.reused_from))
     score_seconds = timings.get("scoring_seconds", 0.0)
     # the manifest's own write is the one phase it can't hold; total_seconds: from the run's start to this point
     timings = {**timings, "check_seconds": t_drift - t0, "drift_seconds": t_write - t_drift,
                "total_seconds": timings.get("total_seconds", 0.0) + time.perf_counter() - t0}
     manifest = Manifest(
         output=output, date=run.date.isoformat(), created=dt.datetime.now(dt.timezone.utc).isoformat(),
-        inputs=[InputRows(uri=f, rows=per_file.get(f, 0)) for f in run.files],
-        parts=[PartEntry(name=s.unit, input=s.input, row_groups=s.row_groups, rows=s.rows_out,
-                         seconds=seconds.get(s.unit)) for s in stats],
-        rows_in=rows_in, rows_out=rows_out, empty_texts=EmptyTexts(count=empties, policy=cfg.empty_text),
+        inputs=[], parts=[], parts_file=PARTS, input_files=len(run.files),
+        rows_in=fold.rows_in, rows_out=fold.rows_out, empty_texts=EmptyTexts(count=fold.empty_texts,
+                                                                             policy=cfg.empty_text),
         checkpoint=CheckpointRef(uri=run.checkpoint.uri, sha256=run.sha256, epoch=run.checkpoint.meta.epoch),
-        labels=run.checkpoint.space, predicted_label_counts=dict(sorted(counts.items())),
-        predicted_label_distribution=distribution,
+        labels=run.checkpoint.space, predicted_label_counts=counts, predicted_label_distribution=distribution,
         distribution_change_vs_previous=_share_change(distribution, previous),
-        rows_per_s=scored_rows / score_seconds if score_seconds else None,
+        rows_per_s=fold.scored_rows / score_seconds if score_seconds else None,
         timings=timings,
-        units=UnitCounts(total=len(units), scored_this_run=len(scored_names),
-                         already_done=len(units) - len(scored_names), rows_per_unit=run.unit_plan.rows_per_unit),
+        units=UnitCounts(total=len(run.units), scored_this_run=fold.scored_units,
+                         already_done=len(run.units) - fold.scored_units, rows_per_unit=run.unit_plan.rows_per_unit),
         config=asdict(cfg), versions=versions(), score_histograms=histograms, drift=drift,
-        run_id=run.run_id, scored_with=dict(run.settings), part_runs=dict(Counter(s.run_id or "?" for s in stats)),
-        precisions_used=dict(Counter(s.precision_used or "?" for s in stats)),
-        windows_scored=sum(s.windows for s in stats), duplicate_rows=sum(s.duplicate_rows for s in stats),
-        texts_scored=None if None in texts_scored else sum(t or 0 for t in texts_scored), reuse=reuse,
-        reuse_key=dict(run.reuse_key),
+        run_id=run.run_id, scored_with=dict(run.settings), part_runs=dict(fold.part_runs),
+        precisions_used=dict(fold.precisions), windows_scored=fold.windows, duplicate_rows=fold.duplicate_rows,
+        texts_scored=fold.texts_scored, reuse=reuse, reuse_key=dict(run.reuse_key),
     )
-    for name, data in ((MANIFEST, (manifest.to_json(indent=2) + "\n").encode()), (SUCCESS, b"")):
+    for name, data in ((PARTS, fold.parts_file()), (MANIFEST, (manifest.to_json(indent=2) + "\n").encode()),
+                       (SUCCESS, b"")):
         if guard is not None:
             guard(name)
         storage.write_bytes(storage.join(output, name), data)
@@ -245,6 +217,6 @@ def _share_change(distribution: dict[str, float], previous: Manifest | None) -> 
     return {k: distribution.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(before) | set(distribution))}
 
 
-__all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "CompleteOutputMismatchError", "ResumeMismatchError",
-           "check_complete", "check_parts", "check_resume", "commit", "differences", "manifest_uri",
+__all__ = ["LEGACY_MANIFEST", "MANIFEST", "SUCCESS", "CompleteOutputMismatchError", "ResumeCheck",
+           "ResumeMismatchError", "check_complete", "commit", "differences", "manifest_uri",
            "previous_manifest", "read_manifest", "scored_with"]

@@ -70,7 +70,7 @@ def unit_plan(cfg: ScoreConfig, output: str, done: set[str], footers: dict, acto
         log.info("resuming %s with its unit plan: %d rows per unit%s", output, plan.rows_per_unit,
                  f", {plan.text_bytes_per_unit:,} text bytes per unit" if plan.text_bytes_per_unit else "")
         return plan
-    if any(name.endswith(".parquet") for name in done):  # parts written before unit plans existed
+    if any(storage.is_data_file(name) for name in done):  # parts written before unit plans existed
         return UnitPlan(rows_per_unit=cfg.rows_per_unit, actors=0)
     count = actors()
     rows = sum(m.num_rows for m in footers.values())

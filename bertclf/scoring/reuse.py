@@ -27,6 +27,7 @@ from bertclf.errors import RecordError
 from bertclf.records import Manifest, ReuseSource
 from bertclf.scoring.dates import fill_date, has_date
 from bertclf.scoring.manifest import SUCCESS
+from bertclf.scoring.parts import part_names
 
 INDEX_DIR = "_reuse"  # "_" so Parquet readers of the output skip it, like _manifest.json
 HASH_BYTES = 16
@@ -210,7 +211,7 @@ def _refusal(uri: str, key: dict[str, Any], labels: int, max_mb: int,
     if manifest.reuse_key != key:
         return f"scored with another checkpoint or settings: {_diff(manifest.reuse_key, key)}"
     indexed = storage.list_names(storage.join(uri, INDEX_DIR))
-    parts = [p.name for p in manifest.parts if p.name in indexed]
+    parts = [name for name in part_names(uri, manifest) if name in indexed]
     if not parts:
         return "none of its parts has a reuse index"
     mb = manifest.rows_out * (HASH_BYTES + 4 * labels) / 2**20

@@ -28,6 +28,7 @@ from bertclf.config import ScoreConfig, TableName
 from bertclf.errors import ConfigError, DataError, InputError, StorageError
 from bertclf.labels import LabelSpace
 from bertclf.records import Manifest
+from bertclf.scoring.parts import part_names
 
 DATE_COLUMN = "date"
 PROB_PREFIX = "prob_"
@@ -156,15 +157,16 @@ def commit_night(target: NightlyTable, manifest: Manifest) -> NightCommit:
     night = NightCommit(date=manifest.date, run_id=manifest.run_id or "", checkpoint_sha256=manifest.checkpoint.sha256,
                         rows=manifest.rows_out, output=output, manifest_sha256=_manifest_sha256(output))
     catalog = open_catalog(target)
-    table = _load(catalog, name) or _create(catalog, name, storage.join(output, manifest.parts[0].name)
-                                             if manifest.parts else None, manifest.labels)
+    parts = part_names(output, manifest)
+    table = _load(catalog, name) or _create(catalog, name, storage.join(output, parts[0]) if parts else None,
+                                             manifest.labels)
     _check_labels(table, manifest.labels, str(name))
     before = _latest_night(table, night.date)
     if before is not None and before.manifest_sha256 == night.manifest_sha256:
         log.info("table %s already holds %s as its %s partition (snapshot %d)", name, output, night.date,
                  before.snapshot_id)
         return before
-    files = list(_copy_parts(manifest, table.location(), night))
+    files = list(_copy_parts(output, parts, table.location(), night))
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             snapshot_id = _replace_partition(table, night, files)
@@ -229,12 +231,12 @@ def _nights_of(table) -> dict[str, NightCommit]:
     return nights
 
 
-def _copy_parts(manifest: Manifest, location: str, night: NightCommit) -> Iterator[str]:
+def _copy_parts(output: str, parts: list[str], location: str, night: NightCommit) -> Iterator[str]:
     """Each part copied, bytes as they are, under the table's data directory with this run's id in its name."""
     root = storage.join(_storage_uri(location), "data", f"{DATE_COLUMN}={night.date}")
-    for part in manifest.parts:
-        target = storage.join(root, f"{night.run_id}-{part.name}")
-        storage.copy_file(storage.join(manifest.output, part.name), target)
+    for name in parts:
+        target = storage.join(root, f"{night.run_id}-{name}")
+        storage.copy_file(storage.join(output, name), target)
         yield target
 
 
