@@ -533,10 +533,11 @@ def reuse_child(spec: dict) -> dict:
 
     threading.Thread(target=sample, daemon=True).start()
     source = ReuseSource(output=spec["output"], parts=spec["parts"], rows=0)
-    key = {"bench": True, "precision_used": "fp32"}
+    key = {"bench": True}
     t0 = time.perf_counter()
     if spec["loader"] == "library":
-        texts, skipped = reuse.load_previous(source, key, LABELS)
+        loaded, skipped = reuse.load_previous(source, key, LABELS)
+        texts = loaded["fp32"]
     else:  # the loader before 2026-12-06: every part's arrays, concatenated, then np.unique
         keys, probs = [], []
         with ThreadPoolExecutor(8) as pool:

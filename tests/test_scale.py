@@ -21,7 +21,16 @@ import pytest
 
 from bertclf import storage
 from bertclf.records import ReuseSource
-from bertclf.scoring.reuse import HASH_DTYPE, INDEX_DIR, ScoredTexts, load_previous, sorted_first, write_index
+from bertclf.scoring.reuse import (
+    HASH_DTYPE,
+    INDEX_DIR,
+    ScoredTexts,
+    hash_prefixes,
+    load_previous,
+    sorted_first,
+    write_index,
+)
+from bertclf.scoring.shards import bounds
 from bertclf.units import Footer, cut_units, file_metadata, read_footers, text_bytes
 
 CORRUPT = b"PAR1" + b"\x00garbage" * 50 + b"PAR1"
@@ -55,25 +64,48 @@ def test_sorted_first_is_numpys_first_occurrence_of_each_key():
         assert np.array_equal(k[sorted_first(k)], unique)
 
 
-def test_previous_indexes_join_sorted_each_text_once(tmp_path):
-    """Three parts' indexes that share texts load as one sorted index holding each text once with its
-    probabilities; a part scored with another key is left out and said why."""
+def test_previous_indexes_join_sorted_each_text_once_by_shard_and_precision(tmp_path):
+    """Three parts' indexes that share texts load as one sorted index per precision holding each text once with
+    its probabilities; a part scored with another key is left out and said why; a shard's range holds exactly the
+    texts whose prefix is in it, and reads only the index row groups that overlap it."""
     rng = np.random.default_rng(1)
-    texts, probs = _hashes(rng, 3000), rng.random((3000, 3), dtype=np.float32)
-    key = {"checkpoint_sha256": "a" * 64, "precision_used": "fp32"}
+    texts, probs = _hashes(rng, 30_000), rng.random((30_000, 3), dtype=np.float32)
+    key = {"checkpoint_sha256": "a" * 64}
     output = str(tmp_path / "previous")
-    for name, rows, their_key in (("a", slice(0, 1500), key), ("b", slice(1000, 2500), key),
-                                  ("c", slice(2000, 3000), {**key, "precision_used": "bf16"})):
+    for name, rows, their_key in (("a", slice(0, 15_000), key), ("b", slice(10_000, 25_000), key),
+                                  ("c", slice(20_000, 30_000), {**key, "precision_used": "bf16"}),
+                                  ("d", slice(0, 100), {"checkpoint_sha256": "b" * 64})):
         order = np.argsort(texts[rows])
-        write_index(str(tmp_path / "index.parquet"), ScoredTexts(3, texts[rows][order], probs[rows][order]), their_key)
+        write_index(str(tmp_path / "index.parquet"), ScoredTexts(3, texts[rows][order], probs[rows][order]),
+                    {**their_key, "precision_used": their_key.get("precision_used", "fp32")})
         storage.upload_file(tmp_path / "index.parquet", storage.join(output, INDEX_DIR, name))
-    loaded, skipped = load_previous(ReuseSource(output=output, parts=["a", "b", "c"], rows=3000), key, 3)
-    assert len(skipped) == 1 and skipped[0].startswith("c: scored with precision_used")
-    assert len(loaded) == 2500 and bool(np.all(loaded.keys[1:] > loaded.keys[:-1])) and loaded.from_previous.all()
-    found, pos = loaded.lookup(texts[:2500])
+    source = ReuseSource(output=output, parts=["a", "b", "c", "d"], rows=30_100)
+    loaded, skipped = load_previous(source, key, 3)
+    assert len(skipped) == 1 and skipped[0].startswith("d: scored with checkpoint_sha256")
+    fp32, bf16 = loaded["fp32"], loaded["bf16"]
+    assert len(fp32) == 25_000 and len(bf16) == 10_000
+    assert bool(np.all(fp32.keys[1:] > fp32.keys[:-1])) and fp32.from_previous.all()
+    found, pos = fp32.lookup(texts[:25_000])
     assert found.all()
-    np.testing.assert_array_equal(loaded.probs[pos], probs[:2500])
-    assert not loaded.lookup(texts[2500:])[0].any()
+    np.testing.assert_array_equal(fp32.probs[pos], probs[:25_000])
+    assert not fp32.lookup(texts[25_000:])[0].any()
+
+    edges = bounds(3)
+    pieces = [load_previous(source, key, 3, int(edges[k]), int(edges[k + 1]))[0]["fp32"] for k in range(3)]
+    assert sum(len(p) for p in pieces) == 25_000
+    for k, piece in enumerate(pieces):
+        prefixes = hash_prefixes(piece.keys)
+        assert prefixes.min() >= edges[k] and prefixes.max() < edges[k + 1]
+    read = []
+    row_groups = pq.ParquetFile.read_row_groups
+    try:
+        pq.ParquetFile.read_row_groups = lambda self, groups, *a, **kw: read.append(len(groups)) or row_groups(
+            self, groups, *a, **kw)
+        load_previous(ReuseSource(output=output, parts=["a"], rows=15_000), key, 3, int(edges[1]), int(edges[2]))
+    finally:
+        pq.ParquetFile.read_row_groups = row_groups
+    total = pq.read_metadata(storage.join(output, INDEX_DIR, "a")).num_row_groups
+    assert total >= 3 and read == [pytest.approx(total / 3, abs=1)], "a shard reads about its third of the groups"
 
 
 def _wide_file() -> bytes:

@@ -121,7 +121,7 @@ def test_read_batches_are_pooled_until_the_model_has_a_full_batch_of_new_texts()
     previous.add(np.sort(text_hashes(old)), np.zeros((len(old), 3), np.float32), np.zeros(len(old), bool))
     batches = [TokenizedBatch(pa.table({"id": texts[i:i + 10]}), [[i + k] for k in range(10)], 11, 1,
                               text_hashes(texts[i:i + 10])) for i in range(0, 100, 10)]
-    pools = list(pooled(iter(batches), previous, rows=6))
+    pools = list(pooled(iter(batches), lambda hashes: previous.lookup(hashes)[0], rows=6))
     assert [p.rows_in for p in pools] == [33, 33, 33, 11]  # 2 new texts a batch: 3 batches give 6, the last 1
     assert [p.empty for p in pools] == [3, 3, 3, 1]
     assert pa.concat_tables([p.passthrough for p in pools])["id"].to_pylist() == texts
@@ -252,3 +252,39 @@ def test_reuse_from_an_explicit_output_on_s3(ray_local, ckpt, days, scored, buck
     parts = {n for n in storage.list_names(today) if n.endswith(".parquet")}
     assert storage.list_names(f"{today}/{INDEX_DIR}") == parts
     _same_scores(read_scores(today), read_scores(scored[2]))
+
+
+def test_a_previous_index_in_shard_actors_answers_as_one_and_a_missing_one_means_no_reuse(ray_local, tmp_path):
+    """Four shard actors, each holding one hash range of three parts' indexes, answer lookups exactly as the whole
+    index does, per precision; an index that can't be read (its output is gone) starts no shards: None, so the run
+    scores every text instead of failing."""
+    from bertclf.records import ReuseSource
+    from bertclf.scoring import shards
+
+    rng = np.random.default_rng(7)
+    texts = text_hashes([f"text {i}" for i in range(6000)])
+    probs = rng.random((6000, 3), dtype=np.float32)
+    key = {"checkpoint_sha256": "a" * 64}
+    output = str(tmp_path / "previous")
+    for name, rows, precision in (("a", slice(0, 3000), "fp32"), ("b", slice(2000, 5000), "fp32"),
+                                  ("c", slice(5000, 6000), "bf16")):
+        order = np.argsort(texts[rows])
+        write_index(str(tmp_path / "index.parquet"), ScoredTexts(3, texts[rows][order], probs[rows][order]),
+                    {**key, "precision_used": precision})
+        storage.upload_file(tmp_path / "index.parquet", storage.join(output, INDEX_DIR, name))
+    source = ReuseSource(output=output, parts=["a", "b", "c"], rows=6000)
+    index = shards.start(source, key, 3, shards=4)
+    try:
+        assert index is not None and len(index.shards) == 4 and len(set(index.owners(texts).tolist())) == 4
+        asked = np.concatenate([texts, text_hashes(["never scored"])])
+        found, got = index.find(asked, "fp32")
+        assert found[:5000].all() and not found[5000:].any()
+        np.testing.assert_array_equal(got[:5000], probs[:5000])
+        assert not got[5000:].any(), "rows not found are zeros"
+        bf16_found, bf16 = index.find(asked, "bf16")
+        assert bf16_found[5000:6000].all() and bf16_found.sum() == 1000
+        np.testing.assert_array_equal(bf16[5000:6000], probs[5000:6000])
+        assert (index.holds(asked, "fp32") == found).all()
+    finally:
+        shards.stop(index)
+    assert shards.start(ReuseSource(output=str(tmp_path / "gone"), parts=["a"], rows=10), key, 3, 2) is None

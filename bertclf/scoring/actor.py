@@ -29,7 +29,7 @@ from bertclf.progress import Progress
 from bertclf.records import PartStats, ReuseSource, UnitError, UnitResult, WorkUnit
 from bertclf.scoring.drift import HIST_BINS, probability_histograms
 from bertclf.scoring.lease import check_lease
-from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, load_previous, write_index
+from bertclf.scoring.reuse import INDEX_DIR, ScoredTexts, write_index
 from bertclf.scoring.table import DATE_COLUMN
 from bertclf.scoring.tokens import PackedUnit, ReadSettings, TokenizedBatch, pooled, tokenized_batches, unpack
 from bertclf.units import file_metadata
@@ -37,6 +37,7 @@ from bertclf.units import file_metadata
 if TYPE_CHECKING:  # driver-side types, only named in for_run's signature
     from bertclf.resources import ScorePlan
     from bertclf.scoring.plan import ScoringRun
+    from bertclf.scoring.shards import ShardedIndex
 
 PART_STATS_KEY = "bertclf.unit_stats"  # the Parquet footer key of a part's PartStats
 # plain footer keys for readers without bertclf: which weights scored the part and which run committed it
@@ -64,18 +65,21 @@ class ScoringSettings:
     long_text: str = "checkpoint"  # truncate | chunk, resolved for the run (ScoringRun.long_text)
     dedupe: bool = True  # score each distinct text of a unit once
     reuse_key: dict[str, Any] = field(default_factory=dict)  # written into each part's index (bertclf.scoring.reuse)
-    reuse_source: ReuseSource | None = None  # a previous output to copy probabilities from, loaded once per actor
+    reuse_source: ReuseSource | None = None  # a previous output to copy probabilities from (recorded per part)
+    reuse_index: ShardedIndex | None = None  # its index, held by shard actors (bertclf.scoring.shards)
     table_date: str | None = None  # the night's date (ISO), written as a date column when it goes to a table
 
     @classmethod
-    def for_run(cls, run: ScoringRun, actors: ScorePlan, reuse_source: ReuseSource | None) -> ScoringSettings:
+    def for_run(cls, run: ScoringRun, actors: ScorePlan, reuse_source: ReuseSource | None,
+                reuse_index: ShardedIndex | None) -> ScoringSettings:
         """The actors' share of the run: the identity each part records is the one the commit checks."""
         cfg = run.cfg
         return cls(checkpoint_uri=run.checkpoint.uri, output_uri=run.output, read=run.read, precision=cfg.precision,
                    compile=cfg.compile, max_tokens_per_batch=actors.max_tokens_per_batch,
                    max_batch_rows=actors.max_batch_rows, torch_threads=actors.torch_threads, run_id=run.run_id,
                    checkpoint_sha256=run.sha256, scored_with=dict(run.settings), long_text=run.long_text,
-                   dedupe=cfg.dedupe, reuse_key=dict(run.reuse_key), reuse_source=reuse_source,
+                   dedupe=cfg.dedupe, reuse_key=dict(run.reuse_key),
+                   reuse_source=reuse_source if reuse_index is not None else None, reuse_index=reuse_index,
                    table_date=run.settings["table_date"])
 
 
@@ -119,7 +123,6 @@ class UnitScorer:
         self.space = self.predictor.space
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.precision_used = self.predictor.precision  # fp32, bf16 or int8: what each part and its index record
-        self._previous: ScoredTexts | None = None  # the reuse source's index, loaded on the first unit
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -162,7 +165,9 @@ class UnitScorer:
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
-            for batch in pooled(batches, self._previous_index(), s.read.read_batch_rows):
+            index = s.reuse_index
+            holds = (lambda h: index.holds(h, self.precision_used)) if index is not None else None
+            for batch in pooled(batches, holds, s.read.read_batch_rows):
                 rows_in += batch.rows_in
                 empty += batch.empty
                 if not batch.token_ids:
@@ -227,11 +232,11 @@ class UnitScorer:
         if known.any():
             probs[known] = seen.probs[pos[known]]
         from_previous = np.zeros(len(distinct), bool)
-        previous = self._previous_index()
-        if previous is not None:
-            found, where = previous.lookup(distinct)
-            from_previous = found & ~known
-            probs[from_previous] = previous.probs[where[from_previous]]
+        index = self.settings.reuse_index
+        if index is not None and len(ask := np.flatnonzero(~known)):
+            found, found_probs = index.find(distinct[ask], self.precision_used)
+            from_previous[ask[found]] = True
+            probs[ask[found]] = found_probs[found]
         run = ~known & ~from_previous
         run_ids = [batch.token_ids[i] for i in first[run]]
         if run_ids:
@@ -243,21 +248,6 @@ class UnitScorer:
         reused = int(np.bincount(inverse, minlength=len(distinct))[copied].sum())
         seen.add(distinct[~known], probs[~known], from_previous[~known])
         return probs[inverse], run_ids, reused
-
-    def _previous_index(self) -> ScoredTexts | None:
-        """The reuse source's index, loaded on this actor's first unit and kept for the next ones."""
-        source = self.settings.reuse_source
-        if source is None:
-            return None
-        if self._previous is None:
-            t0 = time.perf_counter()
-            self._previous, skipped = load_previous(source, self._index_key(), len(self.space.names))
-            for line in skipped[:5]:
-                log.warning("reuse: not reusing the index of %s", line)
-            log.info("reuse: loaded %d distinct texts (%.1f MiB) from %d index(es) of %s in %.1fs; %d left out",
-                     len(self._previous), self._previous.nbytes / 2**20, len(source.parts) - len(skipped),
-                     source.output, time.perf_counter() - t0, len(skipped))
-        return self._previous
 
     def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [input_schema.field(c) for c in self.settings.read.passthrough]

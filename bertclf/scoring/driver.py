@@ -25,6 +25,7 @@ from bertclf.model.checkpoint import LoadedCheckpoint
 from bertclf.progress import Progress
 from bertclf.records import DriftReport, Manifest, ReuseSource, ReuseSummary, UnitError, UnitResult
 from bertclf.resources import ScorePlan, connect
+from bertclf.scoring import shards
 from bertclf.scoring.actor import ScoringSettings, UnitScorer
 from bertclf.scoring.checks import check_before_ray
 from bertclf.scoring.dates import fill_date, resolve_date
@@ -44,6 +45,7 @@ from bertclf.scoring.manifest import (
 from bertclf.scoring.parts import PartsFold, fold_existing, fold_scored
 from bertclf.scoring.plan import ScoringRun, actor_plan, fit_to_units, unit_plan
 from bertclf.scoring.reuse import INDEX_DIR, candidates, find_previous, reuse_key
+from bertclf.scoring.shards import ShardedIndex
 from bertclf.scoring.table import DATE_COLUMN, NightlyTable, check_table, commit_night, earlier_nights
 from bertclf.scoring.tokens import UnitTokenizer
 from bertclf.units import cut_units, read_footers
@@ -160,8 +162,10 @@ def _reuse_source(run: ScoringRun) -> tuple[ReuseSource | None, ReuseSummary]:
         note = (f"table {table.name} has no night in the {cfg.reuse_lookback_days} days before" if table else
                 "the output has no {date} partition and no reuse_from was given")
         return None, ReuseSummary(mode=cfg.reuse, note=note)
-    source, note = find_previous(run.output, found, dict(run.reuse_key), len(run.checkpoint.space.names),
-                                 cfg.reuse_index_max_mb, read_manifest)
+    labels = len(run.checkpoint.space.names)
+    source, note = find_previous(run.output, found, dict(run.reuse_key),
+                                 lambda rows: shards.fits_cluster(rows, labels, run.cluster.get("memory", 0.0)),
+                                 read_manifest)
     if source is not None:
         log.info("reuse: texts already scored in %s (%d rows, %d indexed part(s)) are copied, not scored again",
                  source.output, source.rows, len(source.parts))
@@ -215,8 +219,19 @@ def _score_and_commit(run: ScoringRun, fold: PartsFold, failures: dict[str, Unit
 
     t_score = time.perf_counter()
     scored: dict[str, UnitResult] = {}
+    index = None
+    if source is not None:  # the previous index, spread over shard actors by hash range
+        labels = len(run.checkpoint.space.names)
+        index = shards.start(source, dict(run.reuse_key), labels,
+                             shards.shard_count(source.rows, labels, cfg.reuse_index_max_mb))
+        if index is None:
+            reuse = ReuseSummary(mode=cfg.reuse, note=f"the index of {source.output} could not be loaded (logged)")
+            source = None
     if todo:
-        scored, unit_failures = _score_units(run, lease, source)
+        try:
+            scored, unit_failures = _score_units(run, lease, source, index)
+        finally:
+            shards.stop(index)
         failures.update(unit_failures)
     timings["scoring_seconds"] = time.perf_counter() - t_score
     if failures:
@@ -321,8 +336,8 @@ def _check_not_empty(cfg: ScoreConfig, footers: dict, unreadable: dict[str, Unit
                           "upstream failure. Nothing was scored; pass --allow-empty to commit an empty output")
 
 
-def _score_units(run: ScoringRun, lease: LeaseKeeper,
-                 source: ReuseSource | None) -> tuple[dict[str, UnitResult], dict[str, UnitError]]:
+def _score_units(run: ScoringRun, lease: LeaseKeeper, source: ReuseSource | None,
+                 index: ShardedIndex | None) -> tuple[dict[str, UnitResult], dict[str, UnitError]]:
     """Run the run's missing units through a Ray Data actor pool; print progress as units land; stop if the lease
     is lost.
 
@@ -335,7 +350,7 @@ def _score_units(run: ScoringRun, lease: LeaseKeeper,
     size = min(plan.num_actors, len(todo))
     log.info("resources: cluster has CPU=%s GPU=%s; plan: %s (using %d for %d unit(s))",
              cluster.get("CPU", 0), cluster.get("GPU", 0), plan.describe(), size, len(todo))
-    settings = ScoringSettings.for_run(run, plan, source)
+    settings = ScoringSettings.for_run(run, plan, source, index)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = logs.ray_data_progress()  # off but at DEBUG: our progress lines say rows, rate, ETA
     ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))

@@ -1,11 +1,11 @@
 """Skip work already done: texts keyed by a hash, each part's compact index, and the previous output to copy from.
 
 A scored text is known by the 128-bit blake2b of its UTF-8 bytes. Each committed part has an index beside it,
-`_reuse/<part name>`: one row per distinct text of the part (its hash and its probabilities), written before the
-part itself, so a committed part always has one. A later run with `reuse: previous` finds one earlier committed
-output scored by the same checkpoint and settings (`reuse_key`), and each scoring actor loads that output's indexes
-once, as two sorted numpy arrays, to look up the texts of every unit it scores. The driver only reads manifests and
-lists index names: it never holds a text or a hash.
+`_reuse/<part name>`: one row per distinct text of the part (its hash and its probabilities, sorted by hash), written
+before the part itself, so a committed part always has one. A later run with `reuse: previous` finds one earlier
+committed output scored by the same checkpoint and settings (`reuse_key`); shard actors (bertclf.scoring.shards)
+each load one hash range of that output's indexes as two sorted numpy arrays and answer the scoring actors' lookups.
+The driver only reads manifests and part names: it never holds a text or a hash.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ INDEX_DIR = "_reuse"  # "_" so Parquet readers of the output skip it, like _mani
 HASH_BYTES = 16
 HASH_DTYPE = f"S{HASH_BYTES}"
 INDEX_KEY = "bertclf.reuse_key"  # footer key of an index: the reuse key and the precision its actor ran
+PRECISION_KEY = "precision_used"  # the index key's entry a shard groups by instead of matching (one run, one precision)
+INDEX_ROW_GROUP = 4096  # rows per row group of an index: a shard reads only the row groups overlapping its range
+PREFIX_END = 2**64
 
 log = logging.getLogger("bertclf")
 
@@ -67,6 +70,11 @@ def reuse_key(sha256: str, settings: dict[str, Any]) -> dict[str, Any]:
                                                                   "blend", "files_sha256")}}))
 
 
+def hash_prefixes(hashes: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each hash as a uint64 (big-endian: integer order is byte order)."""
+    return np.ascontiguousarray(hashes).view(">u8").reshape(-1, 2)[:, 0].astype(np.uint64)
+
+
 def sorted_first(keys: np.ndarray) -> np.ndarray:
     """Positions of `keys` (S16) in sorted order, the first of equal keys only: np.unique(keys, return_index=True)'s
     indices, but sorted by the hashes' first 8 bytes as integers: 1.3 s against 6.5 s for np.unique on 10^7 keys in
@@ -78,7 +86,7 @@ def sorted_first(keys: np.ndarray) -> np.ndarray:
         return np.arange(len(keys))
     keys = np.ascontiguousarray(keys)
     halves = keys.view(">u8").reshape(-1, 2)  # big-endian: integer order is byte order
-    high = halves[:, 0].astype(np.uint64)
+    high = hash_prefixes(keys)
     order = np.argsort(high, kind="stable")  # stable: the first of equal keys stays first, as np.unique's
     high = high[order]
     distinct = np.empty(len(keys), bool)
@@ -136,44 +144,73 @@ def write_index(local_path: str, texts: ScoredTexts, key: dict[str, Any]) -> Non
     values = pa.array(np.ascontiguousarray(texts.probs, np.float32).reshape(-1), pa.float32())
     table = pa.table({"hash": hash_array(texts.keys), "probs": pa.FixedSizeListArray.from_arrays(values, labels)})
     table = table.replace_schema_metadata({INDEX_KEY: json.dumps(key, sort_keys=True)})
-    pq.write_table(table, local_path, compression="zstd")
+    pq.write_table(table, local_path, compression="zstd", row_group_size=INDEX_ROW_GROUP)
 
 
-def read_index(uri: str, labels: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """(key, hashes, probs) of one part's index."""
+def read_index(uri: str, labels: int, lo: int = 0, hi: int = PREFIX_END) -> tuple[dict[str, Any], np.ndarray,
+                                                                                  np.ndarray]:
+    """(key, hashes, probs) of one part's index, only its texts whose hash prefix is in [lo, hi): the row groups
+    whose min/max hash can't overlap the range are not read."""
     fs, path = storage.resolve(uri)
-    table = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), f"reading {uri}")
+
+    def read() -> pa.Table:
+        with fs.open_input_file(path) as f:
+            index = pq.ParquetFile(f)
+            groups = [g for g in range(index.metadata.num_row_groups) if _overlaps(index.metadata.row_group(g), lo, hi)]
+            return index.read_row_groups(groups) if groups else index.schema_arrow.empty_table()
+
+    table = storage.with_retries(read, f"reading {uri}")
     key = json.loads((table.schema.metadata or {}).get(INDEX_KEY.encode(), b"{}"))
+    hashes = hashes_of(table["hash"])
     probs = table["probs"].combine_chunks().flatten().to_numpy().reshape(-1, labels)
-    return key, hashes_of(table["hash"]).copy(), probs
+    if lo > 0 or hi < PREFIX_END:
+        prefixes = hash_prefixes(hashes)
+        keep = (prefixes >= np.uint64(lo)) & (prefixes <= np.uint64(hi - 1))
+        return key, hashes[keep], probs[keep]
+    return key, hashes.copy(), probs
 
 
-def load_previous(source: ReuseSource, key: dict[str, Any], labels: int) -> tuple[ScoredTexts, list[str]]:
-    """One actor's copy of a previous output's indexes whose key (precision run included) is this actor's; returns
-    it and one line per index left out and why."""
+def _overlaps(group: pq.RowGroupMetaData, lo: int, hi: int) -> bool:
+    """Whether a row group of an index may hold a hash whose prefix is in [lo, hi) (no statistics: it may)."""
+    stats = group.column(0).statistics
+    if stats is None or not stats.has_min_max or lo == 0 and hi == PREFIX_END:
+        return True
+    low, high = (int.from_bytes(bytes(v)[:8], "big") for v in (stats.min, stats.max))
+    return low < hi and high >= lo
+
+
+def load_previous(source: ReuseSource, key: dict[str, Any], labels: int, lo: int = 0,
+                  hi: int = PREFIX_END) -> tuple[dict[str, ScoredTexts], list[str]]:
+    """A previous output's indexes scored with `key`, the texts whose hash prefix is in [lo, hi) (one shard's
+    range), by the precision their actor ran; and one line per index left out and why."""
     def read(name: str):
-        return name, *read_index(storage.join(source.output, INDEX_DIR, name), labels)
+        return name, *read_index(storage.join(source.output, INDEX_DIR, name), labels, lo, hi)
 
-    keys, probs, skipped = [], [], []
+    keys: dict[str, list[np.ndarray]] = {}
+    probs: dict[str, list[np.ndarray]] = {}
+    skipped = []
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(source.parts)))) as pool:
         for name, theirs, k, p in pool.map(read, source.parts):
-            if theirs != key:
+            precision = str(theirs.get(PRECISION_KEY, "?"))
+            if (theirs := {n: v for n, v in theirs.items() if n != PRECISION_KEY}) != key:
                 skipped.append(f"{name}: scored with {_diff(theirs, key)}")
                 continue
-            keys.append(k)
-            probs.append(p)
-    if not keys:
-        return ScoredTexts(labels), skipped
-    # one copy of the parts at a time: each list is dropped once joined, and the sort works on 8-byte prefixes
-    # (10^7 texts in 500 parts: 6.0 s, peak +790 MiB for a 267 MiB index; np.unique: 5.8 s, +1,148 MiB;
-    # benchmarks/results/2026-12-06-scale-avx2.json, reruns)
+            keys.setdefault(precision, []).append(k)
+            probs.setdefault(precision, []).append(p)
+    return {precision: _joined(keys.pop(precision), probs.pop(precision), labels) for precision in list(keys)}, skipped
+
+
+def _joined(keys: list[np.ndarray], probs: list[np.ndarray], labels: int) -> ScoredTexts:
+    """Parts' indexes as one, each text once. One copy of the parts at a time: each list is dropped once joined,
+    and the sort works on 8-byte prefixes (10^7 texts in 500 parts: 6.0 s, peak +790 MiB for a 267 MiB index;
+    np.unique: 5.8 s, +1,148 MiB; benchmarks/results/2026-12-06-scale-avx2.json, reruns)."""
     all_keys = np.concatenate(keys)
-    del keys
+    del keys[:]
     first = sorted_first(all_keys)
     all_keys = all_keys[first]
-    all_probs = np.concatenate(probs)
-    del probs
-    return ScoredTexts(labels, all_keys, all_probs[first], np.ones(len(first), bool)), skipped
+    all_probs = np.concatenate(probs) if probs else np.empty((0, labels), np.float32)
+    del probs[:]
+    return ScoredTexts(labels, all_keys, all_probs[first], np.ones(len(first), bool))
 
 
 def _diff(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
@@ -181,16 +218,16 @@ def _diff(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
     return "; ".join(f"{k} {json.dumps(theirs.get(k))} (this run: {json.dumps(ours.get(k))})" for k in keys)
 
 
-def find_previous(output: str, candidates: list[str], key: dict[str, Any], labels: int, max_mb: int,
+def find_previous(output: str, candidates: list[str], key: dict[str, Any], fits: Callable[[int], str],
                   read_manifest: Callable[[str], Manifest]) -> tuple[ReuseSource | None, str]:
-    """The first candidate output that is committed, scored with this key, has indexes and fits an actor's memory;
-    else None and why none was taken (each refusal is logged)."""
+    """The first candidate output that is committed, scored with this key, has indexes and whose index of so many
+    rows `fits` the cluster ("" or why not); else None and why none was taken (each refusal is logged)."""
     reasons = []
     for uri in candidates:
         uri = storage.absolute(uri)
         if uri.rstrip("/") == output.rstrip("/"):
             continue
-        why = _refusal(uri, key, labels, max_mb, read_manifest)
+        why = _refusal(uri, key, fits, read_manifest)
         if isinstance(why, ReuseSource):
             return why, ""
         log.info("reuse: not reusing %s: %s", uri, why)
@@ -198,7 +235,7 @@ def find_previous(output: str, candidates: list[str], key: dict[str, Any], label
     return None, "; ".join(reasons) or "no earlier output to reuse"
 
 
-def _refusal(uri: str, key: dict[str, Any], labels: int, max_mb: int,
+def _refusal(uri: str, key: dict[str, Any], fits: Callable[[int], str],
              read_manifest: Callable[[str], Manifest]) -> ReuseSource | str:
     if not storage.exists(storage.join(uri, SUCCESS)):
         return f"no {SUCCESS} (not scored, or not finished)"
@@ -214,10 +251,8 @@ def _refusal(uri: str, key: dict[str, Any], labels: int, max_mb: int,
     parts = [name for name in part_names(uri, manifest) if name in indexed]
     if not parts:
         return "none of its parts has a reuse index"
-    mb = manifest.rows_out * (HASH_BYTES + 4 * labels) / 2**20
-    if mb > max_mb:
-        return (f"its index ({manifest.rows_out} rows, up to {mb:.0f} MiB per scoring actor) is over "
-                f"reuse_index_max_mb={max_mb}")
+    if why := fits(manifest.rows_out):
+        return why
     return ReuseSource(output=uri, parts=parts, rows=manifest.rows_out)
 
 
@@ -230,5 +265,6 @@ def candidates(output_template: str, date: dt.date, reuse_from: str | None, look
     return [fill_date(output_template, date - dt.timedelta(days=k)) for k in range(1, lookback_days + 1)]
 
 
-__all__ = ["HASH_DTYPE", "INDEX_DIR", "ScoredTexts", "candidates", "find_previous", "hash_array", "hashes_of",
-           "load_previous", "read_index", "reuse_key", "sorted_first", "text_hashes", "write_index"]
+__all__ = ["HASH_BYTES", "HASH_DTYPE", "INDEX_DIR", "INDEX_ROW_GROUP", "PREFIX_END", "ScoredTexts", "candidates",
+           "find_previous", "hash_array", "hash_prefixes", "hashes_of", "load_previous", "read_index", "reuse_key",
+           "sorted_first", "text_hashes", "write_index"]

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from bertclf.errors import DataError
 from bertclf.records import UnitError, WorkUnit
-from bertclf.scoring.reuse import HASH_DTYPE, ScoredTexts, hash_array, hashes_of, text_hashes
+from bertclf.scoring.reuse import HASH_DTYPE, hash_array, hashes_of, text_hashes
 from bertclf.units import check_utf8, is_text_type, read_unit
 
 TOKENS_COLUMN = "__bertclf_input_ids"
@@ -82,8 +82,10 @@ def merge_batches(batches: list[TokenizedBatch]) -> TokenizedBatch:
                           np.concatenate(with_baseline) if with_baseline else None)
 
 
-def pooled(batches: Iterable[TokenizedBatch], previous: ScoredTexts | None, rows: int) -> Iterator[TokenizedBatch]:
-    """Read batches merged until they hold at least `rows` texts that `previous` (a reuse source's index) lacks,
+def pooled(batches: Iterable[TokenizedBatch], previous: Callable[[np.ndarray], np.ndarray] | None,
+           rows: int) -> Iterator[TokenizedBatch]:
+    """Read batches merged until they hold at least `rows` texts that `previous` (whether a reuse source's index
+    holds each hash) lacks,
     so the model still sorts and batches pools as large as a full re-score's when most texts are copied (small
     pools mean more padding and more partial micro-batches; benchmarks/results/NOTES.md, 2026-12-04). Without a
     reuse source the batches pass as they are."""
@@ -94,7 +96,7 @@ def pooled(batches: Iterable[TokenizedBatch], previous: ScoredTexts | None, rows
     to_run = 0
     for batch in batches:
         pool.append(batch)
-        to_run += int(np.count_nonzero(~previous.lookup(np.unique(batch.text_hashes))[0]))
+        to_run += int(np.count_nonzero(~previous(np.unique(batch.text_hashes))))
         if to_run >= rows:
             yield merge_batches(pool)
             pool, to_run = [], 0

@@ -1,0 +1,169 @@
+"""A previous night's reuse index spread over Ray actors by hash range, so no process holds all of it.
+
+Every scoring actor used to load the whole previous index: 16 + 4 x labels bytes per distinct text in each actor,
+so a night past a few ten million texts could not reuse at all. Now the index is cut into `shards` ranges of the
+hashes' first 8 bytes; one `IndexShard` actor per range loads only its range from every part's index (each index
+is sorted by hash in row groups of INDEX_ROW_GROUP rows, so a shard reads only the row groups that overlap its range
+according to their min/max statistics) and answers lookups. Each scoring actor holds a `ShardedIndex`: the shard
+handles and the range bounds, and sends each batch's distinct hashes to the shards that own them. The index is held
+once in the cluster, not once per scoring actor, and each shard holds at most `reuse_index_max_mb` of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bertclf.records import ReuseSource
+from bertclf.scoring.reuse import HASH_BYTES, hash_prefixes, load_previous
+
+# a shard actor's memory while it loads: its share of the index, the parts' arrays and the sorted copy
+LOAD_PEAK_FACTOR = 3.0
+# the most of the cluster's memory that the shards may reserve in all: the rest is the scoring actors' and Ray's
+CLUSTER_MEMORY_SHARE = 0.5
+SHARD_CONCURRENCY = 8  # lookups from several scoring actors at once (numpy's search releases the GIL)
+
+log = logging.getLogger("bertclf")
+
+
+def index_bytes(rows: int, labels: int) -> int:
+    """A previous output's index in memory: a hash and a float32 per label for each of (at most) `rows` texts."""
+    return rows * (HASH_BYTES + 4 * labels)
+
+
+def shard_count(rows: int, labels: int, max_mb: int) -> int:
+    """How many shards keep each under `max_mb` (reuse_index_max_mb)."""
+    return max(1, math.ceil(index_bytes(rows, labels) / (max_mb * 2**20)))
+
+
+def fits_cluster(rows: int, labels: int, cluster_memory: float) -> str:
+    """"" when the shards' loading peak fits the cluster's memory share, else why not (the reuse note)."""
+    need = index_bytes(rows, labels) * LOAD_PEAK_FACTOR
+    if not cluster_memory or need <= cluster_memory * CLUSTER_MEMORY_SHARE:
+        return ""
+    return (f"its index ({rows:,} rows, {need / 2**30:.1f} GiB while loading) is over {CLUSTER_MEMORY_SHARE:.0%} of "
+            f"the cluster's memory ({cluster_memory / 2**30:.1f} GiB): every text is scored")
+
+
+def bounds(shards: int) -> np.ndarray:
+    """The `shards + 1` range bounds on the hashes' first 8 bytes (a big-endian uint64), as Python ints."""
+    return np.array([k * 2**64 // shards for k in range(shards)] + [2**64], dtype=object)
+
+
+class IndexShard:
+    """Ray actor: the texts of a previous output whose hash prefix is in [lo, hi), by the precision they were
+    scored at; `find` answers a scoring actor's lookups."""
+
+    def __init__(self, source: ReuseSource, key: dict[str, Any], labels: int, lo: int, hi: int):
+        t0 = time.perf_counter()
+        self.labels = labels
+        self.texts, self.skipped = load_previous(source, key, labels, lo, hi)
+        self.load_seconds = time.perf_counter() - t0
+
+    def ready(self) -> dict[str, Any]:
+        """What it loaded (called once by the driver, which waits for every shard before scoring)."""
+        return {"texts": sum(len(t) for t in self.texts.values()),
+                "bytes": sum(t.nbytes for t in self.texts.values()), "precisions": sorted(self.texts),
+                "skipped": self.skipped[:5], "skipped_count": len(self.skipped), "seconds": self.load_seconds,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    def find(self, hashes: np.ndarray, precision: str, probs: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(found per hash, the probabilities of the found ones in order: none unless `probs`)."""
+        texts = self.texts.get(precision)
+        if texts is None:
+            return np.zeros(len(hashes), bool), np.empty((0, self.labels), np.float32)
+        found, pos = texts.lookup(hashes)
+        return found, texts.probs[pos[found]] if probs else np.empty((0, self.labels), np.float32)
+
+
+@dataclass(frozen=True)
+class ShardedIndex:
+    """A scoring actor's view of the shards (picklable: actor handles and bounds): find probabilities by hash."""
+
+    shards: tuple[Any, ...]  # IndexShard actor handles, one per range
+    bounds: tuple[int, ...]
+    labels: int
+
+    def find(self, hashes: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray]:
+        """(found per hash, probabilities per hash: rows of zeros where not found)."""
+        found = np.zeros(len(hashes), bool)
+        probs = np.zeros((len(hashes), self.labels), np.float32)
+        for rows, (hit, shard_probs) in self._ask(hashes, precision, True):
+            found[rows[hit]] = True
+            probs[rows[hit]] = shard_probs
+        return found, probs
+
+    def holds(self, hashes: np.ndarray, precision: str) -> np.ndarray:
+        """Whether the index holds each hash (its probabilities are not sent)."""
+        found = np.zeros(len(hashes), bool)
+        for rows, (hit, _) in self._ask(hashes, precision, False):
+            found[rows[hit]] = True
+        return found
+
+    def _ask(self, hashes: np.ndarray, precision: str, probs: bool):
+        """Each shard's answer for its hashes, with the positions they came from."""
+        import ray
+
+        if not len(hashes):
+            return []
+        owner = self.owners(hashes)
+        asked = [(k, rows) for k in range(len(self.shards)) if len(rows := np.flatnonzero(owner == k))]
+        answers = ray.get([self.shards[k].find.remote(hashes[rows], precision, probs) for k, rows in asked])
+        return [(rows, answer) for (_, rows), answer in zip(asked, answers, strict=True)]
+
+    def owners(self, hashes: np.ndarray) -> np.ndarray:
+        """The shard of each hash."""
+        if len(self.shards) == 1:
+            return np.zeros(len(hashes), np.int64)
+        inner = np.array(self.bounds[1:-1], np.uint64)
+        return np.searchsorted(inner, hash_prefixes(hashes), side="right")
+
+
+def start(source: ReuseSource, key: dict[str, Any], labels: int, shards: int) -> ShardedIndex | None:
+    """Start the shard actors, spread over the cluster with their memory reserved, and wait until each has loaded
+    its range; None (logged) when they can't load: reuse only saves work, so the run scores every text instead."""
+    import ray
+
+    edges = bounds(shards)
+    per_shard = index_bytes(source.rows, labels) / shards
+    actor = ray.remote(IndexShard).options(num_cpus=0, memory=max(2**20, int(per_shard * LOAD_PEAK_FACTOR)),
+                                           max_concurrency=SHARD_CONCURRENCY, scheduling_strategy="SPREAD")
+    handles = tuple(actor.remote(source, key, labels, int(edges[k]), int(edges[k + 1])) for k in range(shards))
+    t0 = time.perf_counter()
+    log.info("reuse: loading the index of %s (%d part(s), up to %s texts) into %d shard actor(s) of at most %.0f MiB",
+             source.output, len(source.parts), f"{source.rows:,}", shards, per_shard / 2**20)
+    try:
+        loaded = ray.get([h.ready.remote() for h in handles])
+    except Exception as exc:  # noqa: BLE001 - a storage error or a lost node while loading: score every text
+        log.warning("reuse: the index of %s could not be loaded (%s: %s): every text is scored", source.output,
+                    type(exc).__name__, exc)
+        stop(handles)
+        return None
+    texts = sum(r["texts"] for r in loaded)
+    skipped = sum(r["skipped_count"] for r in loaded) // shards  # each shard reads (and skips) every index
+    for line in loaded[0]["skipped"]:
+        log.warning("reuse: not reusing the index of %s", line)
+    log.info("reuse: %s distinct texts (%.1f MiB, %s) loaded in %.1fs over %d shard(s); %d index(es) left out",
+             f"{texts:,}", sum(r["bytes"] for r in loaded) / 2**20,
+             ", ".join(sorted({p for r in loaded for p in r["precisions"]})) or "none", time.perf_counter() - t0,
+             shards, skipped)
+    return ShardedIndex(shards=handles, bounds=tuple(int(b) for b in edges), labels=labels)
+
+
+def stop(handles: tuple[Any, ...] | ShardedIndex | None) -> None:
+    """Free the shards' memory once the units are scored."""
+    import ray
+
+    if handles is None:
+        return
+    for handle in handles.shards if isinstance(handles, ShardedIndex) else handles:
+        ray.kill(handle)
+
+
+__all__ = ["IndexShard", "ShardedIndex", "bounds", "fits_cluster", "index_bytes", "shard_count", "start", "stop"]
