@@ -259,6 +259,7 @@ def instrument(phases: Phases) -> list[str]:
     import bertclf.scoring.lease as lease
     import bertclf.scoring.manifest as manifest
     from bertclf import storage
+    from bertclf.scoring.parts import PartsFold
 
     wrapped = []
     for module, attr, phase, per_call in [
@@ -268,8 +269,8 @@ def instrument(phases: Phases) -> list[str]:
         (driver, "check_before_ray", "check_inputs", None),
         (storage, "check_writable", "check_writable", None),
         (lease, "acquire", "lease_acquire", None),
-        (driver, "_read_parts", "part_footers", ["resume_footers", "commit_footers"]),
-        (driver, "check_resume", "resume_check", None),
+        (driver, "fold_existing", "resume_footers", None),  # a resume's parts: read, checked and folded once
+        (driver, "fold_scored", "commit_footers", None),  # this run's parts, read back for the commit
         (driver, "unit_plan", "unit_plan", None),
         (driver, "_unit_plan", "unit_plan", None),
         (driver, "connect", "ray_connect", None),
@@ -277,7 +278,7 @@ def instrument(phases: Phases) -> list[str]:
         (driver, "_reuse_source", "reuse_source", None),
         (driver, "_score_units", "score", None),
         (driver, "commit", "commit", None),
-        (manifest, "check_parts", "commit.check_parts", None),
+        (PartsFold, "check", "commit.check_parts", None),
         (manifest, "previous_manifest", "commit.previous_manifest", None),
         (lease, "release", "lease_release", None),
     ]:
@@ -295,6 +296,7 @@ def child(spec: dict) -> dict:
     from bertclf.config import ScoreConfig
     from bertclf.records import Manifest
     from bertclf.scoring import drift
+    from bertclf.scoring.parts import part_names
     from bertclf.scoring.reuse import INDEX_DIR
 
     wrapped = instrument(phases)
@@ -322,11 +324,17 @@ def child(spec: dict) -> dict:
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     index_bytes = sum(i.size or 0 for i in infos)
     parts = [i for i in fs.get_file_info(pafs.FileSelector(storage.resolve(summary.output)[1]))
-             if i.path.endswith(".parquet")]
+             if storage.is_data_file(i.base_name)]
+    parts_file = storage.join(summary.output, manifest.parts_file) if manifest.parts_file else None
+    t3 = time.perf_counter()
+    listed = len(part_names(summary.output, manifest))
+    parts_list_seconds = time.perf_counter() - t3
     return {"wall_seconds": wall, "rows": summary.rows_out, "units_scored": summary.units_scored,
             "units_skipped": summary.units_skipped, "manifest_timings": manifest.timings,
             "phases": phases.stop(), "wrapped": wrapped,
-            "manifest_bytes": len(raw), "manifest_parts": len(manifest.parts),
+            "manifest_bytes": len(raw), "manifest_parts": len(manifest.parts), "parts_listed": listed,
+            "parts_file_bytes": len(storage.read_bytes(parts_file)) if parts_file else 0,
+            "parts_list_read_seconds": parts_list_seconds,
             "drift_read_manifest_seconds": read_seconds, "drift_compare_seconds": compare_seconds,
             "reuse_index_files": len(infos), "reuse_index_bytes": index_bytes,
             "part_files": len(parts), "part_bytes": sum(i.size or 0 for i in parts), "output": summary.output}
@@ -431,21 +439,21 @@ def exponents(series: list[dict], key: str = "units") -> dict[str, float | None]
     return {name: slope([r[key] for r in series], [r["phase_seconds"].get(name) for r in series]) for name in names}
 
 
-def reuse_load(workdir: Path, texts: int, root: str, parts_rows: int = 20_000) -> dict:
-    """The previous night's index of `texts` distinct texts in parts of `parts_rows` (written with the reuse
-    module's writer), loaded as a scoring actor loads it, in a child process (its peak RSS), against the loader
-    before the 2026-12-06 change (np.unique over the concatenated parts) in another."""
+def write_previous_index(workdir: Path, texts: int, root: str, parts_rows: int = 20_000) -> dict:
+    """A previous night's reuse index of `texts` distinct random texts in parts of `parts_rows`, written with the
+    reuse module's own writer under `root`/reuse-<texts> (kept for the next run while its marker matches)."""
     import numpy as np
 
     from bertclf import storage
-    from bertclf.scoring.reuse import HASH_DTYPE, INDEX_DIR, ScoredTexts, write_index
+    from bertclf.scoring.reuse import HASH_DTYPE, INDEX_DIR, INDEX_ROW_GROUP, ScoredTexts, write_index
 
     parts = max(1, math.ceil(texts / parts_rows))
     output = storage.join(root, f"reuse-{texts}")
     marker = storage.join(output, "_bench.json")
     names = [f"part-{k:05d}.parquet" for k in range(parts)]
+    written = {"texts": texts, "row_group": INDEX_ROW_GROUP}
     t0 = time.perf_counter()
-    if not (storage.exists(marker) and json.loads(storage.read_bytes(marker)) == {"texts": texts}):
+    if not (storage.exists(marker) and json.loads(storage.read_bytes(marker)) == written):
         rng = np.random.default_rng(texts)
         tmp = workdir / "index.parquet"
         bounds = [round(k * texts / parts) for k in range(parts + 1)]
@@ -455,13 +463,22 @@ def reuse_load(workdir: Path, texts: int, root: str, parts_rows: int = 20_000) -
             probs = rng.random((len(keys), LABELS), dtype=np.float32)
             write_index(str(tmp), ScoredTexts(LABELS, keys, probs), {"bench": True, "precision_used": "fp32"})
             storage.upload_file(tmp, storage.join(output, INDEX_DIR, name))
-        storage.write_bytes(marker, json.dumps({"texts": texts}).encode())
-    written = time.perf_counter() - t0
+        storage.write_bytes(marker, json.dumps(written).encode())
+    seconds = time.perf_counter() - t0
     fs, path = storage.resolve(storage.join(output, INDEX_DIR))
     from pyarrow import fs as pafs
 
     index_bytes = sum(i.size or 0 for i in fs.get_file_info(pafs.FileSelector(path)))
-    out = {"texts": texts, "parts": parts, "index_bytes": index_bytes, "written_seconds": round(written, 1)}
+    return {"output": output, "names": names, "texts": texts, "parts": parts, "index_bytes": index_bytes,
+            "written_seconds": round(seconds, 1)}
+
+
+def reuse_load(workdir: Path, texts: int, root: str, parts_rows: int = 20_000) -> dict:
+    """The previous night's index (write_previous_index) loaded whole as one process loads it, in a child process
+    (its peak RSS), against the loader before the 2026-12-06 change (np.unique over the concatenated parts)."""
+    index = write_previous_index(workdir, texts, root, parts_rows)
+    output, names = index["output"], index["names"]
+    out = {k: v for k, v in index.items() if k not in ("output", "names")}
     for loader in ("library", "before"):
         spec = {"mode": "reuse", "output": output, "parts": names, "loader": loader}
         out[loader] = run_child(spec, workdir, {}, timeout=1200)

@@ -30,7 +30,15 @@ from bertclf.config import (
     load_config,
     parse_set_overrides,
 )
-from bertclf.errors import STORAGE_FAILURE, DataError, InputError, ScoreError, StorageError, unicode_problem
+from bertclf.errors import (
+    STORAGE_FAILURE,
+    ConfigError,
+    DataError,
+    InputError,
+    ScoreError,
+    StorageError,
+    unicode_problem,
+)
 from bertclf.logs import DEFAULT_LEVEL, LEVEL_ENV, LEVELS
 from bertclf.progress import DEFAULT_EVERY_S, EVERY_ENV, every_seconds
 
@@ -121,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--steps", type=int, default=50, help="integration steps (more: smaller completeness gap)")
     x.add_argument("--json", action="store_true", help="print JSON lines instead of the terminal view")
     x.add_argument("--html", help="also write an HTML view (words shaded by attribution) to this file")
+    c = sub.add_parser("calibrate", help="judge a checkpoint's int8 (and bf16) against fp32 on labelled rows and "
+                                         "record the verdicts for precision: auto", parents=[common])
+    c.add_argument("--checkpoint", required=True, help="checkpoint directory (local or s3://); the record goes there")
+    c.add_argument("--data", required=True, nargs="+",
+                   help="labelled Parquet the checkpoint was not trained on (validation at best)")
+    c.add_argument("--precisions", default="int8", help="comma-separated: int8, bf16 (bf16 only on a bf16 CPU)")
+    c.add_argument("--rows", type=int, default=2000, help="labelled rows to judge on (the first N)")
+    c.add_argument("--text-column", default="text")
+    c.add_argument("--label-column", help="list-of-strings (multi-label) or string (multi-class) label column")
+    c.add_argument("--label-columns", help="comma-separated wide 0/1 label columns (multi-label)")
+    c.add_argument("--no-record", dest="record", action="store_false",
+                   help="print the verdicts without writing precision_gate.json")
     return parser
 
 
@@ -255,8 +275,25 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from bertclf.model.calibration import calibrate
+
+    precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    if bad := [p for p in precisions if p not in ("int8", "bf16")]:
+        raise ConfigError(f"--precisions {args.precisions!r}: {', '.join(bad)} is not int8 or bf16")
+    if args.rows < 1:
+        raise ConfigError(f"--rows {args.rows}: judge on at least one row")
+    results = calibrate(args.checkpoint, args.data[0] if len(args.data) == 1 else args.data, precisions,
+                        rows=args.rows, text_column=args.text_column, label_column=args.label_column,
+                        label_columns=tuple(c for c in (args.label_columns or "").split(",") if c),
+                        record=args.record)
+    for result in results:
+        print(json.dumps(result.to_dict()))
+    return 0
+
+
 COMMANDS = {"train": _train, "tune": _tune, "score": _score, "evaluate": _evaluate, "report": _report,
-            "serve": _serve, "explain": _explain, "predict": _predict}
+            "serve": _serve, "explain": _explain, "predict": _predict, "calibrate": _calibrate}
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -251,8 +251,8 @@ class ScoreConfig:
     reuse_from: str | None = key(None, help="the scoring output to reuse (default: the nearest earlier {date} "
                                             "partition of --output, at most reuse_lookback_days back)")
     reuse_lookback_days: int = key(7, help="days back to look for a committed partition to reuse", flag=False)
-    reuse_index_max_mb: int = key(2048, help="the most memory each scoring actor may hold for the previous output's "
-                                             "index; a bigger index is not reused (logged)", flag=False)
+    reuse_index_max_mb: int = key(2048, help="the most of the previous output's index one shard actor holds; a bigger "
+                                             "index is spread over more shard actors (docs/reuse.md)", flag=False)
     dedupe: bool = key(True, help="score each distinct text of a unit once and copy its probabilities to the unit's "
                                   "other rows holding the same text", flag=False)
     ray_address: str | None = key(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")

@@ -157,3 +157,29 @@ def test_training_refuses_int8():
 
     with pytest.raises(ConfigError, match="CPU inference"):
         resources.use_bf16("int8", "cpu")
+
+
+def test_bertclf_calibrate_prints_each_verdict_records_it_and_refuses_bad_flags(tiny_ckpt, tmp_path, monkeypatch,
+                                                                                capsys):
+    from bertclf.cli import EXIT_BAD_INPUT, main
+
+    _native_bf16(monkeypatch, "avx2", native=False)
+    data = tmp_path / "labelled.parquet"
+    pq.write_table(pa.Table.from_pylist(make_rows(60, seed=6, multi_label=True)), data)
+    assert main(["calibrate", "--checkpoint", str(tiny_ckpt), "--data", str(data), "--rows", "50",
+                 "--no-record"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")]  # log lines go to stderr
+    verdict = json.loads(line)
+    assert verdict["precision"] == "int8" and verdict["rows"] == 50 and isinstance(verdict["passed"], bool)
+    assert not (tiny_ckpt / precision.GATE_FILE).exists(), "--no-record writes nothing"
+    assert main(["calibrate", "--checkpoint", str(tiny_ckpt), "--data", str(data), "--rows", "50"]) == 0
+    record = json.loads((tiny_ckpt / precision.GATE_FILE).read_text())
+    assert record["gates"]["int8"]["rows"] == 50
+    (tiny_ckpt / precision.GATE_FILE).unlink()
+    capsys.readouterr()
+    assert main(["calibrate", "--checkpoint", str(tiny_ckpt), "--data", str(data), "--precisions", "fp16"]) == \
+        EXIT_BAD_INPUT
+    assert "fp16 is not int8 or bf16" in capsys.readouterr().err
+    assert main(["calibrate", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "none.parquet")]) == \
+        EXIT_BAD_INPUT
+    assert "none.parquet" in capsys.readouterr().err
