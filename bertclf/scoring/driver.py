@@ -164,7 +164,8 @@ def _reuse_source(run: ScoringRun) -> tuple[ReuseSource | None, ReuseSummary]:
         return None, ReuseSummary(mode=cfg.reuse, note=note)
     labels = len(run.checkpoint.space.names)
     source, note = find_previous(run.output, found, dict(run.reuse_key),
-                                 lambda rows: shards.fits_cluster(rows, labels, run.cluster.get("memory", 0.0)),
+                                 lambda rows: shards.fits_cluster(rows, labels, run.cluster.get("memory", 0.0),
+                                                                  cfg.reuse_index_max_mb),
                                  read_manifest)
     if source is not None:
         log.info("reuse: texts already scored in %s (%d rows, %d indexed part(s)) are copied, not scored again",

@@ -23,8 +23,10 @@ import numpy as np
 from bertclf.records import ReuseSource
 from bertclf.scoring.reuse import HASH_BYTES, hash_prefixes, load_previous
 
-# a shard actor's memory while it loads: its share of the index, the parts' arrays and the sorted copy
-LOAD_PEAK_FACTOR = 3.0
+# a shard actor's peak while it loads, over its share of the index: the parts' arrays, their join and the sorted copy,
+# and the reads in flight (benchmarks/reuse_shards.py: 3.1x for one shard of 10^7 texts, 4.3x for each of four)
+LOAD_PEAK_FACTOR = 4.5
+MIN_SHARD_BYTES = 256 * 2**20  # the reads in flight and the allocator's pools, whatever the share
 # the most of the cluster's memory that the shards may reserve in all: the rest is the scoring actors' and Ray's
 CLUSTER_MEMORY_SHARE = 0.5
 SHARD_CONCURRENCY = 8  # lookups from several scoring actors at once (numpy's search releases the GIL)
@@ -42,9 +44,15 @@ def shard_count(rows: int, labels: int, max_mb: int) -> int:
     return max(1, math.ceil(index_bytes(rows, labels) / (max_mb * 2**20)))
 
 
-def fits_cluster(rows: int, labels: int, cluster_memory: float) -> str:
+def reserved_bytes(rows: int, labels: int, shards: int) -> int:
+    """The Ray `memory` one shard reserves: its loading peak."""
+    return max(MIN_SHARD_BYTES, int(index_bytes(rows, labels) / shards * LOAD_PEAK_FACTOR))
+
+
+def fits_cluster(rows: int, labels: int, cluster_memory: float, max_mb: int) -> str:
     """"" when the shards' loading peak fits the cluster's memory share, else why not (the reuse note)."""
-    need = index_bytes(rows, labels) * LOAD_PEAK_FACTOR
+    shards = shard_count(rows, labels, max_mb)
+    need = reserved_bytes(rows, labels, shards) * shards
     if not cluster_memory or need <= cluster_memory * CLUSTER_MEMORY_SHARE:
         return ""
     return (f"its index ({rows:,} rows, {need / 2**30:.1f} GiB while loading) is over {CLUSTER_MEMORY_SHARE:.0%} of "
@@ -132,7 +140,7 @@ def start(source: ReuseSource, key: dict[str, Any], labels: int, shards: int) ->
 
     edges = bounds(shards)
     per_shard = index_bytes(source.rows, labels) / shards
-    actor = ray.remote(IndexShard).options(num_cpus=0, memory=max(2**20, int(per_shard * LOAD_PEAK_FACTOR)),
+    actor = ray.remote(IndexShard).options(num_cpus=0, memory=reserved_bytes(source.rows, labels, shards),
                                            max_concurrency=SHARD_CONCURRENCY, scheduling_strategy="SPREAD")
     handles = tuple(actor.remote(source, key, labels, int(edges[k]), int(edges[k + 1])) for k in range(shards))
     t0 = time.perf_counter()
@@ -166,4 +174,5 @@ def stop(handles: tuple[Any, ...] | ShardedIndex | None) -> None:
         ray.kill(handle)
 
 
-__all__ = ["IndexShard", "ShardedIndex", "bounds", "fits_cluster", "index_bytes", "shard_count", "start", "stop"]
+__all__ = ["IndexShard", "ShardedIndex", "bounds", "fits_cluster", "index_bytes", "reserved_bytes", "shard_count",
+           "start", "stop"]
