@@ -61,6 +61,7 @@ def two_checkpoints(tiny_model, tmp_path):
     return out, str(tmp_path / "long.parquet")
 
 
+@pytest.mark.slow  # an evaluation and a report over Ray (~35 s); windows and pooling are checked by default
 def test_evaluate_can_score_a_chunk_checkpoint_truncated_and_its_report_gives_the_same_numbers(
         two_checkpoints, ray_local, tmp_path):
     ckpts, data = two_checkpoints

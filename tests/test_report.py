@@ -115,6 +115,7 @@ def _chromium_dom(page: Path, profile: Path) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
+@pytest.mark.slow  # a headless browser (~17 s); the page's HTML and figures are checked by default above
 def test_the_page_renders_in_headless_chromium_with_its_figures(ray_local, run_dir, labelled, tmp_path):
     out = tmp_path / "report"
     evaluation_report(ReportConfig(checkpoint=str(run_dir / "best"), data=str(labelled["multi_label"]),

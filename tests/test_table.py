@@ -64,6 +64,7 @@ def _target(cfg) -> NightlyTable:
     return NightlyTable.of(cfg.output_table, cfg.table_warehouse)
 
 
+@pytest.mark.slow  # S3 twice end to end (~30 s); the local nights, drift and reuse through the table run by default
 def test_two_nights_on_s3_read_back_equal_to_the_directory_output_and_a_rerun_replaces_its_night(
         ray_local, checkpoints, nights, tmp_path, bucket, monkeypatch):
     import duckdb
