@@ -4,6 +4,7 @@ them: what each train worker runs per batch, and what the memory and GPU benchma
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +26,14 @@ class StepContext:
     max_tokens_per_batch: int  # padded tokens per micro-batch (bertclf.training.memory plans it)
 
 
-def accumulate_gradients(step: StepContext, batch: Batch) -> torch.Tensor:
+def accumulate_gradients(step: StepContext, batch: Batch,
+                         mark: Callable[[str], None] | None = None) -> torch.Tensor:
     """Forward and backward over the batch in micro-batches of at most `max_tokens_per_batch` padded tokens; each
     micro-batch's mean loss is weighted by its share of the rows, so the gradients equal the whole batch's.
     DDP all-reduces once, on the last micro-batch. Returns the batch's mean loss as a 0-d tensor on the device
-    (detached): reading it would make the host wait for the device every step."""
+    (detached): reading it would make the host wait for the device every step. `mark(phase)`, when given, is called
+    as each micro-batch's "forward" (loss included) and "backward" (DDP's all-reduce included) end: a profiler's
+    clock (benchmarks/train_step.py)."""
     import torch
 
     parts = micro_batch_rows(len(batch.target), batch.input_ids.shape[1], step.max_tokens_per_batch)
@@ -45,7 +49,11 @@ def accumulate_gradients(step: StepContext, batch: Batch) -> torch.Tensor:
             with torch.autocast(device_type=step.device.type, dtype=torch.bfloat16, enabled=step.bf16):
                 logits = step.model(**enc).logits
             loss = step.loss_fn(logits.float(), target) * (len(target) / len(batch.target))
+            if mark is not None:
+                mark("forward")
             loss.backward()
+            if mark is not None:
+                mark("backward")
         total += loss.detach()
     return total
 
