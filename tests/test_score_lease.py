@@ -172,19 +172,21 @@ def test_a_part_from_another_checkpoint_or_run_plan_blocks_success():
         return fold
 
     fold = fold_of(good, good)
-    fold.check("out", [unit])
+    fold.check("out", [unit], {unit.name})
     assert fold.label_counts == {"x": 8} and fold.score_histograms["x"][:2] == [2, 2] and fold.rows_out == 20
     foreign = PartStats(**{**good.__dict__, "checkpoint_sha256": "b" * 64, "run_id": "r2"})
     with pytest.raises(ScoreError, match=r"run r2\): checkpoint: sha256 bbbb"):
-        fold_of(foreign).check("out", [unit])
+        fold_of(foreign).check("out", [unit], {unit.name})
     short = PartStats(**{**good.__dict__, "rows_in": 7})
     with pytest.raises(ScoreError, match="planned 10 rows"):
-        fold_of(short).check("out", [unit])
+        fold_of(short).check("out", [unit], {unit.name})
     old = PartStats(**{**good.__dict__, "checkpoint_sha256": "", "scored_with": {}})
     with pytest.raises(ScoreError, match="not recorded"):
-        fold_of(old).check("out", [unit])
+        fold_of(old).check("out", [unit], {unit.name})
     with pytest.raises(ScoreError, match=r"(?s)1 part\(s\) of out are missing.*a-.*no committed part of in/a.parquet"):
-        fold_of().check("out", [unit])
+        fold_of().check("out", [unit], {unit.name})
+    with pytest.raises(ScoreError, match="was read, then deleted"):
+        fold_of(good).check("out", [unit], set())
 
 
 def test_lease_on_s3_refuses_a_live_holder_and_the_loser_of_a_race_sees_the_winner(bucket):

@@ -288,3 +288,33 @@ def test_a_previous_index_in_shard_actors_answers_as_one_and_a_missing_one_means
     finally:
         shards.stop(index)
     assert shards.start(ReuseSource(output=str(tmp_path / "gone"), parts=["a"], rows=10), key, 3, 2) is None
+
+
+def test_a_shard_lost_mid_run_costs_the_reuse_not_the_units(ray_local, tmp_path, caplog):
+    """A shard actor that dies while the units are scored (its node lost) makes lookups raise; the scoring actor
+    then finds nothing, says so once, and scores every text from then on."""
+    import ray
+
+    from bertclf.records import ReuseSource
+    from bertclf.scoring import shards
+    from bertclf.scoring.actor import UnitScorer
+
+    texts = text_hashes([f"text {i}" for i in range(100)])
+    order = np.argsort(texts)
+    write_index(str(tmp_path / "index.parquet"), ScoredTexts(3, texts[order], np.ones((100, 3), np.float32)),
+                {"checkpoint_sha256": "a" * 64, "precision_used": "fp32"})
+    storage.upload_file(tmp_path / "index.parquet", storage.join(str(tmp_path / "previous"), INDEX_DIR, "a"))
+    index = shards.start(ReuseSource(output=str(tmp_path / "previous"), parts=["a"], rows=100),
+                         {"checkpoint_sha256": "a" * 64}, 3, 2)
+    assert index is not None
+    scorer = UnitScorer.__new__(UnitScorer)  # its lookups only: no checkpoint to load
+    scorer.settings = type("Settings", (), {"reuse_index": index})()
+    scorer.precision_used, scorer._index_lost = "fp32", False
+    scorer.space = type("Space", (), {"names": ["a", "b", "c"]})()
+    assert scorer._previous_find(texts)[0].all() and scorer._previous_holds(texts).all()
+    shards.stop(index)
+    with pytest.raises(ray.exceptions.RayActorError):
+        index.find(texts, "fp32")
+    found, probs = scorer._previous_find(texts)
+    assert not found.any() and probs.shape == (100, 3) and not scorer._previous_holds(texts).any()
+    assert scorer._index_lost and "no longer reachable" in caplog.text

@@ -123,6 +123,7 @@ class UnitScorer:
         self.space = self.predictor.space
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self.precision_used = self.predictor.precision  # fp32, bf16 or int8: what each part and its index record
+        self._index_lost = False  # a reuse shard died: score every text from then on
         self.ready_seconds = time.perf_counter() - t0  # imports + checkpoint + model load, reported per unit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -165,8 +166,7 @@ class UnitScorer:
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
-            index = s.reuse_index
-            holds = (lambda h: index.holds(h, self.precision_used)) if index is not None else None
+            holds = self._previous_holds if s.reuse_index is not None else None
             for batch in pooled(batches, holds, s.read.read_batch_rows):
                 rows_in += batch.rows_in
                 empty += batch.empty
@@ -232,9 +232,8 @@ class UnitScorer:
         if known.any():
             probs[known] = seen.probs[pos[known]]
         from_previous = np.zeros(len(distinct), bool)
-        index = self.settings.reuse_index
-        if index is not None and len(ask := np.flatnonzero(~known)):
-            found, found_probs = index.find(distinct[ask], self.precision_used)
+        if self.settings.reuse_index is not None and len(ask := np.flatnonzero(~known)):
+            found, found_probs = self._previous_find(distinct[ask])
             from_previous[ask[found]] = True
             probs[ask[found]] = found_probs[found]
         run = ~known & ~from_previous
@@ -248,6 +247,31 @@ class UnitScorer:
         reused = int(np.bincount(inverse, minlength=len(distinct))[copied].sum())
         seen.add(distinct[~known], probs[~known], from_previous[~known])
         return probs[inverse], run_ids, reused
+
+    def _previous_find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reuse index's (found, probabilities) for hashes; nothing found once a shard is lost: reuse only saves
+        work, so the actor scores every text from then on instead of failing its units."""
+        index = self.settings.reuse_index
+        if index is not None and not self._index_lost:
+            try:
+                return index.find(hashes, self.precision_used)
+            except Exception as exc:  # noqa: BLE001 - a shard actor died (RayActorError) or its node was lost
+                self._lose_index(exc)
+        return np.zeros(len(hashes), bool), np.zeros((len(hashes), len(self.space.names)), np.float32)
+
+    def _previous_holds(self, hashes: np.ndarray) -> np.ndarray:
+        index = self.settings.reuse_index
+        if index is not None and not self._index_lost:
+            try:
+                return index.holds(hashes, self.precision_used)
+            except Exception as exc:  # noqa: BLE001 - as _previous_find
+                self._lose_index(exc)
+        return np.zeros(len(hashes), bool)
+
+    def _lose_index(self, exc: Exception) -> None:
+        self._index_lost = True
+        log.warning("reuse: the previous index is no longer reachable (%s: %s); this actor scores every text from "
+                    "now on", type(exc).__name__, exc)
 
     def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [input_schema.field(c) for c in self.settings.read.passthrough]

@@ -129,7 +129,7 @@ def commit(run: ScoringRun, fold: PartsFold, timings: dict[str, float], reuse: R
     far in seconds, total_seconds included; the commit adds its own (check_seconds, drift_seconds)."""
     cfg, output = run.cfg, run.output
     t0 = time.perf_counter()
-    fold.check(output, run.units)
+    fold.check(output, run.units, storage.list_names(output))
     expected_out = fold.rows_in - (fold.empty_texts if cfg.empty_text == "skip" else 0)
     planned = sum(u.num_rows for u in run.units)
     if fold.rows_in != planned or fold.rows_out != expected_out:

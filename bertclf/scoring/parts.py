@@ -136,13 +136,16 @@ class PartsFold:
         if len(self.problem_lines) < PROBLEMS_LISTED:
             self.problem_lines.append(line)
 
-    def check(self, output: str, units: Iterable[WorkUnit]) -> None:
-        """Before _SUCCESS: one folded part per unit, none a problem (`add`)."""
+    def check(self, output: str, units: Iterable[WorkUnit], present: set[str]) -> None:
+        """Before _SUCCESS: one folded part per unit, none a problem (`add`), each still in the output (`present`:
+        its listing now; a resume's parts were read when it started)."""
         from bertclf.scoring.manifest import SUCCESS
 
         for unit in units:
             if unit.name not in self.folded:
                 self._problem(f"{unit.name}: no committed part of {unit.uri}'s {unit.num_rows} rows")
+            elif unit.name not in present:
+                self._problem(f"{unit.name}: its part was read, then deleted (by another process?)")
         if self.problems:
             listing = "\n".join(f"  {p}" for p in self.problem_lines)
             more = f"\n  ... and {self.problems - len(self.problem_lines)} more" \
