@@ -284,7 +284,8 @@ def test_a_previous_index_in_shard_actors_answers_as_one_and_a_missing_one_means
         bf16_found, bf16 = index.find(asked, "bf16")
         assert bf16_found[5000:6000].all() and bf16_found.sum() == 1000
         np.testing.assert_array_equal(bf16[5000:6000], probs[5000:6000])
-        assert (index.holds(asked, "fp32") == found).all()
+        held, none = index.find(asked, "fp32", probs=False)
+        assert (held == found).all() and none is None
     finally:
         shards.stop(index)
     assert shards.start(ReuseSource(output=str(tmp_path / "gone"), parts=["a"], rows=10), key, 3, 2) is None
@@ -311,10 +312,10 @@ def test_a_shard_lost_mid_run_costs_the_reuse_not_the_units(ray_local, tmp_path,
     scorer.settings = type("Settings", (), {"reuse_index": index})()
     scorer.precision_used, scorer._index_lost = "fp32", False
     scorer.space = type("Space", (), {"names": ["a", "b", "c"]})()
-    assert scorer._previous_find(texts)[0].all() and scorer._previous_holds(texts).all()
+    assert scorer._previous_find(texts)[0].all() and scorer._previous_find(texts, probs=False)[0].all()
     shards.stop(index)
     with pytest.raises(ray.exceptions.RayActorError):
         index.find(texts, "fp32")
     found, probs = scorer._previous_find(texts)
-    assert not found.any() and probs.shape == (100, 3) and not scorer._previous_holds(texts).any()
+    assert not found.any() and probs.shape == (100, 3) and not scorer._previous_find(texts, probs=False)[0].any()
     assert scorer._index_lost and "no longer reachable" in caplog.text

@@ -78,8 +78,7 @@ class ScoringSettings:
                    compile=cfg.compile, max_tokens_per_batch=actors.max_tokens_per_batch,
                    max_batch_rows=actors.max_batch_rows, torch_threads=actors.torch_threads, run_id=run.run_id,
                    checkpoint_sha256=run.sha256, scored_with=dict(run.settings), long_text=run.long_text,
-                   dedupe=cfg.dedupe, reuse_key=dict(run.reuse_key),
-                   reuse_source=reuse_source if reuse_index is not None else None, reuse_index=reuse_index,
+                   dedupe=cfg.dedupe, reuse_key=dict(run.reuse_key), reuse_source=reuse_source, reuse_index=reuse_index,
                    table_date=run.settings["table_date"])
 
 
@@ -166,7 +165,7 @@ class UnitScorer:
         with tempfile.TemporaryDirectory(prefix="bertclf-unit-") as tmp:
             local = os.path.join(tmp, unit.name)
             writer: pq.ParquetWriter | None = None
-            holds = self._previous_holds if s.reuse_index is not None else None
+            holds = (lambda h: self._previous_find(h, probs=False)[0]) if s.reuse_index is not None else None
             for batch in pooled(batches, holds, s.read.read_batch_rows):
                 rows_in += batch.rows_in
                 empty += batch.empty
@@ -248,30 +247,19 @@ class UnitScorer:
         seen.add(distinct[~known], probs[~known], from_previous[~known])
         return probs[inverse], run_ids, reused
 
-    def _previous_find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The reuse index's (found, probabilities) for hashes; nothing found once a shard is lost: reuse only saves
-        work, so the actor scores every text from then on instead of failing its units."""
+    def _previous_find(self, hashes: np.ndarray, probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The reuse index's (found, probabilities) for hashes (ShardedIndex.find); nothing found once a shard is
+        lost: reuse only saves work, so the actor scores every text from then on instead of failing its units."""
         index = self.settings.reuse_index
         if index is not None and not self._index_lost:
             try:
-                return index.find(hashes, self.precision_used)
+                return index.find(hashes, self.precision_used, probs)
             except Exception as exc:  # noqa: BLE001 - a shard actor died (RayActorError) or its node was lost
-                self._lose_index(exc)
-        return np.zeros(len(hashes), bool), np.zeros((len(hashes), len(self.space.names)), np.float32)
-
-    def _previous_holds(self, hashes: np.ndarray) -> np.ndarray:
-        index = self.settings.reuse_index
-        if index is not None and not self._index_lost:
-            try:
-                return index.holds(hashes, self.precision_used)
-            except Exception as exc:  # noqa: BLE001 - as _previous_find
-                self._lose_index(exc)
-        return np.zeros(len(hashes), bool)
-
-    def _lose_index(self, exc: Exception) -> None:
-        self._index_lost = True
-        log.warning("reuse: the previous index is no longer reachable (%s: %s); this actor scores every text from "
-                    "now on", type(exc).__name__, exc)
+                self._index_lost = True
+                log.warning("reuse: the previous index is no longer reachable (%s: %s); this actor scores every "
+                            "text from now on", type(exc).__name__, exc)
+        return (np.zeros(len(hashes), bool),
+                np.zeros((len(hashes), len(self.space.names)), np.float32) if probs else None)
 
     def _empty_output(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [input_schema.field(c) for c in self.settings.read.passthrough]

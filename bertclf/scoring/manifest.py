@@ -72,35 +72,29 @@ def differences(stats: PartStats, sha256: str, settings: dict[str, Any]) -> list
 
 
 class ResumeCheck:
-    """The parts a resume finds, checked one at a time (`see`), then `done()`: refuse to finish an output whose parts
-    were scored with another checkpoint or other settings. Keeps at most `KEPT` mismatches, not every part."""
-
-    KEPT = 1000
+    """The parts a resume finds, checked one at a time (`see`, in name order), then `done()`: refuse to finish an
+    output whose parts were scored with another checkpoint or other settings, naming the first and counting all."""
 
     def __init__(self, output: str, sha256: str, settings: dict[str, Any]):
         self.output, self.sha256, self.settings = output, sha256, settings
-        self.seen = 0
-        self.mismatched: dict[str, list[str]] = {}
-        self.more = 0
+        self.seen = self.mismatched = 0
+        self.first: tuple[str, list[str]] | None = None
 
     def see(self, name: str, stats: PartStats) -> None:
         self.seen += 1
         if diffs := differences(stats, self.sha256, self.settings):
-            if len(self.mismatched) < self.KEPT:
-                self.mismatched[stats.unit] = diffs
-            else:
-                self.more += 1
+            self.mismatched += 1
+            self.first = self.first or (name, diffs)
 
     def done(self) -> None:
-        if not self.mismatched:
+        if self.first is None:
             return
-        first, diffs = next(iter(sorted(self.mismatched.items())))
+        name, diffs = self.first
         raise ResumeMismatchError(
-            f"{self.output} is partly scored with another checkpoint or other settings: "
-            f"{len(self.mismatched) + self.more} of its {self.seen} part(s) differ from this run (e.g. {first}: "
-            f"{'; '.join(diffs)}; the part's vs this run's). Finishing it would mix two models' scores in one output: "
-            "re-run with the same checkpoint and settings, or pass --overwrite to delete its parts and score it all "
-            "again")
+            f"{self.output} is partly scored with another checkpoint or other settings: {self.mismatched} of its "
+            f"{self.seen} part(s) differ from this run (e.g. {name}: {'; '.join(diffs)}; the part's vs this run's). "
+            "Finishing it would mix two models' scores in one output: re-run with the same checkpoint and settings, "
+            "or pass --overwrite to delete its parts and score it all again")
 
 
 def check_complete(output: str, manifest: Manifest, checkpoint_uri: str, sha256: str,

@@ -81,7 +81,6 @@ class PartsFold:
         self.labels = labels
         self.sha256 = sha256
         self.settings = settings
-        self.parts = 0
         self.rows_in = self.rows_out = self.empty_texts = self.windows = self.duplicate_rows = 0
         self.scored_units = self.scored_rows = 0
         self.texts_scored: int | None = 0
@@ -106,7 +105,6 @@ class PartsFold:
         elif diffs := differences(stats, self.sha256, self.settings):
             self._problem(f"{unit.name} (run {stats.run_id or '?'}): {'; '.join(diffs)}")
         self.folded.add(unit.name)
-        self.parts += 1
         self.rows_in += stats.rows_in
         self.rows_out += stats.rows_out
         self.empty_texts += stats.empty_texts
@@ -187,18 +185,20 @@ def part_entries(output: str, manifest: Manifest) -> list[PartEntry]:
     """The parts of a committed output: `_parts`, or the manifest's own list in outputs written before it."""
     if not manifest.parts_file:
         return list(manifest.parts)
-    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, manifest.parts_file))),
-                          columns=["name", "input", "row_groups", "rows_out", "seconds"])
+    rows = _parts_table(output, manifest, ["name", "input", "row_groups", "rows_out", "seconds"]).to_pylist()
     return [PartEntry(name=r["name"], input=r["input"], row_groups=r["row_groups"], rows=r["rows_out"],
-                      seconds=r["seconds"]) for r in table.to_pylist()]
+                      seconds=r["seconds"]) for r in rows]
 
 
 def part_names(output: str, manifest: Manifest) -> list[str]:
     """The names of a committed output's parts, without building an entry per part."""
     if not manifest.parts_file:
         return [p.name for p in manifest.parts]
-    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, manifest.parts_file))), columns=["name"])
-    return table["name"].to_pylist()
+    return _parts_table(output, manifest, ["name"])["name"].to_pylist()
+
+
+def _parts_table(output: str, manifest: Manifest, columns: list[str]) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, manifest.parts_file))), columns=columns)
 
 
 __all__ = ["PARTS", "PartsFold", "bounded_map", "fold_existing", "fold_scored", "part_entries", "part_names",

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from bertclf.errors import RecordError
 from bertclf.records import Manifest, ReuseSource
 from bertclf.scoring.dates import fill_date, has_date
 from bertclf.scoring.manifest import SUCCESS
-from bertclf.scoring.parts import part_names
+from bertclf.scoring.parts import bounded_map, part_names
 
 INDEX_DIR = "_reuse"  # "_" so Parquet readers of the output skip it, like _manifest.json
 HASH_BYTES = 16
@@ -189,28 +188,27 @@ def load_previous(source: ReuseSource, key: dict[str, Any], labels: int, lo: int
     keys: dict[str, list[np.ndarray]] = {}
     probs: dict[str, list[np.ndarray]] = {}
     skipped = []
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(source.parts)))) as pool:
-        for name, theirs, k, p in pool.map(read, source.parts):
-            precision = str(theirs.get(PRECISION_KEY, "?"))
-            if (theirs := {n: v for n, v in theirs.items() if n != PRECISION_KEY}) != key:
-                skipped.append(f"{name}: scored with {_diff(theirs, key)}")
-                continue
-            keys.setdefault(precision, []).append(k)
-            probs.setdefault(precision, []).append(p)
-    return {precision: _joined(keys.pop(precision), probs.pop(precision), labels) for precision in list(keys)}, skipped
+    for name, theirs, k, p in bounded_map(read, source.parts, workers=8):
+        precision = str(theirs.get(PRECISION_KEY, "?"))
+        if (theirs := {n: v for n, v in theirs.items() if n != PRECISION_KEY}) != key:
+            skipped.append(f"{name}: scored with {_diff(theirs, key)}")
+            continue
+        keys.setdefault(precision, []).append(k)
+        probs.setdefault(precision, []).append(p)
+    return {precision: _joined(keys[precision], probs[precision]) for precision in keys}, skipped
 
 
-def _joined(keys: list[np.ndarray], probs: list[np.ndarray], labels: int) -> ScoredTexts:
-    """Parts' indexes as one, each text once. One copy of the parts at a time: each list is dropped once joined,
+def _joined(keys: list[np.ndarray], probs: list[np.ndarray]) -> ScoredTexts:
+    """Parts' indexes as one, each text once. One copy of the parts at a time: each list is emptied once joined,
     and the sort works on 8-byte prefixes (10^7 texts in 500 parts: 6.0 s, peak +790 MiB for a 267 MiB index;
     np.unique: 5.8 s, +1,148 MiB; benchmarks/results/2026-12-06-scale-avx2.json, reruns)."""
     all_keys = np.concatenate(keys)
     del keys[:]
     first = sorted_first(all_keys)
     all_keys = all_keys[first]
-    all_probs = np.concatenate(probs) if probs else np.empty((0, labels), np.float32)
+    all_probs = np.concatenate(probs)
     del probs[:]
-    return ScoredTexts(labels, all_keys, all_probs[first], np.ones(len(first), bool))
+    return ScoredTexts(all_probs.shape[1], all_keys, all_probs[first], np.ones(len(first), bool))
 
 
 def _diff(theirs: dict[str, Any], ours: dict[str, Any]) -> str:

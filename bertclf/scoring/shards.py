@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bertclf.records import ReuseSource
-from bertclf.scoring.reuse import HASH_BYTES, hash_prefixes, load_previous
+from bertclf.scoring.reuse import HASH_BYTES, PREFIX_END, hash_prefixes, load_previous
 
 # a shard actor's peak while it loads, over its share of the index: the parts' arrays, their join and the sorted copy,
 # and the reads in flight (benchmarks/reuse_shards.py: 3.1x for one shard of 10^7 texts, 4.3x for each of four)
@@ -59,9 +59,9 @@ def fits_cluster(rows: int, labels: int, cluster_memory: float, max_mb: int) -> 
             f"the cluster's memory ({cluster_memory / 2**30:.1f} GiB): every text is scored")
 
 
-def bounds(shards: int) -> np.ndarray:
-    """The `shards + 1` range bounds on the hashes' first 8 bytes (a big-endian uint64), as Python ints."""
-    return np.array([k * 2**64 // shards for k in range(shards)] + [2**64], dtype=object)
+def bounds(shards: int) -> tuple[int, ...]:
+    """The `shards + 1` range bounds on the hashes' first 8 bytes (a big-endian uint64)."""
+    return tuple(k * PREFIX_END // shards for k in range(shards)) + (PREFIX_END,)
 
 
 class IndexShard:
@@ -98,32 +98,21 @@ class ShardedIndex:
     bounds: tuple[int, ...]
     labels: int
 
-    def find(self, hashes: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray]:
-        """(found per hash, probabilities per hash: rows of zeros where not found)."""
-        found = np.zeros(len(hashes), bool)
-        probs = np.zeros((len(hashes), self.labels), np.float32)
-        for rows, (hit, shard_probs) in self._ask(hashes, precision, True):
-            found[rows[hit]] = True
-            probs[rows[hit]] = shard_probs
-        return found, probs
-
-    def holds(self, hashes: np.ndarray, precision: str) -> np.ndarray:
-        """Whether the index holds each hash (its probabilities are not sent)."""
-        found = np.zeros(len(hashes), bool)
-        for rows, (hit, _) in self._ask(hashes, precision, False):
-            found[rows[hit]] = True
-        return found
-
-    def _ask(self, hashes: np.ndarray, precision: str, probs: bool):
-        """Each shard's answer for its hashes, with the positions they came from."""
+    def find(self, hashes: np.ndarray, precision: str, probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(found per hash, probabilities per hash with rows of zeros where not found; None, and none sent, unless
+        `probs`): each shard is asked for its own hashes, all at once."""
         import ray
 
-        if not len(hashes):
-            return []
+        found = np.zeros(len(hashes), bool)
+        out = np.zeros((len(hashes), self.labels), np.float32) if probs else None
         owner = self.owners(hashes)
         asked = [(k, rows) for k in range(len(self.shards)) if len(rows := np.flatnonzero(owner == k))]
         answers = ray.get([self.shards[k].find.remote(hashes[rows], precision, probs) for k, rows in asked])
-        return [(rows, answer) for (_, rows), answer in zip(asked, answers, strict=True)]
+        for (_, rows), (hit, shard_probs) in zip(asked, answers, strict=True):
+            found[rows[hit]] = True
+            if out is not None:
+                out[rows[hit]] = shard_probs
+        return found, out
 
     def owners(self, hashes: np.ndarray) -> np.ndarray:
         """The shard of each hash."""
@@ -142,16 +131,17 @@ def start(source: ReuseSource, key: dict[str, Any], labels: int, shards: int) ->
     per_shard = index_bytes(source.rows, labels) / shards
     actor = ray.remote(IndexShard).options(num_cpus=0, memory=reserved_bytes(source.rows, labels, shards),
                                            max_concurrency=SHARD_CONCURRENCY, scheduling_strategy="SPREAD")
-    handles = tuple(actor.remote(source, key, labels, int(edges[k]), int(edges[k + 1])) for k in range(shards))
+    index = ShardedIndex(shards=tuple(actor.remote(source, key, labels, edges[k], edges[k + 1]) for k in range(shards)),
+                         bounds=edges, labels=labels)
     t0 = time.perf_counter()
     log.info("reuse: loading the index of %s (%d part(s), up to %s texts) into %d shard actor(s) of at most %.0f MiB",
              source.output, len(source.parts), f"{source.rows:,}", shards, per_shard / 2**20)
     try:
-        loaded = ray.get([h.ready.remote() for h in handles])
+        loaded = ray.get([h.ready.remote() for h in index.shards])
     except Exception as exc:  # noqa: BLE001 - a storage error or a lost node while loading: score every text
         log.warning("reuse: the index of %s could not be loaded (%s: %s): every text is scored", source.output,
                     type(exc).__name__, exc)
-        stop(handles)
+        stop(index)
         return None
     texts = sum(r["texts"] for r in loaded)
     skipped = sum(r["skipped_count"] for r in loaded) // shards  # each shard reads (and skips) every index
@@ -161,16 +151,14 @@ def start(source: ReuseSource, key: dict[str, Any], labels: int, shards: int) ->
              f"{texts:,}", sum(r["bytes"] for r in loaded) / 2**20,
              ", ".join(sorted({p for r in loaded for p in r["precisions"]})) or "none", time.perf_counter() - t0,
              shards, skipped)
-    return ShardedIndex(shards=handles, bounds=tuple(int(b) for b in edges), labels=labels)
+    return index
 
 
-def stop(handles: tuple[Any, ...] | ShardedIndex | None) -> None:
+def stop(index: ShardedIndex | None) -> None:
     """Free the shards' memory once the units are scored."""
     import ray
 
-    if handles is None:
-        return
-    for handle in handles.shards if isinstance(handles, ShardedIndex) else handles:
+    for handle in index.shards if index is not None else ():
         ray.kill(handle)
 
 
