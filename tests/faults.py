@@ -31,13 +31,13 @@ def _armed(variable: str) -> str | None:
 def _patch_training_worker(module: ModuleType) -> None:
     original = module.train_one_epoch
 
-    def train_one_epoch(w, epoch: int):
+    def train_one_epoch(w, epoch: int, *rest):
         armed = _armed(KILL_WORKER)
         if armed is not None and w.rank == w.world - 1 and int(armed) == epoch:
             os.unlink(os.environ[KILL_WORKER])
             print(f"fault injection: worker {w.rank} exits at epoch {epoch}", flush=True)
             os._exit(1)
-        return original(w, epoch)
+        return original(w, epoch, *rest)
 
     module.train_one_epoch = train_one_epoch
 

@@ -1,10 +1,14 @@
-"""Length-grouped training batches: every row once, similar lengths per batch, same order on every rank."""
+"""Length-grouped training batches: every row once, similar lengths per batch, same order on every rank; the first
+epoch's first batch fetched while the model loads."""
+
+import threading
 
 import numpy as np
 import pytest
 
 from bertclf.model.modeling import load_tokenizer
 from bertclf.training.batching import length_grouped_batches
+from bertclf.training.worker import WaitClock
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
 
@@ -79,3 +83,23 @@ def test_batch_order_depends_on_seed_and_pool_only(tokenizer):
 def test_truncates_to_max_length(tokenizer):
     batches = run(tokenizer, pools(40, 40), max_length=6)
     assert max(b.input_ids.shape[1] for b in batches) == 6
+
+
+def test_wait_clock_fetches_the_first_batch_before_it_is_asked_for():
+    started = threading.Event()
+
+    def batches():
+        started.set()
+        yield from [1, 2, 3]
+
+    clock = WaitClock(batches(), fetch_first=True)
+    assert started.wait(10)  # the data pipeline starts while the caller loads its model
+    assert list(clock) == [1, 2, 3] and clock.first_seconds is not None and clock.wait_seconds >= clock.first_seconds
+    assert list(WaitClock(iter([]), fetch_first=True)) == []  # an empty shard ends the epoch, no error
+
+    def broken():
+        raise OSError("shard unreadable")
+        yield
+
+    with pytest.raises(OSError, match="shard unreadable"):  # what fetching raised reaches the training loop
+        next(WaitClock(broken(), fetch_first=True))

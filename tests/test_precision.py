@@ -19,7 +19,15 @@ from bertclf.labels import LabelSpace
 from bertclf.model import checkpoint, precision
 from bertclf.model.calibration import calibrate
 from bertclf.model.inference import Predictor
-from bertclf.model.precision import GateResult, Int8Linear, quality_gate, resolve, task_metric
+from bertclf.model.precision import (
+    GateResult,
+    Int8Linear,
+    SharedInputInt8,
+    SharedInputMember,
+    quality_gate,
+    resolve,
+    task_metric,
+)
 
 SPACE = LabelSpace("multi_label", ["a", "b", "c"], [0.5, 0.3, 0.7])
 
@@ -98,11 +106,42 @@ def test_quantize_int8_keeps_the_head_in_fp32(tiny_ckpt):
     int8 = Predictor.load(str(tiny_ckpt), device="cpu", precision="int8")
     assert int8.precision == "int8" and not int8.bf16 and fp32.precision == "fp32"
     kinds = {name: type(m).__name__ for name, m in int8.model.named_modules()}
-    assert sum(k == "Int8Linear" for k in kinds.values()) == 12  # 2 layers x (Q, K, V, attention out, FFN in, out)
+    assert sum(k == "Int8Linear" for k in kinds.values()) == 6  # 2 layers x (attention out, FFN in, FFN out)
+    for layer in (0, 1):  # Q, K and V read one tensor: one group, one pass over it
+        members = [int8.model.get_submodule(f"bert.encoder.layer.{layer}.attention.self.{n}")
+                   for n in ("query", "key", "value")]
+        assert all(isinstance(m, SharedInputMember) for m in members)
+        assert len({id(m.group) for m in members}) == 1 and [m.member for m in members] == [0, 1, 2]
     assert kinds["classifier"] == "Linear" and kinds["bert.pooler.dense"] == "Linear"
     texts = [r["text"] for r in make_rows(40, seed=3, multi_label=True)]
     a, b = fp32.probabilities(texts), int8.probabilities(texts)
     assert a.shape == b.shape and np.abs(a - b).max() < 0.02
+
+
+def test_grouped_layers_give_what_separate_int8_layers_give(tiny_ckpt, monkeypatch):
+    grouped = Predictor.load(str(tiny_ckpt), device="cpu", precision="int8")
+    monkeypatch.setattr(precision, "shared_input_groups", lambda inner, linears: [])
+    separate = Predictor.load(str(tiny_ckpt), device="cpu", precision="int8")
+    assert not any(isinstance(m, SharedInputMember) for m in separate.model.modules())
+    texts = [r["text"] for r in make_rows(40, seed=4, multi_label=True)]
+    np.testing.assert_allclose(grouped.probabilities(texts), separate.probabilities(texts), atol=1e-6)
+
+
+def test_a_grouped_layer_called_with_another_tensor_runs_it():
+    torch.manual_seed(1)
+    linears = [torch.nn.Linear(16, n) for n in (8, 8, 4)]
+    group = SharedInputInt8(linears)
+    members = [SharedInputMember(group, k, m) for k, m in enumerate(linears)]
+    alone = [Int8Linear(m) for m in linears]
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        assert torch.allclose(members[0](x), alone[0](x), atol=1e-5)
+        assert torch.allclose(members[1](y), alone[1](y), atol=1e-5)  # not x: y is run, not x's output handed out
+        assert torch.allclose(members[1](y), alone[1](y), atol=1e-5)  # asked twice for y: run again
+        for k in (0, 1, 2):  # a full round over one tensor, then nothing is held
+            out = members[k](x)
+            assert torch.allclose(out, alone[k](x), atol=1e-5) and out.is_contiguous()
+        assert group._input is None
 
 
 def _native_bf16(monkeypatch, cpu_class: str, native: bool) -> None:

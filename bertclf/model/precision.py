@@ -8,7 +8,8 @@ directory (GATE_FILE) is what lets `precision: auto` choose int8 for that checkp
 
 int8 (CPU only): the encoder's Linear layers run as fbgemm dynamic-quantized matmuls (weights int8 per output
 channel; activations quantized per token over the token's own min..max on the fly, 7 bits so the u8 x s8 products
-never saturate int16 on CPUs without VNNI); the pooler and classifier, which run once per text, stay fp32.
+never saturate int16 on CPUs without VNNI); layers that read one tensor (query, key, value) run as one stacked
+matmul; the pooler and classifier, which run once per text, stay fp32.
 benchmarks/int8.py has the measurements behind each choice (benchmarks/results/NOTES.md, 2026-12-06).
 """
 
@@ -143,18 +144,68 @@ class Int8Linear(torch.nn.Module):
             return torch.ops.quantized.linear_dynamic(rows, self.packed, True).reshape(*shape[:-1], self.out_features)
         low = rows.amin(dim=1, keepdim=True)
         span = (rows.amax(dim=1, keepdim=True) - low).clamp_(min=1e-12)
-        inverse = span.reciprocal()
-        out = torch.ops.quantized.linear_dynamic(torch.addcmul(-low * inverse, rows, inverse), self.packed, True)
-        out = torch.addcmul(self.bias, out, span) if self.bias is not None else out.mul_(span)
-        return out.addcmul_(low, self.weight_sums).reshape(*shape[:-1], self.out_features)
+        out = torch.ops.quantized.linear_dynamic((rows - low).div_(span), self.packed, True)
+        # in place, two operands at a time: a three-operand broadcast (addcmul(bias, out, span)) takes torch's slow
+        # path, several times one pass over the output
+        out.mul_(span).addcmul_(low, self.weight_sums)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8, "
                 f"{'per-token' if self.per_token else 'per-tensor'} inputs")
 
 
+class SharedInputInt8:
+    """Linear layers that read the same tensor (an attention block's query, key and value) run as one Int8Linear
+    over their stacked weights: the input's per-token ranges are taken and the input quantized once, and one
+    larger matmul replaces several (fewer, better-shaped fbgemm calls). Each row's range is the same either way, so
+    the outputs are those of separate Int8Linear layers. Not a Module: its members are, and hold it."""
+
+    def __init__(self, linears: list[torch.nn.Linear]):
+        stacked = torch.nn.Linear(linears[0].in_features, sum(m.out_features for m in linears),
+                                  bias=all(m.bias is not None for m in linears))
+        with torch.no_grad():
+            stacked.weight.copy_(torch.cat([m.weight.detach().float().cpu() for m in linears]))
+            if stacked.bias is not None:
+                stacked.bias.copy_(torch.cat([m.bias.detach().float().cpu() for m in linears]))
+        self.fused = Int8Linear(stacked)
+        ends = np.cumsum([m.out_features for m in linears]).tolist()
+        self.slices = [slice(a, b) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        self._input: torch.Tensor | None = None
+        self._outputs: list[torch.Tensor | None] = []
+
+    def output(self, member: int, x: torch.Tensor) -> torch.Tensor:
+        """Member `member`'s output for `x`: computed with every member's when `x` is not the tensor the group last
+        ran (or this member already took its share of it), else taken from that run."""
+        if x is not self._input or self._outputs[member] is None:
+            out = self.fused(x)
+            self._input, self._outputs = x, [out[..., part].contiguous() for part in self.slices]
+        result, self._outputs[member] = self._outputs[member], None
+        if all(o is None for o in self._outputs):  # every member served: hold nothing between forwards
+            self._input = None
+        return result
+
+
+class SharedInputMember(torch.nn.Module):
+    """One Linear layer of a SharedInputInt8 group, in the Linear's place."""
+
+    def __init__(self, group: SharedInputInt8, member: int, linear: torch.nn.Linear):
+        super().__init__()
+        self.group, self.member = group, member
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group.output(self.member, x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, shares its input's pass"
+
+
 def quantize_int8(model) -> int:
     """Replace the encoder's Linear layers with Int8Linear in place (CPU models); the pooler and classifier stay fp32.
+    Layers that a probe forward shows reading one tensor (query, key, value) become one SharedInputInt8 group.
     Returns how many layers were replaced."""
     from bertclf.model.adapters import hf_model
     from bertclf.model.modeling import head_modules
@@ -166,15 +217,52 @@ def quantize_int8(model) -> int:
         torch.backends.quantized.engine = "fbgemm"
     inner = hf_model(model)
     kept = {id(m) for head in head_modules(inner).values() for m in head.modules()}
-    replaced = 0
-    for parent in list(inner.modules()):
-        if id(parent) in kept:
-            continue
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear) and id(child) not in kept:
-                setattr(parent, name, Int8Linear(child))
-                replaced += 1
-    return replaced
+    targets = [(parent, name, child) for parent in list(inner.modules()) if id(parent) not in kept
+               for name, child in list(parent.named_children())
+               if isinstance(child, torch.nn.Linear) and id(child) not in kept]
+    for group in shared_input_groups(inner, [child for _, _, child in targets]):
+        shared = SharedInputInt8(group)
+        for member, linear in enumerate(group):
+            parent, name, _ = next(t for t in targets if t[2] is linear)
+            setattr(parent, name, SharedInputMember(shared, member, linear))
+    for parent, name, child in targets:
+        if getattr(parent, name) is child:
+            setattr(parent, name, Int8Linear(child))
+    return len(targets)
+
+
+def shared_input_groups(inner, linears: list[torch.nn.Linear]) -> list[list[torch.nn.Linear]]:
+    """Sibling Linear layers (one parent module) that a probe forward of three tokens showed reading the very same
+    tensor, in call order; none if the probe fails (a family whose forward needs more than input ids)."""
+    seen: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+    handles = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0]))) for m in linears]
+    try:
+        vocab = int(getattr(inner.config, "vocab_size", 0) or 3)
+        with torch.inference_mode():
+            inner(input_ids=torch.tensor([[min(k, vocab - 1) for k in (1, 2, 3)]]))
+    except Exception as exc:  # noqa: BLE001 - grouping only saves time: without it every layer runs on its own
+        log.info("int8: the probe forward failed (%s: %s); each Linear layer quantizes its own input",
+                 type(exc).__name__, exc)
+        return []
+    finally:
+        for h in handles:
+            h.remove()
+    parents = {id(child): id(parent) for parent in inner.modules() for child in parent.children()}
+    groups: list[list[torch.nn.Linear]] = []
+    for module, x in seen:
+        group = next((g for g in groups if g[-1][1] is x and parents.get(id(g[-1][0])) == parents.get(id(module))
+                      and all(m is not module for m, _ in g)), None)
+        if group is None:
+            groups.append([(module, x)])
+        else:
+            group.append((module, x))
+    grouped: set[int] = set()  # a layer called more than once (weights shared across blocks) joins one group
+    out = []
+    for g in groups:
+        if len(g) > 1 and not grouped & {id(m) for m, _ in g}:
+            grouped |= {id(m) for m, _ in g}
+            out.append([m for m, _ in g])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ auto and its record
@@ -257,5 +345,5 @@ def write_gates(checkpoint_uri: str, fingerprint: str, results: list[GateResult]
 
 # the interface other modules, jobs and benchmarks use
 __all__ = ["GATE_FILE", "INT8_AUTO_CPU_CLASSES", "INT8_SCHEME", "MAX_METRIC_DELTA", "MIN_AGREEMENT", "GateResult",
-           "Int8Linear", "label_agreement", "quality_gate", "quantize_int8", "read_gates", "record_needed", "resolve",
-           "task_metric", "write_gates"]
+           "Int8Linear", "SharedInputInt8", "label_agreement", "quality_gate", "quantize_int8", "read_gates",
+           "record_needed", "resolve", "task_metric", "write_gates"]

@@ -12,6 +12,7 @@ import random
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,8 +72,15 @@ class Worker:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point on each worker."""
-    worker = set_up(config["cfg"], config["data"], config["plan"])
+    """Ray Train's entry point on each worker. A fresh run starts its first epoch's data (Ray Data's read tasks, in
+    their own processes) before the model loads, so the two overlap instead of the first step waiting for both; a
+    resumed run's first epoch is only known once its checkpoint is read."""
+    import ray.train
+
+    cfg = config["cfg"]
+    early = (WaitClock(epoch_batches(ray.train.get_dataset_shard("train"), cfg, 0), fetch_first=True)
+             if ray.train.get_checkpoint() is None else None)
+    worker = set_up(cfg, config["data"], config["plan"])
     if config.get("baseline") is not None:
         worker.baseline, val_probs = config["baseline"]
         worker.val_baseline = val_probs[worker.rank::worker.world]
@@ -81,7 +89,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         worker.tracker = tracking.attach(config["tracking"])
     for epoch in range(worker.start_epoch, worker.cfg.epochs):
-        totals = train_one_epoch(worker, epoch)
+        totals = train_one_epoch(worker, epoch, early if epoch == 0 else None)
         validate_and_report(worker, epoch, totals)
 
 
@@ -169,8 +177,16 @@ def loss_function(data: TrainingData, positive_weight: str, device: Any) -> Any:
     return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weights, device=device) if weights else None)
 
 
-def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
-    """One pass over this rank's shard in length-grouped batches; returns this rank's counts and timings."""
+def epoch_batches(shard, cfg: TrainConfig, epoch: int):
+    """This rank's rows of one epoch, in read batches of `length_group_batches` steps, shuffled locally per epoch."""
+    return shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches, batch_format="numpy",
+                              prefetch_batches=1, local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
+                              local_shuffle_seed=cfg.seed + epoch)
+
+
+def train_one_epoch(w: Worker, epoch: int, started: WaitClock | None = None) -> EpochTotals:
+    """One pass over this rank's shard in length-grouped batches; returns this rank's counts and timings.
+    `started`: this epoch's batches, already being read (train_loop_per_worker's first epoch)."""
     import torch
 
     cfg = w.cfg
@@ -180,10 +196,7 @@ def train_one_epoch(w: Worker, epoch: int) -> EpochTotals:
     loss_sum = torch.zeros((), device=w.step.device)  # summed on the device: read back only for a progress line
     # rank 0 speaks for all: every rank runs the same number of steps of the same size
     steps = Progress(f"epoch {epoch + 1}/{cfg.epochs}", w.steps_per_epoch, "steps", log=log) if w.rank == 0 else None
-    batches = WaitClock(w.shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches,
-                                             batch_format="numpy", prefetch_batches=1,
-                                             local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
-                                             local_shuffle_seed=cfg.seed + epoch))
+    batches = started or WaitClock(epoch_batches(w.shard, cfg, epoch))
     for batch in length_grouped_batches(batches, w.tokenizer, max_length=cfg.max_length,
                                         batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch,
                                         windows=cfg.train_windows, stride=cfg.chunk_stride):
@@ -271,10 +284,17 @@ class WaitClock:
     Why: a data pipeline that can't keep up looks like slow training; these two numbers tell them apart.
     """
 
-    def __init__(self, batches):
+    def __init__(self, batches, fetch_first: bool = False):
+        """`fetch_first`: start fetching the first batch now, in a thread, so that what the caller does until its
+        first `next` (loading the model) overlaps the data pipeline's start; the wait then counted is what is left."""
         self._it = iter(batches)
         self.first_seconds: float | None = None
         self.wait_seconds = 0.0
+        self._first: Future | None = None
+        if fetch_first:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="bertclf-first-batch")
+            self._first = pool.submit(next, self._it)
+            pool.shutdown(wait=False)  # the one call runs on; the thread ends with it
 
     def __iter__(self):
         return self
@@ -282,6 +302,9 @@ class WaitClock:
     def __next__(self):
         t0 = time.perf_counter()
         try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                return first.result()  # the batch, or what fetching it raised (StopIteration: an empty shard)
             return next(self._it)
         finally:
             waited = time.perf_counter() - t0
