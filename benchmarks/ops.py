@@ -11,7 +11,7 @@ GFLOP/s (the profiler's FLOP count for addmm/mm/bmm) are compared with the matmu
 That tells how much of the gap to the peak is the GEMMs' own efficiency at these shapes, and how much is the other
 ops (GELU, copies, softmax, layer norm). With --budgets, the same rows are also scored (no profiler) at each
 micro-batch budget (tokens x rows), in --pairs rotating rounds, against bertclf's CPU budget: the figure that decides
-a CPU class's budget (resources.CPU_BATCH_BUDGET; AMX may want larger tiles than AVX2). Results:
+a CPU class's budget (bertclf.resources' CPU budget; AMX may want larger tiles than AVX2). Results:
 benchmarks/results/<date>-ops-<cpu class>.json; README's performance section shows the newest per CPU class.
 """
 
@@ -69,13 +69,11 @@ def profile_ops(predictor, token_ids: list[list[int]]) -> tuple[list[dict], floa
 
 
 def time_budgets(predictor, token_ids: list[list[int]], budgets: list[tuple[int, int]], pairs: int) -> dict:
-    """rows/s of the same rows at each micro-batch budget (bertclf's own first), `pairs` rounds in rotating order,
-    and each budget's median ratio to bertclf's, round by round."""
+    """rows/s of the same rows at each micro-batch budget (the predictor's, an actor's, first), `pairs` rounds in
+    rotating order, and each budget's median ratio to the actor's, round by round."""
     import statistics
 
-    from bertclf.resources import CPU_BATCH_BUDGET
-
-    names = [f"{t}x{r}" for t, r in dict.fromkeys([CPU_BATCH_BUDGET, *budgets])]
+    names = [f"{t}x{r}" for t, r in dict.fromkeys([(predictor.max_tokens, predictor.max_rows), *budgets])]
     rates: dict[str, list[float]] = {n: [] for n in names}
 
     def run(name: str) -> float:
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bertclf.model.inference import Predictor
-    from bertclf.resources import CPU_BATCH_BUDGET
+    from bertclf.resources import plan_scoring
 
     machine = bc.machine_info()
     started = bc.now_utc()
@@ -111,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = bc.matmul_peak_gflops(precision, threads=args.threads) if bc.can_time(precision) else None  # none: int8
     torch.set_num_threads(args.threads)
     texts = bc.read_goemotions(args.data_dir, "validation", ["text"]).column("text").to_pylist()[:args.rows]
-    tokens, rows = CPU_BATCH_BUDGET  # a CPU scoring actor's micro-batches (Predictor.load's own defaults are larger)
+    plan = plan_scoring({"CPU": 1})  # a CPU scoring actor's micro-batches (Predictor.load's own defaults are larger)
+    tokens, rows = plan.max_tokens_per_batch, plan.max_batch_rows
     predictor = Predictor.load(args.checkpoint, device="cpu", precision=precision, compile=args.compile,
                                max_tokens=tokens, max_rows=rows)
     token_ids = predictor.token_ids(texts)

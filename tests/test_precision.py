@@ -3,7 +3,9 @@ seconds on any x86 CPU; nothing here times anything)."""
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -141,7 +143,48 @@ def test_a_grouped_layer_called_with_another_tensor_runs_it():
         for k in (0, 1, 2):  # a full round over one tensor, then nothing is held
             out = members[k](x)
             assert torch.allclose(out, alone[k](x), atol=1e-5) and out.is_contiguous()
-        assert group._input is None
+        assert group._held.input is None
+
+
+def test_threads_running_one_grouped_model_get_their_own_outputs():
+    torch.manual_seed(2)
+    linears = [torch.nn.Linear(16, 8) for _ in range(3)]
+    group = SharedInputInt8(linears)
+    members = [SharedInputMember(group, k, m) for k, m in enumerate(linears)]
+    alone = [Int8Linear(m) for m in linears]
+    fused, runs = group.fused, []
+    group.fused = lambda t: (runs.append(t), fused(t))[1]
+    x, y = torch.randn(4, 16), torch.randn(4, 16)
+    steps = [threading.Event() for _ in range(3)]
+    got: dict[str, list] = {"a": [], "b": []}
+
+    def a():  # query on x; the other thread starts on y; then key and value of x
+        got["a"].append(members[0](x))
+        steps[0].set()
+        steps[1].wait(10)
+        got["a"] += [members[1](x), members[2](x)]
+        steps[2].set()
+
+    def b():
+        steps[0].wait(10)
+        got["b"].append(members[0](y))
+        steps[1].set()
+        steps[2].wait(10)
+        got["b"] += [members[1](y), members[2](y)]
+
+    with torch.inference_mode():
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        for k in range(3):
+            assert torch.allclose(got["a"][k], alone[k](x), atol=1e-5)
+            assert torch.allclose(got["b"][k], alone[k](y), atol=1e-5)
+    assert len(runs) == 2  # one run per thread: neither thread's run displaced the other's
+    copied = copy.deepcopy(members[0])  # a model copy holds nothing of the original's threads
+    with torch.inference_mode():
+        assert torch.allclose(copied(x), alone[0](x), atol=1e-5)
 
 
 def _native_bf16(monkeypatch, cpu_class: str, native: bool) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -161,7 +162,8 @@ class SharedInputInt8:
     """Linear layers that read the same tensor (an attention block's query, key and value) run as one Int8Linear
     over their stacked weights: the input's per-token ranges are taken and the input quantized once, and one
     larger matmul replaces several (fewer, better-shaped fbgemm calls). Each row's range is the same either way, so
-    the outputs are those of separate Int8Linear layers. Not a Module: its members are, and hold it."""
+    the outputs are those of separate Int8Linear layers. Not a Module: its members are, and hold it. What a run left
+    for the other members is kept per thread: two threads running one model never take each other's outputs."""
 
     def __init__(self, linears: list[torch.nn.Linear]):
         stacked = torch.nn.Linear(linears[0].in_features, sum(m.out_features for m in linears),
@@ -173,19 +175,25 @@ class SharedInputInt8:
         self.fused = Int8Linear(stacked)
         ends = np.cumsum([m.out_features for m in linears]).tolist()
         self.slices = [slice(a, b) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-        self._input: torch.Tensor | None = None
-        self._outputs: list[torch.Tensor | None] = []
+        self._held = threading.local()  # .input: the tensor last run in this thread; .outputs: what is left of it
 
     def output(self, member: int, x: torch.Tensor) -> torch.Tensor:
         """Member `member`'s output for `x`: computed with every member's when `x` is not the tensor the group last
-        ran (or this member already took its share of it), else taken from that run."""
-        if x is not self._input or self._outputs[member] is None:
+        ran in this thread (or this member already took its share of it), else taken from that run."""
+        held = self._held
+        if getattr(held, "input", None) is not x or held.outputs[member] is None:
             out = self.fused(x)
-            self._input, self._outputs = x, [out[..., part].contiguous() for part in self.slices]
-        result, self._outputs[member] = self._outputs[member], None
-        if all(o is None for o in self._outputs):  # every member served: hold nothing between forwards
-            self._input = None
+            held.input, held.outputs = x, [out[..., part].contiguous() for part in self.slices]
+        result, held.outputs[member] = held.outputs[member], None
+        if all(o is None for o in held.outputs):  # every member served: hold nothing between forwards
+            held.input = None
         return result
+
+    def __getstate__(self) -> dict:  # copies (copy.deepcopy of a model) start with nothing held
+        return {k: v for k, v in self.__dict__.items() if k != "_held"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _held=threading.local())
 
 
 class SharedInputMember(torch.nn.Module):
@@ -345,5 +353,5 @@ def write_gates(checkpoint_uri: str, fingerprint: str, results: list[GateResult]
 
 # the interface other modules, jobs and benchmarks use
 __all__ = ["GATE_FILE", "INT8_AUTO_CPU_CLASSES", "INT8_SCHEME", "MAX_METRIC_DELTA", "MIN_AGREEMENT", "GateResult",
-           "Int8Linear", "SharedInputInt8", "label_agreement", "quality_gate", "quantize_int8", "read_gates",
-           "record_needed", "resolve", "task_metric", "write_gates"]
+           "Int8Linear", "SharedInputInt8", "SharedInputMember", "label_agreement", "quality_gate", "quantize_int8",
+           "read_gates", "record_needed", "resolve", "task_metric", "write_gates"]
