@@ -72,9 +72,9 @@ class Worker:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point on each worker. A fresh run starts its first epoch's data (Ray Data's read tasks, in
-    their own processes) before the model loads, so the two overlap instead of the first step waiting for both; a
-    resumed run's first epoch is only known once its checkpoint is read."""
+    """Ray Train's entry point on each worker. Each epoch's data (Ray Data's read tasks, in their own processes) starts
+    before the work ahead of its first step: the model's load for a fresh run's first epoch, the previous epoch's
+    validation for the others (a resumed run's first epoch is only known once its checkpoint is read)."""
     import ray.train
 
     cfg = config["cfg"]
@@ -89,7 +89,9 @@ def train_loop_per_worker(config: dict) -> None:
 
         worker.tracker = tracking.attach(config["tracking"])
     for epoch in range(worker.start_epoch, worker.cfg.epochs):
-        totals = train_one_epoch(worker, epoch, early if epoch == 0 else None)
+        totals = train_one_epoch(worker, epoch, early)
+        early = (WaitClock(epoch_batches(worker.shard, cfg, epoch + 1), fetch_first=True)
+                 if epoch + 1 < cfg.epochs else None)
         validate_and_report(worker, epoch, totals)
 
 
@@ -186,7 +188,7 @@ def epoch_batches(shard, cfg: TrainConfig, epoch: int):
 
 def train_one_epoch(w: Worker, epoch: int, started: WaitClock | None = None) -> EpochTotals:
     """One pass over this rank's shard in length-grouped batches; returns this rank's counts and timings.
-    `started`: this epoch's batches, already being read (train_loop_per_worker's first epoch)."""
+    `started`: this epoch's batches, already being read (train_loop_per_worker starts them early)."""
     import torch
 
     cfg = w.cfg
