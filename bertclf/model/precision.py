@@ -228,21 +228,19 @@ def quantize_int8(model) -> int:
     targets = [(parent, name, child) for parent in list(inner.modules()) if id(parent) not in kept
                for name, child in list(parent.named_children())
                if isinstance(child, torch.nn.Linear) and id(child) not in kept]
+    grouped: dict[int, SharedInputMember] = {}
     for group in shared_input_groups(inner, [child for _, _, child in targets]):
         shared = SharedInputInt8(group)
-        for member, linear in enumerate(group):
-            parent, name, _ = next(t for t in targets if t[2] is linear)
-            setattr(parent, name, SharedInputMember(shared, member, linear))
+        grouped.update({id(linear): SharedInputMember(shared, k, linear) for k, linear in enumerate(group)})
     for parent, name, child in targets:
-        if getattr(parent, name) is child:
-            setattr(parent, name, Int8Linear(child))
+        setattr(parent, name, grouped.get(id(child)) or Int8Linear(child))
     return len(targets)
 
 
 def shared_input_groups(inner, linears: list[torch.nn.Linear]) -> list[list[torch.nn.Linear]]:
     """Sibling Linear layers (one parent module) that a probe forward of three tokens showed reading the very same
     tensor, in call order; none if the probe fails (a family whose forward needs more than input ids)."""
-    seen: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+    seen: list[tuple[torch.nn.Linear, torch.Tensor]] = []  # the inputs stay alive: their ids are not reused
     handles = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0]))) for m in linears]
     try:
         vocab = int(getattr(inner.config, "vocab_size", 0) or 3)
@@ -256,21 +254,18 @@ def shared_input_groups(inner, linears: list[torch.nn.Linear]) -> list[list[torc
         for h in handles:
             h.remove()
     parents = {id(child): id(parent) for parent in inner.modules() for child in parent.children()}
-    groups: list[list[torch.nn.Linear]] = []
+    readers: dict[tuple[int, int], list[torch.nn.Linear]] = {}  # (parent, input tensor) -> its Linear layers
     for module, x in seen:
-        group = next((g for g in groups if g[-1][1] is x and parents.get(id(g[-1][0])) == parents.get(id(module))
-                      and all(m is not module for m, _ in g)), None)
-        if group is None:
-            groups.append([(module, x)])
-        else:
-            group.append((module, x))
-    grouped: set[int] = set()  # a layer called more than once (weights shared across blocks) joins one group
-    out = []
-    for g in groups:
-        if len(g) > 1 and not grouped & {id(m) for m, _ in g}:
-            grouped |= {id(m) for m, _ in g}
-            out.append([m for m, _ in g])
-    return out
+        members = readers.setdefault((parents[id(module)], id(x)), [])
+        if all(m is not module for m in members):
+            members.append(module)
+    taken: set[int] = set()  # a layer called more than once (weights shared across blocks) joins one group
+    groups = []
+    for members in readers.values():
+        if len(members) > 1 and not taken & {id(m) for m in members}:
+            taken |= {id(m) for m in members}
+            groups.append(members)
+    return groups
 
 
 # ------------------------------------------------------------------------------------------------ auto and its record

@@ -78,8 +78,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     cfg = config["cfg"]
-    early = (WaitClock(epoch_batches(ray.train.get_dataset_shard("train"), cfg, 0), fetch_first=True)
-             if ray.train.get_checkpoint() is None else None)
+    early = reading(ray.train.get_dataset_shard("train"), cfg, 0) if ray.train.get_checkpoint() is None else None
     worker = set_up(cfg, config["data"], config["plan"])
     if config.get("baseline") is not None:
         worker.baseline, val_probs = config["baseline"]
@@ -90,8 +89,7 @@ def train_loop_per_worker(config: dict) -> None:
         worker.tracker = tracking.attach(config["tracking"])
     for epoch in range(worker.start_epoch, worker.cfg.epochs):
         totals = train_one_epoch(worker, epoch, early)
-        early = (WaitClock(epoch_batches(worker.shard, cfg, epoch + 1), fetch_first=True)
-                 if epoch + 1 < cfg.epochs else None)
+        early = reading(worker.shard, cfg, epoch + 1) if epoch + 1 < cfg.epochs else None
         validate_and_report(worker, epoch, totals)
 
 
@@ -184,6 +182,11 @@ def epoch_batches(shard, cfg: TrainConfig, epoch: int):
     return shard.iter_batches(batch_size=cfg.batch_size * cfg.length_group_batches, batch_format="numpy",
                               prefetch_batches=1, local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
                               local_shuffle_seed=cfg.seed + epoch)
+
+
+def reading(shard, cfg: TrainConfig, epoch: int) -> WaitClock:
+    """An epoch's batches, the first of them already being fetched (in a thread)."""
+    return WaitClock(epoch_batches(shard, cfg, epoch), fetch_first=True)
 
 
 def train_one_epoch(w: Worker, epoch: int, started: WaitClock | None = None) -> EpochTotals:
